@@ -1,0 +1,54 @@
+"""medkeras: train, evaluate and export medical-image classifiers with Keras 3 on TensorFlow.
+
+The library is the steps the CLI runs, as plain functions:
+
+    import medkeras
+    cfg = medkeras.load_config("demo", ["train.epochs=2"])
+    run_dir = medkeras.fit(cfg, out="runs/demo")
+    metrics = medkeras.evaluate("runs/demo")
+"""
+
+__version__ = "0.1.0"
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from medkeras.config import Config, load_config  # noqa: E402
+from medkeras.data.dicom import read_dicom_hu  # noqa: E402
+from medkeras.data.windows import window_hu  # noqa: E402
+from medkeras.errors import ConfigError, DataError, DicomError, MedkerasError  # noqa: E402
+
+
+def __getattr__(name):
+    """Heavy steps (they import TensorFlow) load on first use, so `import medkeras` stays fast."""
+    lazy = {
+        "load_dataset": "medkeras.data.sources",
+        "make_tf_dataset": "medkeras.data.pipeline",
+        "build_backbone": "medkeras.models.backbones",
+        "build_member": "medkeras.models.ensemble",
+        "build_ensemble": "medkeras.models.ensemble",
+        "build_model": "medkeras.models.ensemble",
+        "load_model": "medkeras.models.io",
+        "save_model": "medkeras.models.io",
+        "fit": "medkeras.train.fit",
+        "evaluate": "medkeras.evaluate.evaluate",
+    }
+    if name in lazy:
+        import importlib
+
+        return getattr(importlib.import_module(lazy[name]), name)
+    raise AttributeError(f"module 'medkeras' has no attribute '{name}'")
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataError",
+    "DicomError",
+    "MedkerasError",
+    "__version__",
+    "load_config",
+    "read_dicom_hu",
+    "window_hu",
+]

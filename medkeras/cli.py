@@ -1,0 +1,138 @@
+"""The `medkeras` command: a thin click layer that parses arguments and calls the library.
+
+Errors a user can cause print one line, `medkeras: error: <what>: <why>`, and exit 2 (usage, config) or 1
+(data, run time); `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import click
+
+from medkeras.errors import ConfigError, MedkerasError
+
+_DEBUG = {"on": False}
+
+
+def _tf():
+    """Import TensorFlow quietly (only commands that need it pay for it)."""
+    if not _DEBUG["on"]:
+        from medkeras._quiet import quiet_tensorflow
+
+        quiet_tensorflow()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks and TensorFlow's own logging.")
+@click.version_option(package_name="medkeras")
+def cli(debug):
+    """Train, evaluate and export medical-image classifiers (Keras 3 on TensorFlow)."""
+    _DEBUG["on"] = debug
+
+
+@cli.command()
+@click.argument("config", required=False, default="demo")
+@click.option("--out", "out", type=click.Path(file_okay=False), help="Run directory (default runs/<config>-<time>).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue the killed run in --out at the epoch it reached.")
+def fit(config, out, overrides, resume):
+    """Train CONFIG (a YAML file or a bundled config name; default: demo)."""
+    from medkeras.config import load_config
+
+    if resume and not out:
+        raise click.UsageError("--resume needs --out RUN_DIR (the run to continue)")
+    cfg = load_config(config, overrides)  # config errors come before the slow TensorFlow import
+    _tf()
+    from medkeras.train.fit import fit as run_fit
+
+    run_dir = run_fit(cfg, out=out, resume=resume)
+    _print_summary(run_dir)
+
+
+def _print_summary(run_dir):
+    import json
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for split in ("val", "test"):
+        if split in metrics:
+            m = metrics[split]
+            auroc = "undefined" if m.get("auroc") is None else f"{m['auroc']:.3f}"
+            click.echo(f"{split}: AUROC {auroc}  accuracy {m['accuracy']:.3f}  (n={m['n']})")
+    click.echo(f"best epoch {metrics.get('best_epoch')} by {metrics.get('monitor')}")
+    click.echo(f"run directory: {run_dir}")
+
+
+@cli.command("eval")
+@click.argument("model", type=click.Path(exists=True))
+@click.option("--data", help="Evaluate on another data source (same classes).")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@click.option("--out", type=click.Path(file_okay=False), help="Output directory (default <run>/eval-<split>).")
+@click.option("--tta", is_flag=True, help="Average logits with the horizontally flipped image.")
+@click.option("--threshold", help="Binary operating point (a number in [0, 1]; default: the model's).")
+def eval_cmd(model, data, split, out, tta, threshold):
+    """Evaluate MODEL (a run directory or a .keras file)."""
+    _tf()
+    from medkeras.evaluate.evaluate import evaluate
+
+    result = evaluate(model, data=data, split=split, out=out, tta=tta, threshold=threshold)
+    auroc = "undefined" if result.get("auroc") is None else f"{result['auroc']:.3f}"
+    click.echo(f"{split}: AUROC {auroc}  accuracy {result.get('accuracy', float('nan')):.3f}  (n={result['n']})")
+    click.echo(f"report: {result['out']}/report.html")
+
+
+@cli.command()
+def backbones():
+    """List every backbone name with its default input size and source."""
+    from medkeras.models.backbones import REGISTRY
+
+    click.echo(f"{'name':<20} {'size':>5}  {'preprocessing':<13} description")
+    for spec in REGISTRY.values():
+        click.echo(f"{spec.name:<20} {spec.default_size:>5}  {spec.preprocessing:<13} {spec.description}")
+
+
+@cli.command()
+def configs():
+    """List the bundled configs with their one-line descriptions."""
+    import yaml
+
+    from medkeras.config import bundled_configs
+
+    for name, path in bundled_configs().items():
+        description = (yaml.safe_load(path.read_text()) or {}).get("description", "")
+        click.echo(f"{name:<24} {description}")
+
+
+def main(argv=None):
+    """Console-script entry point: run the CLI and turn known errors into one line and an exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    _DEBUG["on"] = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="medkeras", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("medkeras: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        if _DEBUG["on"]:
+            traceback.print_exc()
+        click.echo(f"medkeras: error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except MedkerasError as exc:
+        if _DEBUG["on"]:
+            traceback.print_exc()
+        click.echo(f"medkeras: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("medkeras: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if _DEBUG["on"]:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        click.echo(f"medkeras: error: {type(exc).__name__}: {first} (run with --debug for the traceback)", err=True)
+        sys.exit(1)
+    sys.exit(0)
+
+
+__all__ = ["ConfigError", "cli", "main"]

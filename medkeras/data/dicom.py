@@ -1,0 +1,83 @@
+"""DICOM to Hounsfield units with pydicom: rescale slope/intercept, MONOCHROME1 inversion, one clear error.
+
+Patient identifiers are never returned or logged here; grouping by patient uses `patient_key`, a one-way hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from medkeras.errors import DicomError
+
+
+def _dcmread(path, stop_before_pixels=False):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DicomError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise DicomError(path, "empty file (0 bytes)")
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        try:  # files written without the 128-byte preamble are still DICOM
+            return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels, force=True)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds for garbage
+            raise DicomError(path, f"not a DICOM file ({type(exc).__name__})") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise DicomError(path, f"cannot parse DICOM: {exc}") from exc
+
+
+def read_dicom_hu(path) -> np.ndarray:
+    """Read one DICOM image as float32 (H, W).
+
+    CT: Hounsfield units, `pixel * RescaleSlope + RescaleIntercept` (slope 1 / intercept 0 with a warning where
+    the tags are missing). Other modalities: the stored values after any rescale, with MONOCHROME1 inverted so
+    that higher always means brighter. Raises `DicomError` (a `ValueError`) naming the file for anything unreadable.
+    """
+    ds = _dcmread(path)
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise DicomError(path, "no pixel data in this DICOM file")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - decoder errors come in many types
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", str(syntax))
+        raise DicomError(path, f"cannot decode pixel data (transfer syntax {name}): {str(exc).splitlines()[0]}") from exc
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1 or pixels.ndim not in (2,):
+        if pixels.ndim == 3 and pixels.shape[-1] in (3, 4) and frames == 1:
+            pixels = pixels[..., :3].mean(axis=-1)  # colour (RGB) DICOM: luminance-like mean
+        else:
+            raise DicomError(path, f"multi-frame DICOM ({frames} frames) is not supported as one image")
+    image = pixels.astype(np.float32)
+    modality = str(getattr(ds, "Modality", ""))
+    slope = getattr(ds, "RescaleSlope", None)
+    intercept = getattr(ds, "RescaleIntercept", None)
+    if slope is None or intercept is None:
+        if modality == "CT":
+            warnings.warn(f"{Path(path).name}: CT without RescaleSlope/RescaleIntercept; assuming 1 and 0", stacklevel=2)
+        slope, intercept = slope or 1.0, intercept or 0.0
+    image = image * np.float32(float(slope)) + np.float32(float(intercept))
+    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
+        image = image.max() + image.min() - image
+    if not np.isfinite(image).all():
+        raise DicomError(path, "pixel data contains NaN or infinite values")
+    return image
+
+
+def patient_key(path) -> str | None:
+    """A one-way hash of the file's PatientID (for grouping splits), or None. The raw ID never leaves here."""
+    ds = _dcmread(path, stop_before_pixels=True)
+    pid = str(getattr(ds, "PatientID", "") or "")
+    return hash_patient_id(pid) if pid else None
+
+
+def hash_patient_id(patient_id: str) -> str:
+    return hashlib.sha256(("medkeras:" + str(patient_id)).encode()).hexdigest()[:16]

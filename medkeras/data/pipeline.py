@@ -1,0 +1,146 @@
+"""tf.data pipelines: decoded images -> resized 3-channel float32 pixels [0, 255] -> batches for the model.
+
+Files are decoded once (in parallel threads, with a progress bar) and cached as arrays at the training size;
+augmentation runs on batches with Keras' own layers, on the training split only. The same `resize_images` is
+used by the exported SavedModel, so training and serving resize identically.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from medkeras.data.sources import Split, read_image
+from medkeras.data.windows import parse_windows
+from medkeras.errors import ConfigError, DataError
+
+AUTOTUNE = -1  # tf.data.AUTOTUNE, without importing TF at module load
+
+
+def resize_images(images, size: int):
+    """Bilinear, antialiased resize of a (N, H, W, C) or (H, W, C) float tensor to `size` x `size`."""
+    import tensorflow as tf
+
+    return tf.image.resize(tf.cast(images, tf.float32), (size, size), method="bilinear", antialias=True)
+
+
+def to_model_channels(images, channels: int = 3):
+    """Repeat a single grayscale channel to `channels`; pass 3-channel images through."""
+    import tensorflow as tf
+
+    n = images.shape[-1]
+    if n == channels:
+        return images
+    if n == 1:
+        return tf.repeat(images, channels, axis=-1)
+    raise ConfigError(f"images have {n} channels; the model takes {channels} (use 1 or 3 windows)")
+
+
+def decode_files(split: Split, data_cfg, on_bad_file: str = "fail", workers: int = 4, verbose: bool = True):
+    """Decode every file of a split to float32 (N, S, S, C) at `data_cfg.image_size`.
+
+    Returns (images, labels, names, bad) where `bad` lists (path, cause) of files skipped under `skip`.
+    Under `fail` the first unreadable file raises `DataError` naming it, before anything is trained or written.
+    """
+    size = data_cfg.image_size
+    windows = parse_windows(data_cfg.window)
+
+    def load(path):
+        try:
+            image = read_image(path, windows)
+        except DataError as exc:
+            return None, exc
+        return resize_images(image, size).numpy(), None
+
+    progbar = None
+    if verbose and len(split.paths) > 200:
+        import keras
+
+        progbar = keras.utils.Progbar(len(split.paths), unit_name="file")
+    images, keep, bad = [], [], []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, (image, error) in enumerate(pool.map(load, split.paths)):
+            if error is not None:
+                if on_bad_file == "fail":
+                    raise error
+                bad.append((str(split.paths[i]), error.cause))
+            else:
+                images.append(image)
+                keep.append(i)
+            if progbar is not None:
+                progbar.update(i + 1)
+    channels = {im.shape[-1] for im in images}
+    if len(channels) > 1:
+        images = [np.repeat(im, 3, axis=-1) if im.shape[-1] == 1 else im for im in images]
+    keep = np.asarray(keep, dtype=np.int64)
+    stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.float32)
+    return stacked, split.labels[keep], [str(split.paths[i]) for i in keep], bad
+
+
+def split_arrays(split: Split, data_cfg, on_bad_file="fail", verbose=True):
+    """(images, labels, names, bad) for a split, whether it is held in memory or as files."""
+    if split.images is not None:
+        images = split.images
+        if images.ndim == 3:
+            images = images[..., None]
+        return images, split.labels, split.names(), []
+    return decode_files(split, data_cfg, on_bad_file, verbose=verbose)
+
+
+def build_augmenter(aug_cfg, seed: int):
+    """A Keras Sequential of the configured augmentation layers (None when every factor is off)."""
+    import keras
+
+    layers = []
+    if aug_cfg.flip != "none":
+        layers.append(keras.layers.RandomFlip(aug_cfg.flip, seed=seed))
+    if aug_cfg.rotation > 0:
+        layers.append(keras.layers.RandomRotation(aug_cfg.rotation, fill_mode="reflect", seed=seed + 1))
+    if aug_cfg.zoom > 0:
+        layers.append(keras.layers.RandomZoom(aug_cfg.zoom, fill_mode="reflect", seed=seed + 2))
+    if aug_cfg.translation > 0:
+        t = aug_cfg.translation
+        layers.append(keras.layers.RandomTranslation(t, t, fill_mode="reflect", seed=seed + 3))
+    if aug_cfg.brightness > 0:
+        layers.append(keras.layers.RandomBrightness(aug_cfg.brightness, value_range=(0, 255), seed=seed + 4))
+    if aug_cfg.contrast > 0:
+        layers.append(keras.layers.RandomContrast(aug_cfg.contrast, value_range=(0, 255), seed=seed + 5))
+    return keras.Sequential(layers, name="augment") if layers else None
+
+
+def make_tf_dataset(
+    images,
+    labels,
+    data_cfg,
+    batch_size: int,
+    training: bool = False,
+    seed: int = 42,
+    augment: bool = True,
+):
+    """Arrays -> a batched, prefetched tf.data.Dataset of (float32 [B, S, S, 3] in [0, 255], int labels).
+
+    Resizing and channel repetition happen once, before the in-memory cache; shuffling and augmentation after it.
+    """
+    import tensorflow as tf
+
+    size = data_cfg.image_size
+    ds = tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, dtype=np.int64)))
+
+    def prepare(x, y):
+        x = tf.cast(x, tf.float32)
+        if x.shape[0] != size or x.shape[1] != size:
+            x = resize_images(x, size)
+        return to_model_channels(x), y
+
+    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+    nbytes = len(labels) * size * size * 3 * 4
+    if data_cfg.cache == "memory" or (data_cfg.cache == "auto" and nbytes < 4 * 2**30):
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(min(len(labels), 10_000), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=False)
+    augmenter = build_augmenter(data_cfg.augment, seed) if (training and augment) else None
+    if augmenter is not None:
+        ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)

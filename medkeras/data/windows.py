@@ -1,0 +1,73 @@
+"""Hounsfield-unit windowing: the level/width mapping radiologists use, with the usual named presets.
+
+`window_hu` is pure maths with exact-value tests; it keeps the input's kind (numpy in, numpy out; tf in, tf out).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medkeras.errors import ConfigError
+
+# (level, width) in HU. Lung and mediastinum as in fastai's `dicom_windows`; the rest the common clinical ones.
+WINDOW_PRESETS = {
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "bone": (400.0, 1800.0),
+    "soft_tissue": (40.0, 400.0),
+    "abdomen": (40.0, 400.0),
+    "brain": (40.0, 80.0),
+}
+LUNG_WINDOW = WINDOW_PRESETS["lung"]
+
+
+def window_hu(hu, level: float, width: float):
+    """Map HU to [0, 1]: `level - width/2` -> 0, `level + width/2` -> 1, clipped outside.
+
+    >>> window_hu(np.array([-1350.0, -600.0, 150.0]), -600, 1500)
+    array([0. , 0.5, 1. ], dtype=float32)
+    """
+    if width <= 0:
+        raise ValueError(f"window width must be > 0, got {width}")
+    low = float(level) - float(width) / 2.0
+    if isinstance(hu, np.ndarray) or np.isscalar(hu):
+        out = (np.asarray(hu, dtype=np.float32) - np.float32(low)) / np.float32(width)
+        return np.clip(out, 0.0, 1.0).astype(np.float32)
+    import tensorflow as tf
+
+    out = (tf.cast(hu, tf.float32) - low) / float(width)
+    return tf.clip_by_value(out, 0.0, 1.0)
+
+
+def _one_window(spec) -> tuple[float, float]:
+    if isinstance(spec, str):
+        if spec not in WINDOW_PRESETS:
+            raise ConfigError(f"unknown window '{spec}' (presets: {', '.join(WINDOW_PRESETS)})")
+        return WINDOW_PRESETS[spec]
+    if isinstance(spec, (list, tuple)) and len(spec) == 2 and all(isinstance(v, (int, float)) for v in spec):
+        level, width = float(spec[0]), float(spec[1])
+        if width <= 0:
+            raise ConfigError(f"window width must be > 0, got {spec}")
+        return level, width
+    raise ConfigError(f"a window is a preset name or [level, width], got {spec!r}")
+
+
+def parse_windows(spec) -> list[tuple[float, float]]:
+    """`data.window` -> list of (level, width): one window repeated to 3 channels, or one per channel.
+
+    Accepts "lung", [-600, 1500], ["lung", "mediastinum", "bone"] or [[-600, 1500], [50, 350]].
+    """
+    if spec is None:
+        return []
+    if isinstance(spec, str) or (
+        isinstance(spec, (list, tuple)) and len(spec) == 2 and all(isinstance(v, (int, float)) for v in spec)
+    ):
+        return [_one_window(spec)]
+    if isinstance(spec, (list, tuple)) and spec:
+        return [_one_window(s) for s in spec]
+    raise ConfigError(f"data.window: expected a preset, [level, width] or a list of them, got {spec!r}")
+
+
+def apply_windows(hu: np.ndarray, windows) -> np.ndarray:
+    """HU image (H, W) -> float32 (H, W, C) in [0, 1]: one channel per window (C = 1 with one window)."""
+    return np.stack([window_hu(hu, level, width) for level, width in windows], axis=-1)

@@ -1,0 +1,1 @@
+"""Export: TF Serving SavedModels and `predict` (see the export issue)."""

@@ -1,0 +1,37 @@
+"""Models: the backbone registry, class heads, the functional ensemble, and saving with medkeras metadata.
+
+Names load lazily: reading the registry (config checks, `medkeras backbones`) does not import TensorFlow.
+"""
+
+import importlib
+
+_LAZY = {
+    "REGISTRY": "medkeras.models.backbones",
+    "BackboneSpec": "medkeras.models.backbones",
+    "build_backbone": "medkeras.models.backbones",
+    "get_backbone_spec": "medkeras.models.backbones",
+    "build_ensemble": "medkeras.models.ensemble",
+    "build_head": "medkeras.models.ensemble",
+    "build_member": "medkeras.models.ensemble",
+    "build_model": "medkeras.models.ensemble",
+    "members_of": "medkeras.models.ensemble",
+    "WeightedAverage": "medkeras.models.ensemble",
+    "load_model": "medkeras.models.io",
+    "save_model": "medkeras.models.io",
+    "ImagePreprocessing": "medkeras.models.preprocessing",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'medkeras.models' has no attribute '{name}'")
+
+
+def register_custom_objects():
+    """Import the modules that define medkeras' serializable Keras layers (needed before loading a model)."""
+    importlib.import_module("medkeras.models.preprocessing")
+    importlib.import_module("medkeras.models.ensemble")
+
+
+__all__ = sorted(_LAZY)

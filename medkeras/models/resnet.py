@@ -1,0 +1,78 @@
+"""Basic-block ResNets (ResNet-18/34) that keras.applications lacks, as Keras functional models.
+
+`imagenet` stem: 7x7/2 conv + 3x3/2 max-pool, as torchvision's resnet18/34 (ResNet34 with a 1000-class head has
+21.8M parameters). `small` stem: one 3x3/1 conv and no pooling, as MedMNIST's ResNet-18 for 28-64 px images.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+
+def _bn(name):
+    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+
+
+def _basic_block(x, filters, stride, name):
+    shortcut = x
+    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+    y = _bn(f"{name}_bn1")(y)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    y = _bn(f"{name}_bn2")(y)
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_down_conv")(x)
+        shortcut = _bn(f"{name}_down_bn")(shortcut)
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.ReLU(name=f"{name}_out")(y)
+
+
+def basic_resnet(
+    input_shape,
+    blocks=(2, 2, 2, 2),
+    widths=(64, 128, 256, 512),
+    stem="imagenet",
+    pooling="avg",
+    name="resnet18",
+):
+    """A ResNet of basic blocks; returns pooled features (or the last feature map with `pooling=None`)."""
+    inputs = keras.Input(input_shape, name="input")
+    if stem == "imagenet":
+        x = layers.Conv2D(widths[0], 7, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+        x = _bn("stem_bn")(x)
+        x = layers.ReLU(name="stem_relu")(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    elif stem == "small":
+        x = layers.Conv2D(widths[0], 3, padding="same", use_bias=False, name="stem_conv")(inputs)
+        x = _bn("stem_bn")(x)
+        x = layers.ReLU(name="stem_relu")(x)
+    else:
+        raise ValueError(f"unknown stem '{stem}'")
+    for stage, (n, filters) in enumerate(zip(blocks, widths)):
+        for b in range(n):
+            stride = 2 if (b == 0 and stage > 0) else 1
+            x = _basic_block(x, filters, stride, name=f"stage{stage + 1}_block{b + 1}")
+    if pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def plain_cnn(input_shape, widths=(32, 64, 128, 256), convs_per_stage=2, pooling="avg", name="cnn8"):
+    """A VGG-style plain CNN: conv-BN-ReLU pairs, max-pool between stages (8 convs by default).
+
+    A strong from-scratch baseline on 28-64 px medical images (MedMNIST-size): few parameters, fast on a CPU.
+    """
+    inputs = keras.Input(input_shape, name="input")
+    x = inputs
+    for stage, filters in enumerate(widths):
+        for c in range(convs_per_stage):
+            prefix = f"stage{stage + 1}_conv{c + 1}"
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=prefix)(x)
+            x = _bn(f"{prefix}_bn")(x)
+            x = layers.ReLU(name=f"{prefix}_relu")(x)
+        if stage < len(widths) - 1:
+            x = layers.MaxPooling2D(2, name=f"stage{stage + 1}_pool")(x)
+    if pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return keras.Model(inputs, x, name=name)

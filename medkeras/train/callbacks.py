@@ -1,0 +1,70 @@
+"""Callbacks fit relies on: validation metrics computed like `eval` does, and an atomic best checkpoint.
+
+`ValidationMetrics` runs one predict pass over the validation split per epoch and puts `val_loss`,
+`val_accuracy` and `val_auroc` into the epoch logs, before the checkpoint, CSV logger and TensorBoard read them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from medkeras.evaluate.metrics import auroc, softmax
+from medkeras.utils import atomic_write_json
+
+
+class ValidationMetrics(keras.callbacks.Callback):
+    """Adds val_loss / val_accuracy / val_auroc (scikit-learn's AUROC, macro OvR for K > 2) to each epoch's logs."""
+
+    def __init__(self, dataset, labels, positive_index=None):
+        super().__init__()
+        self.dataset = dataset
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.positive_index = positive_index
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logits = np.asarray(self.model.predict(self.dataset, verbose=0), dtype=np.float32)
+        probs = softmax(logits)
+        p_true = np.clip(probs[np.arange(len(self.labels)), self.labels], 1e-7, 1.0)
+        logs["val_loss"] = float(-np.log(p_true).mean())
+        logs["val_accuracy"] = float((probs.argmax(1) == self.labels).mean())
+        value = auroc(self.labels, probs, self.positive_index)
+        logs["val_auroc"] = float("nan") if value is None else value
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keep the best model by a validation metric (higher is better): `best.keras` and `best.json` (epoch, logs).
+
+    Writes are atomic (a temporary file renamed into place), so a kill never leaves a half-written checkpoint.
+    """
+
+    def __init__(self, directory, monitor="val_auroc", save=None):
+        super().__init__()
+        self.directory = Path(directory)
+        self.monitor = monitor
+        self.best = -np.inf
+        self.save = save  # callable(model, path) -> writes the .keras file
+        state = self.directory / "best.json"
+        if state.is_file():  # resumed run: keep beating the best so far, not -inf
+            import json
+
+            self.best = float(json.loads(state.read_text()).get("value", -np.inf))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        value = logs.get(self.monitor)
+        if value is None:
+            raise KeyError(f"train.monitor '{self.monitor}' is not among the logged metrics {sorted(logs)}")
+        if not np.isfinite(value) or value <= self.best:
+            return
+        self.best = float(value)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.save(self.model, self.directory / "best.keras")
+        atomic_write_json(
+            self.directory / "best.json",
+            {"epoch": epoch + 1, "monitor": self.monitor, "value": self.best, "logs": {k: float(v) for k, v in logs.items()}},
+        )
