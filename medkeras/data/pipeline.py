@@ -81,10 +81,7 @@ def decode_files(split: Split, data_cfg, on_bad_file: str = "fail", workers: int
 def split_arrays(split: Split, data_cfg, on_bad_file="fail", verbose=True):
     """(images, labels, names, bad) for a split, whether it is held in memory or as files."""
     if split.images is not None:
-        images = split.images
-        if images.ndim == 3:
-            images = images[..., None]
-        return images, split.labels, split.names(), []
+        return split.images, split.labels, split.names(), []
     return decode_files(split, data_cfg, on_bad_file, verbose=verbose)
 
 
@@ -125,6 +122,8 @@ def make_tf_dataset(
     import tensorflow as tf
 
     size = data_cfg.image_size
+    if images.ndim == 3:  # (N, H, W) grayscale
+        images = images[..., None]
     ds = tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, dtype=np.int64)))
 
     def prepare(x, y):

@@ -1,0 +1,5 @@
+"""`python -m medkeras` runs the CLI."""
+
+from medkeras.cli import main
+
+main()

@@ -1,0 +1,87 @@
+"""The CLI as a user runs it: a real fit + eval on the bundled data, and one-line errors with exit statuses."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+
+def test_fit_writes_the_run_directory(tiny_run):
+    out, result = tiny_run
+    assert f"run directory: {out}" in result.stdout
+    for name in ("config.yaml", "train_log.csv", "model.keras", "metrics.json", "report.html", "predictions.csv"):
+        assert (out / name).is_file(), name
+    assert (out / "tensorboard").is_dir() and (out / "checkpoints" / "best.keras").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    for split in ("val", "test"):
+        assert 0.0 <= metrics[split]["auroc"] <= 1.0 and 0.0 <= metrics[split]["accuracy"] <= 1.0
+    assert metrics["test"]["n"] == 156 and metrics["best_epoch"] in (1, 2)
+    with open(out / "train_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["epoch"] for r in rows] == ["0", "1"] and "val_auroc" in rows[0]
+    assert "class_names:\n  - malignant\n  - benign-or-normal" in (out / "config.yaml").read_text()
+    assert "Traceback" not in result.stderr
+
+
+def test_eval_matches_fit_and_sklearn(tiny_run, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    run, _ = tiny_run
+    result = run_cli("eval", run, "--out", tmp_path / "ev")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    fit_metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["auroc"] == pytest.approx(fit_metrics["test"]["auroc"], abs=1e-9)
+    with open(tmp_path / "ev" / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 156 and set(rows[0]) == {"path", "p_malignant", "p_benign-or-normal", "predicted", "label"}
+    y = np.array([r["label"] == "malignant" for r in rows])
+    p = np.array([float(r["p_malignant"]) for r in rows])
+    assert metrics["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-4)
+    html = (tmp_path / "ev" / "report.html").read_text()
+    assert "At threshold 0.500" in html and "data:image/png;base64," in html
+    assert (tmp_path / "ev" / "plots" / "roc.png").is_file()
+
+
+def test_eval_on_the_model_file_with_tta_and_val_split(tiny_run, tmp_path):
+    run, _ = tiny_run
+    result = run_cli("eval", run / "model.keras", "--split", "val", "--tta", "--out", tmp_path / "ev")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["n"] == 78 and metrics["tta"] is True
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["fit", "--set", "train.epoch=1"], 2, "unknown config key 'train.epoch' (did you mean 'train.epochs'?)"),
+        (["fit", "--set", "model.backbones=[resnet5]"], 2, "unknown backbone 'resnet5'"),
+        (["fit", "nosuchconfig"], 2, "unknown config 'nosuchconfig'"),
+        (["fit", "--set", "data.source=/no/such/dir"], 1, "/no/such/dir: data source not found"),
+        (["eval", "/no/such/run"], 2, "does not exist"),
+        (["frobnicate"], 2, "No such command"),
+    ],
+)
+def test_errors_are_one_line_with_exit_status(args, code, message):
+    result = run_cli(*args)
+    assert result.returncode == code, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("medkeras: error: ") and message in lines[-1]
+    assert "Traceback" not in result.stderr
+
+
+def test_unreadable_model_file(tmp_path):
+    bad = tmp_path / "model.keras"
+    bad.write_text("not a zip")
+    result = run_cli("eval", bad)
+    assert result.returncode == 1 and "model.keras" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_listings():
+    result = run_cli("backbones")
+    assert result.returncode == 0 and "resnet18_small" in result.stdout and "efficientnetb0" in result.stdout
+    result = run_cli("configs")
+    assert result.returncode == 0 and result.stdout.startswith("demo")

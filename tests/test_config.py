@@ -1,0 +1,76 @@
+import pytest
+import yaml
+
+from medkeras.config import Config, bundled_configs, from_dict, load_config, parse_override
+from medkeras.errors import ConfigError
+
+
+def test_defaults_are_a_valid_config():
+    cfg = Config()
+    assert cfg.data.source == "breastmnist"
+    assert cfg.train.epochs >= 1
+
+
+def test_demo_is_bundled_and_loads():
+    assert "demo" in bundled_configs()
+    cfg = load_config("demo")
+    assert cfg.name == "demo"
+    assert cfg.data.source == "breastmnist"
+    assert len(cfg.model.backbones) >= 2
+    assert cfg.model.weights == "none"
+
+
+def test_overrides_are_read_as_yaml_and_typed():
+    cfg = load_config(
+        "demo",
+        ["train.epochs=3", "train.learning_rate=1e-3", "model.backbones=[cnn8_small]", "data.window=lung",
+         "train.jit_compile=true", "data.augment.rotation=0"],
+    )
+    assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
+    assert cfg.train.learning_rate == pytest.approx(1e-3) and isinstance(cfg.train.learning_rate, float)
+    assert cfg.model.backbones == ["cnn8_small"]
+    assert cfg.data.window == "lung"
+    assert cfg.train.jit_compile is True
+    assert cfg.data.augment.rotation == 0.0
+
+
+@pytest.mark.parametrize(
+    "override, hint",
+    [("train.epoch=3", "train.epochs"), ("data.imagesize=64", "data.image_size"), ("modle.backbones=[x]", "model")],
+)
+def test_unknown_key_names_the_closest_valid_key(override, hint):
+    with pytest.raises(ConfigError, match=f"did you mean '{hint}"):
+        load_config("demo", [override])
+
+
+def test_wrong_type_and_bad_values_are_config_errors():
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config("demo", ["train.epochs=many"])
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet5'.*resnet50"):
+        load_config("demo", ["model.backbones=[resnet5]"])
+    with pytest.raises(ConfigError, match="data.split"):
+        load_config("demo", ["data.split=[0.5, 0.5, 0.5]"])
+    with pytest.raises(ConfigError, match="unknown window"):
+        load_config("demo", ["data.window=lungs"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("train.epochs")
+    assert issubclass(ConfigError, Exception) and ConfigError.exit_code == 2
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    cfg = load_config("demo", ["train.epochs=7", "data.window=[[-600, 1500], mediastinum, bone]"])
+    cfg.save(tmp_path / "config.yaml")
+    again = from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text()))
+    assert again == cfg
+
+
+def test_yaml_file_and_missing_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("model:\n  backbones: [resnet18_small]\ntrain:\n  epochs: 4\n")
+    cfg = load_config(str(path))
+    assert cfg.name == "mine" and cfg.train.epochs == 4 and cfg.model.backbones == ["resnet18_small"]
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "absent.yaml"))
+    path.write_text("trian:\n  epochs: 4\n")
+    with pytest.raises(ConfigError, match="did you mean 'train'"):
+        load_config(str(path))

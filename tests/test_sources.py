@@ -1,0 +1,148 @@
+"""Readers on real data: the bundled BreastMNIST npz, PNG folders and CSV manifests made from it, real DICOM."""
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import LUNG
+from medkeras.config import DataConfig
+from medkeras.data.pipeline import make_tf_dataset, split_arrays
+from medkeras.data.sources import load_dataset, load_npz, read_image
+from medkeras.errors import DataError
+
+
+def test_bundled_breastmnist_official_splits(breast):
+    assert breast.class_names == ["malignant", "benign-or-normal"]
+    assert breast.positive_class == "malignant"
+    assert breast.counts() == {
+        "train": {"malignant": 147, "benign-or-normal": 399},
+        "val": {"malignant": 21, "benign-or-normal": 57},
+        "test": {"malignant": 42, "benign-or-normal": 114},
+    }
+    assert breast.splits["train"].images.shape == (546, 28, 28)
+
+
+def test_npz_reader_on_a_copy(tmp_path, breast):
+    from medkeras.data.sources import DATASETS_DIR
+
+    copy = tmp_path / "mine.npz"
+    shutil.copy(DATASETS_DIR / "breastmnist.npz", copy)
+    ds = load_npz(copy)
+    assert ds.class_names == ["class_0", "class_1"]  # an unknown npz: neutral names, never bare digits
+    np.testing.assert_array_equal(ds.splits["test"].images, breast.splits["test"].images)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, train_images=np.zeros((2, 4, 4)))
+    with pytest.raises(DataError, match="missing arrays"):
+        load_npz(bad)
+
+
+def test_folder_reader_splits_stratified(png_folder):
+    ds = load_dataset(DataConfig(source=str(png_folder), split=[0.5, 0.25, 0.25]))
+    assert ds.class_names == ["benign-or-normal", "malignant"]  # sorted folder names
+    assert sum(len(s) for s in ds.splits.values()) == 24
+    for s in ds.splits.values():
+        assert set(np.unique(s.labels)) == {0, 1}
+    images, labels, names, bad = split_arrays(ds.splits["train"], DataConfig(source=str(png_folder), image_size=32))
+    assert images.shape == (len(labels), 32, 32, 1) and not bad
+    assert names[0].endswith(".png")
+
+
+def test_manifest_with_split_and_patients(tmp_path, png_folder):
+    files = sorted(png_folder.rglob("*.png"))
+    rows = [{"path": str(f.relative_to(png_folder)), "label": f.parent.name, "patient_id": f"P{i // 2}"}
+            for i, f in enumerate(files)]
+    manifest = png_folder / "manifest.csv"
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["path", "label", "patient_id"])
+        writer.writeheader()
+        writer.writerows(rows)
+    ds = load_dataset(DataConfig(source=str(manifest), split=[0.5, 0.25, 0.25]))
+    groups = {s: set(split.groups) for s, split in ds.splits.items()}
+    assert not (groups["train"] & groups["val"]) and not (groups["train"] & groups["test"])
+    assert not any("P1" == g for gs in groups.values() for g in gs)  # hashed, never raw
+    # an explicit split column is respected
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "split"])
+        for i, r in enumerate(rows):
+            writer.writerow([r["path"], r["label"], ("train", "val", "test")[i % 3]])
+    ds = load_dataset(DataConfig(source=str(manifest)))
+    assert [len(ds.splits[s]) for s in ("train", "val", "test")] == [8, 8, 8]
+
+
+def test_manifest_errors_name_the_file(tmp_path, png_folder):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("file,label\na.png,x\n")
+    with pytest.raises(DataError, match=r"m\.csv.*path"):
+        load_dataset(DataConfig(source=str(manifest)))
+    files = sorted(png_folder.rglob("*.png"))
+    manifest.write_text("path,label\n" + "".join(f"{f},malignant\n" for f in files[:4]) + f"{files[5]},tumour\n")
+    with pytest.raises(DataError, match="'tumour'"):
+        load_dataset(DataConfig(source=str(manifest), class_names=["malignant", "benign-or-normal"]))
+
+
+def test_dicom_in_a_manifest_is_windowed(tmp_path):
+    manifest = tmp_path / "ct.csv"
+    rows = [(LUNG / "1-01.dcm", "normal", "train"), (LUNG / "1-13.dcm", "tumour", "train"),
+            (LUNG / "1-14.dcm", "tumour", "test"), (LUNG / "1-01.dcm", "normal", "val")]
+    manifest.write_text("path,label,split\n" + "".join(f"{p},{y},{s}\n" for p, y, s in rows))
+    cfg = DataConfig(source=str(manifest), image_size=64, window=["lung", "mediastinum", "bone"])
+    ds = load_dataset(cfg)
+    images, labels, _, _ = split_arrays(ds.splits["train"], cfg)
+    assert images.shape == (2, 64, 64, 3)
+    assert images.min() >= 0 and images.max() <= 255
+    # air (-1024 HU) in the corner: (−1024 + 1350) / 1500 of the lung window, black in mediastinum and bone
+    np.testing.assert_allclose(images[0, 0, 0], [326 / 1500 * 255, 0.0, 0.0], rtol=1e-5)
+
+
+def test_image_kinds_are_read_not_refused(tmp_path, breast):
+    base = breast.splits["train"].images[0]
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(np.dstack([base, base, base, np.full_like(base, 255)]), "RGBA").save(rgba)
+    assert read_image(rgba).shape == (28, 28, 3)
+    deep = tmp_path / "deep.png"
+    Image.fromarray(base.astype(np.uint16) * 257).save(deep)
+    np.testing.assert_allclose(read_image(deep)[..., 0], base.astype(np.float32), atol=1e-3)
+    one = tmp_path / "one.png"
+    Image.fromarray(np.array([[7]], np.uint8)).save(one)
+    assert read_image(one).shape == (1, 1, 1)
+    arr = tmp_path / "a.npy"
+    np.save(arr, base)
+    np.testing.assert_array_equal(read_image(arr)[..., 0], base.astype(np.float32))
+
+
+@pytest.mark.parametrize("content, cause", [(b"", "empty"), (b"plain text, not a picture", "not a readable image")])
+def test_bad_pictures_fail_or_are_skipped(tmp_path, png_folder, content, cause):
+    broken = png_folder / "malignant" / "broken.png"
+    broken.write_bytes(content)
+    cfg = DataConfig(source=str(png_folder), split=[0.34, 0.33, 0.33])
+    ds = load_dataset(cfg)
+    split = next(s for s in ds.splits.values() if any(str(p).endswith("broken.png") for p in s.paths))
+    with pytest.raises(DataError, match=cause) as info:
+        split_arrays(split, cfg, on_bad_file="fail")
+    assert "broken.png" in str(info.value)
+    images, labels, names, bad = split_arrays(split, cfg, on_bad_file="skip")
+    assert len(bad) == 1 and bad[0][0].endswith("broken.png") and len(labels) == len(split) - 1
+
+
+def test_missing_source_and_empty_class(tmp_path, png_folder):
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(DataConfig(source=str(tmp_path / "nowhere")))
+    (png_folder / "empty_class").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        load_dataset(DataConfig(source=str(png_folder)))
+
+
+def test_pipeline_batches_three_channel_pixels(breast):
+    cfg = DataConfig(source="breastmnist", image_size=32)
+    split = breast.splits["val"]
+    ds = make_tf_dataset(split.images, split.labels, cfg, batch_size=16, training=True)
+    x, y = next(iter(ds))
+    assert tuple(x.shape) == (16, 32, 32, 3) and x.dtype.name == "float32"
+    assert float(x.numpy().min()) >= 0.0 and float(x.numpy().max()) <= 255.0
+    np.testing.assert_array_equal(x[..., 0], x[..., 2])  # grayscale repeated to 3 channels
+    plain = next(iter(make_tf_dataset(split.images, split.labels, cfg, batch_size=78)))
+    np.testing.assert_array_equal(plain[1].numpy(), split.labels)  # evaluation order is the split's order
