@@ -83,6 +83,45 @@ def eval_cmd(model, data, split, out, tta, threshold):
 
 
 @cli.command()
+@click.argument("model", type=click.Path(exists=True))
+@click.option("--out", "base", required=True, type=click.Path(file_okay=False), help="TF Serving base directory.")
+@click.option("--name", help="Model name (default: the config's export.name).")
+@click.option("--version", "version", type=click.IntRange(min=1), help="Version number (default: the next one).")
+def export(model, base, name, version):
+    """Export MODEL (a run directory or .keras file) as a TF Serving SavedModel: BASE/NAME/VERSION/."""
+    _tf()
+    from medkeras.export.savedmodel import export_savedmodel
+
+    click.echo("exporting (tracing three signatures and verifying in a fresh process takes a while)...", err=True)
+    result = export_savedmodel(model, base, name=name, version=version)
+    check = result["verification"]
+    click.echo(
+        f"verified on {check['images']} {check['source']}: max |p_served - p_keras| = {check['max_abs_diff']:.2e}"
+    )
+    click.echo(f"exported {result['path']} in {result['seconds']} s")
+
+
+@cli.command("predict")
+@click.argument("model", type=click.Path(exists=True))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(dir_okay=False), help="CSV file (default: standard output).")
+@click.option("--on-bad-file", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+def predict_cmd(model, inputs, out, on_bad_file, batch_size):
+    """Score files or folders (DICOM, PNG, JPEG, NPY) with MODEL: a run dir, a .keras file or a SavedModel."""
+    _tf()
+    from medkeras.export.predict import predict
+
+    result = predict(model, inputs, out=out, on_bad_file=on_bad_file, batch_size=batch_size)
+    for path, cause in result["skipped"]:
+        click.echo(f"medkeras: skipped {path}: {cause}", err=True)
+    if result["skipped"]:
+        click.echo(f"medkeras: skipped {len(result['skipped'])} unreadable files", err=True)
+    if out:
+        click.echo(f"scored {result['scored']} files -> {out}", err=True)
+
+
+@cli.command()
 def backbones():
     """List every backbone name with its default input size and source."""
     from medkeras.models.backbones import REGISTRY

@@ -1,0 +1,213 @@
+"""Export and predict: layout, signatures, parity with the Keras model on real images, the REST request format."""
+
+import base64
+import csv
+import importlib.util
+import io
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import LUNG, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory):
+    run, _ = tiny_run
+    base = tmp_path_factory.mktemp("serving")
+    result = run_cli("export", run, "--out", base, "--name", "breast")
+    assert result.returncode == 0, result.stderr
+    assert "verified on 32 validation images" in result.stdout
+    return base / "breast" / "1", run
+
+
+@pytest.fixture(scope="module")
+def test_pngs(tmp_path_factory, breast):
+    root = tmp_path_factory.mktemp("pngs")
+    split = breast.splits["test"]
+    paths = []
+    for i in range(6):
+        path = root / f"test{i}.png"
+        Image.fromarray(split.images[i]).save(path)
+        paths.append(path)
+    return paths
+
+
+def _loaded(path):
+    import tensorflow as tf
+
+    return tf.saved_model.load(str(path))
+
+
+def test_layout_and_assets(exported):
+    path, _ = exported
+    assert (path / "saved_model.pb").is_file() and (path / "variables").is_dir()
+    assert (path / "assets" / "labels.txt").read_text().splitlines() == ["malignant", "benign-or-normal"]
+    facts = json.loads((path / "assets" / "preprocessing.json").read_text())
+    assert facts["image_size"] == 28 and facts["class_names"] == ["malignant", "benign-or-normal"]
+    assert facts["threshold"] == 0.5 and facts["temperature"] == 1.0 and facts["positive_class"] == "malignant"
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_signatures_names_dtypes_shapes(exported):
+    import tensorflow as tf
+
+    loaded = _loaded(exported[0])
+    expected_inputs = {
+        "serving_default": ("image", tf.float32, [None, None, None, None]),
+        "serve_encoded": ("image_bytes", tf.string, [None]),
+        "serve_hu": ("hu", tf.float32, [None, None, None]),
+    }
+    for name, (arg, dtype, shape) in expected_inputs.items():
+        fn = loaded.signatures[name]
+        spec = fn.structured_input_signature[1][arg]
+        assert spec.dtype == dtype and spec.shape.as_list() == shape
+        outs = fn.structured_outputs
+        assert set(outs) == {"probabilities", "logits", "label"}
+        assert outs["probabilities"].dtype == tf.float32 and outs["label"].dtype == tf.int64
+        assert outs["probabilities"].shape.as_list() == [None, 2]
+
+
+def test_parity_with_keras_on_real_images_any_size(exported, breast):
+    import tensorflow as tf
+
+    from medkeras.evaluate.metrics import softmax
+    from medkeras.models.io import load_model
+
+    path, run = exported
+    model, meta = load_model(run)
+    images = breast.splits["test"].images[:32].astype(np.float32)[..., None]
+    served = _loaded(path).signatures["serving_default"](image=tf.constant(images))
+    keras_probs = softmax(model.predict(np.repeat(images, 3, axis=-1), verbose=0))
+    assert np.abs(served["probabilities"].numpy() - keras_probs).max() <= 1e-4
+    pos = meta["class_names"].index("malignant")
+    expected_label = np.where(keras_probs[:, pos] >= 0.5, pos, 1 - pos)
+    np.testing.assert_array_equal(served["label"].numpy(), expected_label)
+    # a larger image is resized in the graph: same answer as resizing first
+    big = tf.image.resize(images[:4], (56, 56), method="nearest")
+    out_big = _loaded(path).signatures["serving_default"](image=big)["probabilities"].numpy()
+    assert out_big.shape == (4, 2) and np.isfinite(out_big).all()
+
+
+def test_serve_encoded_equals_pixels(exported, test_pngs):
+    import tensorflow as tf
+
+    loaded = _loaded(exported[0])
+    data = [p.read_bytes() for p in test_pngs]
+    by_bytes = loaded.signatures["serve_encoded"](image_bytes=tf.constant(data))["probabilities"].numpy()
+    pixels = np.stack([np.asarray(Image.open(p), dtype=np.float32)[..., None] for p in test_pngs])
+    by_pixels = loaded.signatures["serving_default"](image=tf.constant(pixels))["probabilities"].numpy()
+    np.testing.assert_allclose(by_bytes, by_pixels, atol=1e-6)
+    with pytest.raises(Exception, match="(?i)unknown image|decode|invalid"):
+        loaded.signatures["serve_encoded"](image_bytes=tf.constant([b"not an image"]))
+
+
+def test_serve_hu_windows_in_the_graph(tmp_path, tiny_run):
+    """A CT model (lung window) served from raw HU equals the Keras model on the windowed slice."""
+    import tensorflow as tf
+
+    from medkeras.data.pipeline import resize_images, to_model_channels
+    from medkeras.data.sources import read_image
+    from medkeras.evaluate.metrics import softmax
+    from medkeras.export.savedmodel import build_archive
+    from medkeras.models.io import load_model
+    from medkeras import read_dicom_hu
+
+    model, meta = load_model(tiny_run[0])
+    meta = {**meta, "windows": [[-600.0, 1500.0]]}
+    archive = build_archive(model, meta)
+    archive.write_out(str(tmp_path / "ct"), verbose=False)
+    loaded = tf.saved_model.load(str(tmp_path / "ct"))
+    hu = np.stack([read_dicom_hu(LUNG / n) for n in ("1-01.dcm", "1-13.dcm")])
+    served = loaded.signatures["serve_hu"](hu=tf.constant(hu))["probabilities"].numpy()
+    pixels = np.stack([read_image(LUNG / n, [(-600.0, 1500.0)]) for n in ("1-01.dcm", "1-13.dcm")])
+    expected = softmax(model.predict(resize_images(to_model_channels(pixels), 28).numpy(), verbose=0))
+    assert np.abs(served - expected).max() <= 1e-4
+
+
+def test_rest_request_matches_the_signature(exported, test_pngs):
+    import tensorflow as tf
+
+    spec = importlib.util.spec_from_file_location("serving_client", ROOT / "bin" / "serving_client.py")
+    client = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client)
+    body = client.rest_request(test_pngs[:2])
+    loaded = _loaded(exported[0])
+    assert body["signature_name"] in loaded.signatures
+    fn = loaded.signatures[body["signature_name"]]
+    assert set(body["instances"][0]) == set(fn.structured_input_signature[1])
+    # what TF Serving does with {"b64": ...}: decode to bytes and feed the string tensor
+    data = [base64.b64decode(i["image_bytes"]["b64"]) for i in body["instances"]]
+    assert data[0] == test_pngs[0].read_bytes()
+    out = fn(image_bytes=tf.constant(data))
+    assert out["probabilities"].shape == (2, 2)
+    json.dumps(body)  # serializable as sent
+
+
+def test_saved_model_cli_runs_a_real_image(exported, tmp_path, breast):
+    path, _ = exported
+    npy = tmp_path / "x.npy"
+    np.save(npy, breast.splits["test"].images[:1].astype(np.float32)[..., None])
+    proc = subprocess.run(
+        ["saved_model_cli", "run", "--dir", str(path), "--tag_set", "serve", "--signature_def", "serving_default",
+         "--inputs", f"image={npy}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "probabilities" in proc.stdout and "label" in proc.stdout
+
+
+def _read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_predict_keras_and_savedmodel_agree(exported, test_pngs, tmp_path):
+    path, run = exported
+    folder = test_pngs[0].parent
+    a = run_cli("predict", run, folder, "--out", tmp_path / "keras.csv")
+    b = run_cli("predict", path.parent, *test_pngs, "--out", tmp_path / "served.csv")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    rows_a, rows_b = _read_csv(tmp_path / "keras.csv"), _read_csv(tmp_path / "served.csv")
+    assert len(rows_a) == len(rows_b) == 6
+    assert list(rows_a[0]) == ["path", "p_malignant", "p_benign-or-normal", "label"]
+    for ra, rb in zip(rows_a, rows_b):
+        assert Path(ra["path"]).name == Path(rb["path"]).name and ra["label"] == rb["label"]
+        assert abs(float(ra["p_malignant"]) - float(rb["p_malignant"])) <= 1e-4
+
+
+def test_predict_input_kinds_and_bad_files(tiny_run, tmp_path, breast):
+    run, _ = tiny_run
+    np.save(tmp_path / "a.npy", breast.splits["test"].images[0])
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    inputs = [tmp_path / "a.npy", LUNG / "1-01.dcm", tmp_path / "broken.png"]
+    fail = run_cli("predict", run / "model.keras", *inputs)
+    assert fail.returncode == 1 and "broken.png" in fail.stderr.splitlines()[-1] and "Traceback" not in fail.stderr
+    skip = run_cli("predict", run / "model.keras", *inputs, "--on-bad-file", "skip")
+    assert skip.returncode == 0, skip.stderr
+    rows = list(csv.DictReader(io.StringIO(skip.stdout)))
+    assert [Path(r["path"]).name for r in rows] == ["a.npy", "1-01.dcm"]
+    assert "skipped 1 unreadable files" in skip.stderr
+
+
+def test_killed_export_leaves_no_version(tiny_run, tmp_path):
+    run, _ = tiny_run
+    proc = subprocess.Popen([sys.executable, "-m", "medkeras", "export", str(run), "--out", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("medkeras/.*")):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    versions = [p for p in (tmp_path / "medkeras").iterdir() if p.name.isdigit()]
+    assert versions == []
