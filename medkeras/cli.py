@@ -69,8 +69,12 @@ def _print_summary(run_dir):
 @click.option("--data", help="Evaluate on another data source (same classes).")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory (default <run>/eval-<split>).")
-@click.option("--tta", is_flag=True, help="Average logits with the horizontally flipped image.")
-@click.option("--threshold", help="Binary operating point (a number in [0, 1]; default: the model's).")
+@click.option("--tta/--no-tta", default=None, help="Average logits over flips (default: the config's eval.tta).")
+@click.option(
+    "--threshold",
+    help="Binary operating point: a number, or youden / f1 / sensitivity@0.95 / specificity@0.9 chosen on the "
+    "validation split (default: the model's saved threshold).",
+)
 def eval_cmd(model, data, split, out, tta, threshold):
     """Evaluate MODEL (a run directory or a .keras file)."""
     _tf()
@@ -119,6 +123,23 @@ def predict_cmd(model, inputs, out, on_bad_file, batch_size):
         click.echo(f"medkeras: skipped {len(result['skipped'])} unreadable files", err=True)
     if out:
         click.echo(f"scored {result['scored']} files -> {out}", err=True)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(exists=True))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the overlays.")
+def gradcam(model, inputs, out):
+    """Grad-CAM overlays of MODEL's predicted class for each input (one PNG per input)."""
+    _tf()
+    from medkeras.evaluate.gradcam import write_overlays
+    from medkeras.models.io import load_model
+
+    keras_model, meta = load_model(model)
+    if "image_size" not in meta:
+        raise MedkerasError(f"{model}: not a medkeras model (no medkeras.json inside)")
+    written = write_overlays(keras_model, meta, inputs, out)
+    click.echo(f"wrote {len(written)} overlays to {out}")
 
 
 @cli.command()

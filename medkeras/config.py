@@ -84,7 +84,14 @@ class EvalConfig:
 
     split: str = "test"
     batch_size: int = 64
-    threshold: str = "0.5"  # binary operating point: a number (more rules come with the evaluation issue)
+    threshold: str = "0.5"  # binary operating point: a number, youden, f1, sensitivity@0.95, specificity@0.9
+    calibrate: str = "temperature"  # "temperature" (fitted on validation logits) or "none"
+    bootstrap: int = 1000  # resamples for the 95% intervals (0: none)
+    ci_level: float = 0.95
+    ece_bins: int = 15
+    tta: bool = False  # average logits over the flips below
+    tta_flips: list = field(default_factory=lambda: ["horizontal"])  # "horizontal", "vertical", "both"
+    gradcam_examples: int = 4  # true positives and worst false negatives shown in the report
 
 
 @dataclass
@@ -285,6 +292,12 @@ def validate(cfg: Config) -> None:
     _one_of("train.schedule", cfg.train.schedule, ("cosine", "constant"))
     _one_of("data.on_bad_file", cfg.data.on_bad_file, ("fail", "skip"))
     _one_of("data.cache", cfg.data.cache, ("auto", "memory", "none"))
+    _one_of("eval.calibrate", cfg.eval.calibrate, ("temperature", "none"))
+    for flip in cfg.eval.tta_flips:
+        _one_of("eval.tta_flips", flip, ("horizontal", "vertical", "both"))
+    from medkeras.evaluate.thresholds import parse_rule
+
+    parse_rule(cfg.eval.threshold)
     _one_of("data.augment.flip", cfg.data.augment.flip, ("horizontal", "vertical", "horizontal_and_vertical", "none"))
     if cfg.data.image_size < 8:
         raise ConfigError(f"config key 'data.image_size' must be >= 8, got {cfg.data.image_size}")

@@ -49,12 +49,14 @@ def _loaded(path):
 
 
 def test_layout_and_assets(exported):
-    path, _ = exported
+    path, run = exported
+    saved = json.loads((run / "metrics.json").read_text())
     assert (path / "saved_model.pb").is_file() and (path / "variables").is_dir()
     assert (path / "assets" / "labels.txt").read_text().splitlines() == ["malignant", "benign-or-normal"]
     facts = json.loads((path / "assets" / "preprocessing.json").read_text())
     assert facts["image_size"] == 28 and facts["class_names"] == ["malignant", "benign-or-normal"]
-    assert facts["threshold"] == 0.5 and facts["temperature"] == 1.0 and facts["positive_class"] == "malignant"
+    assert facts["threshold"] == saved["threshold"] and facts["temperature"] == saved["temperature"]
+    assert facts["positive_class"] == "malignant" and facts["temperature"] != 1.0  # fitted on validation
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporary left behind
 
 
@@ -87,10 +89,10 @@ def test_parity_with_keras_on_real_images_any_size(exported, breast):
     model, meta = load_model(run)
     images = breast.splits["test"].images[:32].astype(np.float32)[..., None]
     served = _loaded(path).signatures["serving_default"](image=tf.constant(images))
-    keras_probs = softmax(model.predict(np.repeat(images, 3, axis=-1), verbose=0))
+    keras_probs = softmax(model.predict(np.repeat(images, 3, axis=-1), verbose=0), meta["temperature"])
     assert np.abs(served["probabilities"].numpy() - keras_probs).max() <= 1e-4
     pos = meta["class_names"].index("malignant")
-    expected_label = np.where(keras_probs[:, pos] >= 0.5, pos, 1 - pos)
+    expected_label = np.where(keras_probs[:, pos] >= meta["threshold"], pos, 1 - pos)
     np.testing.assert_array_equal(served["label"].numpy(), expected_label)
     # a larger image is resized in the graph: same answer as resizing first
     big = tf.image.resize(images[:4], (56, 56), method="nearest")
@@ -130,7 +132,7 @@ def test_serve_hu_windows_in_the_graph(tmp_path, tiny_run):
     hu = np.stack([read_dicom_hu(LUNG / n) for n in ("1-01.dcm", "1-13.dcm")])
     served = loaded.signatures["serve_hu"](hu=tf.constant(hu))["probabilities"].numpy()
     pixels = np.stack([read_image(LUNG / n, [(-600.0, 1500.0)]) for n in ("1-01.dcm", "1-13.dcm")])
-    expected = softmax(model.predict(resize_images(to_model_channels(pixels), 28).numpy(), verbose=0))
+    expected = softmax(model.predict(resize_images(to_model_channels(pixels), 28).numpy(), verbose=0), meta["temperature"])
     assert np.abs(served - expected).max() <= 1e-4
 
 

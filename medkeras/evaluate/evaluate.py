@@ -1,7 +1,8 @@
-"""`medkeras eval`: score a saved model on a split, write metrics.json, predictions.csv, plots and report.html.
+"""`medkeras eval` and the end of `fit`: score a model on a split and write what a clinician-facing team reads.
 
-Probabilities always come from the model's logits through the saved temperature, and binary labels through the
-saved threshold, so what is evaluated here is what `predict` and the export return.
+Probabilities come from the model's logits through the saved temperature, binary labels through the saved
+threshold, so what is evaluated here is what `predict` and the export return. Operating points and the
+temperature are chosen on validation (`calibrate_on_validation`) and only applied to test.
 """
 
 from __future__ import annotations
@@ -13,37 +14,108 @@ from pathlib import Path
 import numpy as np
 
 from medkeras.config import from_dict
-from medkeras.errors import ConfigError, DataError, MedkerasError
-from medkeras.evaluate.metrics import classification_metrics, positive_index, predict_labels, softmax
+from medkeras.errors import DataError, MedkerasError
+from medkeras.evaluate.calibration import calibration_summary, fit_temperature
+from medkeras.evaluate.metrics import (
+    bootstrap_intervals,
+    classification_metrics,
+    positive_index,
+    predict_labels,
+    softmax,
+)
+from medkeras.evaluate.thresholds import choose_threshold, parse_rule
 from medkeras.utils import atomic_path, atomic_write_json
 
+FLIPS = {"horizontal": [2], "vertical": [1], "both": [1, 2]}
 
-def predict_logits(model, images, data_cfg, batch_size: int = 64, tta: bool = False) -> np.ndarray:
-    """Logits (N, K) for in-memory images; `tta` averages them with the horizontally flipped images' logits."""
+
+def predict_logits(model, images, data_cfg, batch_size: int = 64, tta=False, flips=("horizontal",)) -> np.ndarray:
+    """Logits (N, K) for in-memory images; with `tta`, the mean over the image and its `flips`."""
+    import tensorflow as tf
+
     from medkeras.data.pipeline import make_tf_dataset
 
     labels = np.zeros(len(images), dtype=np.int64)
     ds = make_tf_dataset(images, labels, data_cfg, batch_size, training=False).map(lambda x, y: x)
-    logits = np.asarray(model.predict(ds, verbose=0), dtype=np.float32)
+    logits = [np.asarray(model.predict(ds, verbose=0), dtype=np.float32)]
     if tta:
-        import tensorflow as tf
+        for flip in flips:
+            axes = FLIPS[flip]
+            logits.append(np.asarray(model.predict(ds.map(lambda x, a=axes: tf.reverse(x, axis=a)), verbose=0), np.float32))
+    return np.mean(logits, axis=0)
 
-        flipped = np.asarray(model.predict(ds.map(lambda x: tf.reverse(x, axis=[2])), verbose=0), dtype=np.float32)
-        logits = (logits + flipped) / 2.0
-    return logits
+
+def member_logits(model, images, data_cfg, batch_size=64, tta=False, flips=("horizontal",)) -> dict:
+    """{member name: logits} for each member of an ensemble (empty for a single model)."""
+    from medkeras.models.ensemble import members_of
+
+    members = members_of(model)
+    if len(members) < 2:
+        return {}
+    return {m.name: predict_logits(m, images, data_cfg, batch_size, tta, flips) for m in members}
 
 
-def parse_threshold(rule, default: float = 0.5) -> float:
-    """A threshold rule: a number in [0, 1] (rules fitted on validation come with the evaluation issue)."""
-    if rule is None or rule == "":
-        return default
-    try:
-        value = float(rule)
-    except (TypeError, ValueError):
-        raise ConfigError(f"threshold must be a number in [0, 1], got '{rule}'") from None
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"threshold must be in [0, 1], got {value}")
-    return value
+def calibrate_on_validation(val_labels, val_logits, class_names, positive_class, eval_cfg, rule=None) -> dict:
+    """Temperature (if configured) and threshold (by rule) fitted on validation -> {"temperature", "threshold"}."""
+    temperature = fit_temperature(val_labels, val_logits) if eval_cfg.calibrate == "temperature" else 1.0
+    rule = rule if rule is not None else eval_cfg.threshold
+    threshold = 0.5
+    if len(class_names) == 2:
+        probs = softmax(val_logits, temperature)
+        pos = positive_index(class_names, positive_class)
+        threshold = choose_threshold(rule, np.asarray(val_labels) == pos, probs[:, pos])
+    return {"temperature": float(temperature), "threshold": float(threshold), "threshold_rule": str(rule)}
+
+
+def score_logits(labels, logits, class_names, positive_class, temperature, threshold, eval_cfg, bootstrap=None) -> dict:
+    """Metrics, intervals and calibration (before and after the temperature) for one split's logits."""
+    probs = softmax(logits, temperature)
+    metrics = classification_metrics(labels, probs, class_names, positive_class, threshold)
+    n_boot = eval_cfg.bootstrap if bootstrap is None else bootstrap
+    if n_boot and len(labels):
+        metrics["intervals"] = bootstrap_intervals(
+            labels, probs, class_names, positive_class, threshold, n=n_boot, seed=0, level=eval_cfg.ci_level
+        )
+        metrics["ci_level"] = eval_cfg.ci_level
+    if len(labels):
+        metrics["calibration"] = {
+            "temperature": float(temperature),
+            "after": calibration_summary(labels, probs, eval_cfg.ece_bins),
+            "before": calibration_summary(labels, softmax(logits, 1.0), eval_cfg.ece_bins),
+        }
+    return metrics
+
+
+def ensemble_table(labels, members: dict, ensemble_logits, class_names, positive_class, threshold, eval_cfg) -> list:
+    """Rows: each member alone, each leave-one-out average, the plain average and the model's own combination."""
+    if not members:
+        return []
+    n_boot = max(200, eval_cfg.bootstrap // 5) if eval_cfg.bootstrap else 0
+    names = list(members)
+    combos = [(f"{n} alone", [n]) for n in names]
+    if len(names) > 2:
+        combos += [(f"without {n}", [m for m in names if m != n]) for n in names]
+    combos.append(("plain average (all)", names))
+    rows = []
+    for title, parts in combos:
+        logits = np.mean([members[p] for p in parts], axis=0)
+        rows.append(_row(title, labels, logits, class_names, positive_class, threshold, eval_cfg, n_boot))
+    rows.append(_row("model as saved", labels, ensemble_logits, class_names, positive_class, threshold, eval_cfg, n_boot))
+    return rows
+
+
+def _row(title, labels, logits, class_names, positive_class, threshold, eval_cfg, n_boot):
+    m = score_logits(labels, logits, class_names, positive_class, 1.0, threshold, eval_cfg, bootstrap=n_boot)
+    ci = m.get("intervals", {}).get("auroc", {})
+    return {
+        "model": title,
+        "auroc": m.get("auroc"),
+        "auroc_lower": ci.get("lower"),
+        "auroc_upper": ci.get("upper"),
+        "auprc": m.get("auprc"),
+        "accuracy": m.get("accuracy"),
+        "ece": m.get("calibration", {}).get("after", {}).get("ece"),
+    }
 
 
 def write_predictions(path, names, labels, probs, pred, class_names) -> None:
@@ -56,21 +128,23 @@ def write_predictions(path, names, labels, probs, pred, class_names) -> None:
         tmp.write_text(buf.getvalue())
 
 
-def score_split(model, meta, split_name, dataset, data_cfg, batch_size=64, tta=False, threshold=None, on_bad_file="fail"):
-    """Predict one split of `dataset` and compute its metrics -> dict with arrays and metrics."""
+def score_split(model, meta, split_name, dataset, cfg, tta=None, threshold=None, on_bad_file="fail", analysis=True):
+    """Predict one split of `dataset` and compute everything the report shows -> dict."""
     from medkeras.data.pipeline import split_arrays
 
-    if split_name not in dataset.splits:
-        raise ConfigError(f"unknown split '{split_name}' (train, val or test)")
-    images, labels, names, bad = split_arrays(dataset.splits[split_name], data_cfg, on_bad_file)
+    eval_cfg = cfg.eval
+    tta = eval_cfg.tta if tta is None else tta
+    images, labels, names, bad = split_arrays(dataset.splits[split_name], cfg.data, on_bad_file)
     if len(labels) == 0:
-        raise DataError(data_cfg.source, f"the {split_name} split is empty")
-    logits = predict_logits(model, images, data_cfg, batch_size, tta)
-    probs = softmax(logits, meta.get("temperature", 1.0))
+        raise DataError(cfg.data.source, f"the {split_name} split is empty: nothing to evaluate")
+    logits = predict_logits(model, images, cfg.data, eval_cfg.batch_size, tta, eval_cfg.tta_flips)
+    temperature = float(meta.get("temperature", 1.0))
+    thr = float(meta.get("threshold", 0.5)) if threshold is None else float(threshold)
     class_names = dataset.class_names
-    thr = threshold if threshold is not None else float(meta.get("threshold", 0.5))
+    metrics = score_logits(labels, logits, class_names, dataset.positive_class, temperature, thr, eval_cfg)
+    probs = softmax(logits, temperature)
     pos = positive_index(class_names, dataset.positive_class) if len(class_names) == 2 else None
-    result = classification_metrics(labels, probs, class_names, dataset.positive_class, thr)
+    members = member_logits(model, images, cfg.data, eval_cfg.batch_size, tta, eval_cfg.tta_flips) if analysis else {}
     return {
         "split": split_name,
         "images": images,
@@ -79,12 +153,14 @@ def score_split(model, meta, split_name, dataset, data_cfg, batch_size=64, tta=F
         "logits": logits,
         "probs": probs,
         "pred": predict_labels(probs, pos, thr),
-        "metrics": result,
+        "metrics": metrics,
+        "ensemble": ensemble_table(labels, members, logits, class_names, dataset.positive_class, thr, eval_cfg),
         "bad_files": bad,
+        "tta": bool(tta),
     }
 
 
-def write_outputs(out_dir, scored, dataset, config_dict, meta, history_csv=None) -> dict:
+def write_outputs(out_dir, scored, dataset, cfg, meta, model=None, history_csv=None) -> dict:
     """predictions.csv, plots/*.png and report.html for one scored split; returns the metrics dict."""
     from medkeras.evaluate.report import write_report
 
@@ -93,16 +169,18 @@ def write_outputs(out_dir, scored, dataset, config_dict, meta, history_csv=None)
     write_predictions(
         out_dir / "predictions.csv", scored["names"], scored["labels"], scored["probs"], scored["pred"], dataset.class_names
     )
-    write_report(out_dir, scored, dataset, config_dict, meta, history_csv)
+    write_report(out_dir, scored, dataset, cfg, meta, model=model, history_csv=history_csv)
     return scored["metrics"]
 
 
-def evaluate(model_path, data=None, split="test", out=None, tta=False, threshold=None, batch_size=None) -> dict:
+def evaluate(model_path, data=None, split="test", out=None, tta=None, threshold=None) -> dict:
     """Evaluate a run directory or a `.keras` file on `split` (of its own data, or `data`); returns metrics.
 
-    Writes `metrics.json`, `predictions.csv`, `report.html` and `plots/` into `out` (default: `<run>/eval-<split>`
-    or `<model>-eval-<split>` beside a bare `.keras` file).
+    `threshold`: a number, or a rule (`youden`, `f1`, `sensitivity@0.95`, ...) chosen on the validation split
+    and applied to `split`; default: the model's saved threshold. Writes `metrics.json`, `predictions.csv`,
+    `report.html` and `plots/` into `out` (default `<run>/eval-<split>`, or `<model>-eval-<split>` beside a file).
     """
+    from medkeras.data.pipeline import split_arrays
     from medkeras.data.sources import load_dataset
     from medkeras.models.io import load_model
 
@@ -113,22 +191,44 @@ def evaluate(model_path, data=None, split="test", out=None, tta=False, threshold
     cfg = from_dict(meta["config"])
     if data is not None:
         cfg.data.source = str(data)
+        cfg.data.class_names = None  # read the new source's own classes, then compare with the model's
+        cfg.data.positive_class = None
     dataset = load_dataset(cfg.data, seed=cfg.train.seed)
     if list(dataset.class_names) != list(meta["class_names"]):
         raise DataError(
             cfg.data.source, f"classes {dataset.class_names} do not match the model's classes {meta['class_names']}"
         )
     dataset.positive_class = meta.get("positive_class", dataset.positive_class)
-    thr = parse_threshold(threshold, float(meta.get("threshold", 0.5))) if threshold is not None else None
-    scored = score_split(
-        model, meta, split, dataset, cfg.data, batch_size or cfg.eval.batch_size, tta, thr, cfg.data.on_bad_file
-    )
+    if split not in dataset.splits:
+        raise MedkerasError(f"unknown split '{split}' (train, val or test)")
+    thr = None
+    if threshold is not None:
+        kind, value = parse_rule(threshold)
+        if kind == "fixed":
+            thr = value
+        else:
+            images, labels, _, _ = split_arrays(dataset.splits["val"], cfg.data, cfg.data.on_bad_file)
+            if len(labels) == 0:
+                raise DataError(cfg.data.source, f"threshold rule '{threshold}' needs a validation split; it is empty")
+            logits = predict_logits(model, images, cfg.data, cfg.eval.batch_size)
+            chosen = calibrate_on_validation(labels, logits, dataset.class_names, dataset.positive_class, cfg.eval, threshold)
+            thr = chosen["threshold"]
+        cfg.eval.threshold = str(threshold)
+    scored = score_split(model, meta, split, dataset, cfg, tta=tta, threshold=thr, on_bad_file=cfg.data.on_bad_file)
     if out is None:
         out = (model_path / f"eval-{split}") if model_path.is_dir() else model_path.with_name(f"{model_path.stem}-eval-{split}")
     out = Path(out)
     history = model_path / "train_log.csv" if model_path.is_dir() else None
-    metrics = write_outputs(out, scored, dataset, cfg.to_dict(), meta, history)
-    result = {"model": str(model_path), "data": str(cfg.data.source), "split": split, "tta": bool(tta), **metrics}
+    metrics = write_outputs(out, scored, dataset, cfg, meta, model=model, history_csv=history)
+    result = {
+        "model": str(model_path),
+        "data": str(cfg.data.source),
+        "split": split,
+        "tta": scored["tta"],
+        "threshold_rule": str(threshold) if threshold is not None else meta.get("threshold_rule", "saved"),
+        **metrics,
+        "ensemble": scored["ensemble"],
+    }
     atomic_write_json(out / "metrics.json", result)
     result["out"] = str(out)
     return result

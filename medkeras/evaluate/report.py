@@ -1,190 +1,205 @@
-"""Plots (matplotlib PNG) and one self-contained `report.html` for an evaluated split.
+"""One self-contained `report.html` per evaluated split: data, metrics with intervals, operating point,
+calibration, ensemble table, Grad-CAM, error review and the config.
 
-Every image is written to `plots/` and embedded in the page (base64), so the report can be mailed as one file.
-File names are shown; patient identifiers never reach this module.
+Plots are drawn by `plots.py` into `plots/` and embedded (base64), so the page can be mailed as one file.
+File names are shown; patient identifiers never reach this module (only hashed keys exist past the reader).
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import html
+import io
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from medkeras.utils import atomic_path, atomic_write_text
+from medkeras.evaluate import plots
+from medkeras.utils import atomic_write_text
+
+HEADLINE = ("auroc", "auprc", "accuracy", "balanced_accuracy", "f1", "f1_macro", "sensitivity", "specificity", "ppv",
+            "npv", "auroc_micro", "log_loss")
+SMALL_TEST = 200  # below this, intervals are wide: say so
 
 
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    plt = _figure()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-    return path
-
-
-def plot_roc_pr(labels, probs, pos, plots: Path) -> list[Path]:
-    from sklearn.metrics import auc, precision_recall_curve, roc_curve
-
-    plt = _figure()
-    y = labels == pos
-    if y.all() or not y.any():
-        return []
-    fpr, tpr, _ = roc_curve(y, probs[:, pos])
-    fig, ax = plt.subplots(figsize=(4.2, 4))
-    ax.plot(fpr, tpr, lw=2, label=f"AUROC {auc(fpr, tpr):.3f}")
-    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC")
-    ax.legend(loc="lower right")
-    out = [_save(fig, plots / "roc.png")]
-    precision, recall, _ = precision_recall_curve(y, probs[:, pos])
-    fig, ax = plt.subplots(figsize=(4.2, 4))
-    ax.plot(recall, precision, lw=2)
-    ax.axhline(y.mean(), color="k", ls="--", lw=0.8, label=f"prevalence {y.mean():.2f}")
-    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision-recall", ylim=(0, 1.02))
-    ax.legend(loc="lower left")
-    out.append(_save(fig, plots / "pr.png"))
-    return out
-
-
-def plot_confusion(cm, class_names, plots: Path) -> Path:
-    plt = _figure()
-    cm = np.asarray(cm)
-    fig, ax = plt.subplots(figsize=(1.2 * len(class_names) + 2.5, 1.1 * len(class_names) + 2))
-    ax.imshow(cm, cmap="Blues")
-    for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
-    ax.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right")
-    ax.set_yticks(range(len(class_names)), class_names)
-    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix")
-    return _save(fig, plots / "confusion_matrix.png")
-
-
-def plot_distribution(labels, probs, class_names, pos, threshold, plots: Path) -> Path:
-    plt = _figure()
-    score_class = pos if pos is not None else probs.shape[1] - 1
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    bins = np.linspace(0, 1, 26)
-    for i, c in enumerate(class_names):
-        if (labels == i).any():
-            ax.hist(probs[labels == i, score_class], bins=bins, alpha=0.6, label=f"true {c}")
-    if pos is not None:
-        ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.2f}")
-    ax.set(xlabel=f"p({class_names[score_class]})", ylabel="images", title="Predicted probability by class")
-    ax.legend(fontsize=8)
-    return _save(fig, plots / "probability_distribution.png")
-
-
-def plot_history(history_csv: Path, plots: Path) -> Path | None:
-    if history_csv is None or not Path(history_csv).is_file():
-        return None
-    with open(history_csv, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        return None
-    plt = _figure()
-    epochs = [int(r["epoch"]) + 1 for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for key in ("loss", "val_loss"):
-        if key in rows[0]:
-            axes[0].plot(epochs, [float(r[key]) for r in rows], label=key)
-    for key in ("accuracy", "val_accuracy", "val_auroc"):
-        if key in rows[0]:
-            axes[1].plot(epochs, [float(r[key]) if r[key] not in ("", "nan") else np.nan for r in rows], label=key)
-    axes[0].set(xlabel="epoch", title="Loss")
-    axes[1].set(xlabel="epoch", title="Accuracy / AUROC")
-    for ax in axes:
-        ax.legend(fontsize=8)
-    return _save(fig, plots / "training_history.png")
-
-
-def _fmt(value) -> str:
+def _fmt(value, digits=3) -> str:
     if value is None:
         return "undefined"
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return f"{value:.{digits}f}"
     return html.escape(str(value))
 
 
-def _img(path: Path) -> str:
+def _with_ci(metrics, key) -> str:
+    ci = metrics.get("intervals", {}).get(key)
+    if not ci or ci.get("lower") is None:
+        return _fmt(metrics.get(key))
+    return f"{_fmt(metrics.get(key))} [{_fmt(ci['lower'])}, {_fmt(ci['upper'])}]"
+
+
+def _img(path: Path, width=None) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}"></figure>'
+    style = f' style="width:{width}px"' if width else ""
+    return f'<figure><img alt="{html.escape(path.stem)}"{style} src="data:image/png;base64,{data}"></figure>'
 
 
-HEADLINE = ("auroc", "auprc", "accuracy", "balanced_accuracy", "f1", "f1_macro", "sensitivity", "specificity", "ppv",
-            "npv", "log_loss", "auroc_micro")
+def _thumb(pixels, caption, size=112) -> str:
+    from PIL import Image
+
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8).squeeze()).resize((size, size), Image.NEAREST)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    data = base64.b64encode(buf.getvalue()).decode()
+    return (f'<figure class="thumb"><img src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def write_report(out_dir, scored, dataset, config_dict, meta, history_csv=None) -> Path:
+def _table(rows, header) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _data_section(dataset, warnings) -> str:
+    from medkeras.data.splits import duplicates_across_splits, patients_per_split
+
+    counts = dataset.counts()
+    rows = [[html.escape(s), *[counts[s][c] for c in dataset.class_names], sum(counts[s].values())] for s in counts]
+    parts = [_table(rows, ["split", *dataset.class_names, "total"])]
+    dups = duplicates_across_splits(dataset)
+    parts.append("<p>Exact duplicate images across splits: " + ", ".join(f"{k} {v}" for k, v in dups["counts"].items()) + "</p>")
+    leaks = {k: v for k, v in dups["counts"].items() if v and "train" in k}
+    if leaks:
+        warnings.append("identical images appear in train and in another split (" +
+                        ", ".join(f"{k}: {v}" for k, v in leaks.items()) + "): those metrics are optimistic")
+    patients = patients_per_split(dataset)
+    if patients:
+        parts.append("<p>Patients per split: " + ", ".join(f"{k} {v}" for k, v in patients["counts"].items()) + "; shared: "
+                     + ", ".join(f"{k} {v}" for k, v in patients["shared"].items()) + "</p>")
+        shared = {k: v for k, v in patients["shared"].items() if v}
+        if shared:
+            warnings.append("patients appear in more than one split (" + ", ".join(f"{k}: {v}" for k, v in shared.items()) + ")")
+    else:
+        parts.append("<p>Patients per split: unknown (the source has no patient IDs).</p>")
+    return "".join(parts)
+
+
+def _gradcam_section(model, scored, class_names, pos, k) -> str:
+    if model is None or k <= 0 or pos is None:
+        return "<p>Grad-CAM: not shown (multi-class, or no model at hand).</p>"
+    from medkeras.evaluate.gradcam import gradcam, overlay
+
+    labels, probs, pred = scored["labels"], scored["probs"], scored["pred"]
+    tp = np.flatnonzero((labels == pos) & (pred == pos))
+    tp = tp[np.argsort(-probs[tp, pos])][:k]
+    fn = np.flatnonzero((labels == pos) & (pred != pos))
+    fn = fn[np.argsort(probs[fn, pos])][:k]
+    chosen = list(tp) + list(fn)
+    if not chosen:
+        return "<p>Grad-CAM: no positive images in this split.</p>"
+    from medkeras.data.pipeline import resize_images, to_model_channels
+
+    images = scored["images"][chosen].astype(np.float32)
+    if images.ndim == 3:
+        images = images[..., None]
+    size = int(scored["image_size"])
+    pixels = to_model_channels(resize_images(images, size)).numpy()
+    maps = gradcam(model, pixels, np.full(len(chosen), pos))
+    cells = []
+    for j, i in enumerate(chosen):
+        kind = "TP" if i in tp else "FN"
+        name = Path(scored["names"][i]).name
+        cells.append(_thumb(overlay(pixels[j], maps[j]), f"{kind} {name} p={probs[i, pos]:.2f}"))
+    return ("<p>Evidence for the positive class: the most confident true positives, then the worst false negatives.</p>"
+            + "".join(cells))
+
+
+def _errors_section(scored, class_names, pos, k=8) -> str:
+    if pos is None:
+        return ""
+    labels, probs, pred = scored["labels"], scored["probs"], scored["pred"]
+    images = scored["images"]
+    out = []
+    for title, idx in (
+        ("Worst false negatives", np.flatnonzero((labels == pos) & (pred != pos))),
+        ("Worst false positives", np.flatnonzero((labels != pos) & (pred == pos))),
+    ):
+        order = np.argsort(probs[idx, pos]) if title.startswith("Worst false n") else np.argsort(-probs[idx, pos])
+        idx = idx[order][:k]
+        cells = "".join(
+            _thumb(images[i].astype(np.float32), f"{Path(scored['names'][i]).name} p={probs[i, pos]:.2f}") for i in idx
+        )
+        out.append(f"<h3>{title} ({len(order)})</h3>" + (cells or "<p>none</p>"))
+    return "".join(out)
+
+
+def write_report(out_dir, scored, dataset, cfg, meta, model=None, history_csv=None) -> Path:
     """Plots into `out_dir/plots/` and the self-contained `out_dir/report.html`."""
     out_dir = Path(out_dir)
-    plots = out_dir / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
+    plot_dir = out_dir / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
     m = scored["metrics"]
     labels, probs = scored["labels"], scored["probs"]
     class_names = dataset.class_names
     pos = class_names.index(m["positive_class"]) if "positive_class" in m else None
     threshold = m.get("threshold", 0.5)
-    figures = []
-    if pos is not None:
-        figures += plot_roc_pr(labels, probs, pos, plots)
-    figures.append(plot_confusion(m["confusion_matrix"], class_names, plots))
-    figures.append(plot_distribution(labels, probs, class_names, pos, threshold, plots))
-    hist = plot_history(history_csv, plots)
-    if hist is not None:
-        figures.append(hist)
+    scored = {**scored, "image_size": meta.get("image_size", cfg.data.image_size)}
+    warnings = list(m.get("notes", []))
 
-    counts = dataset.counts()
-    count_rows = "".join(
-        f"<tr><th>{html.escape(s)}</th>" + "".join(f"<td>{counts[s][c]}</td>" for c in class_names)
-        + f"<td>{sum(counts[s].values())}</td></tr>"
-        for s in counts
-    )
-    metric_rows = "".join(f"<tr><th>{k}</th><td>{_fmt(m[k])}</td></tr>" for k in HEADLINE if k in m)
+    figures = plots.draw_all(plot_dir, scored, class_names, pos, threshold, cfg.eval, history_csv)
+    data_html = _data_section(dataset, warnings)
+    if m["n"] < SMALL_TEST:
+        warnings.append(f"only {m['n']} images in the {scored['split']} split: intervals are wide, read them before the point values")
+    if scored.get("bad_files"):
+        warnings.append(f"{len(scored['bad_files'])} unreadable files were skipped")
+    metric_rows = [[k, _with_ci(m, k)] for k in HEADLINE if k in m]
+    level = int(round(100 * m.get("ci_level", 0.95)))
     sentence = ""
     if pos is not None:
         sentence = (
-            f"<p class='op'>At threshold {threshold:.3f} on p({html.escape(class_names[pos])}): sensitivity "
-            f"{_fmt(m.get('sensitivity'))}, specificity {_fmt(m.get('specificity'))} "
+            f"<p class='op'>At threshold {threshold:.3f} on p({html.escape(class_names[pos])}) "
+            f"(rule: {html.escape(str(meta.get('threshold_rule', cfg.eval.threshold)))}, chosen on validation): "
+            f"sensitivity {_with_ci(m, 'sensitivity')}, specificity {_with_ci(m, 'specificity')} "
             f"(n = {m['n']}, {m['class_counts'][class_names[pos]]} positive).</p>"
         )
-    warnings = list(m.get("notes", []))
-    if m["n"] < 100:
-        warnings.append(f"only {m['n']} images in this split: every figure here is uncertain")
-    if scored.get("bad_files"):
-        warnings.append(f"{len(scored['bad_files'])} unreadable files were skipped")
+    cal = m.get("calibration", {})
+    cal_rows = [[f"before (T = 1)", *[_fmt(cal.get("before", {}).get(k), 4) for k in ("ece", "mce", "brier")]],
+                [f"after (T = {cal.get('temperature', 1.0):.3f})", *[_fmt(cal.get("after", {}).get(k), 4) for k in ("ece", "mce", "brier")]]]
+    ens_rows = [[html.escape(r["model"]), f"{_fmt(r['auroc'])} [{_fmt(r['auroc_lower'])}, {_fmt(r['auroc_upper'])}]",
+                 _fmt(r["auprc"]), _fmt(r["accuracy"]), _fmt(r["ece"], 4)] for r in scored.get("ensemble", [])]
+    ensemble_html = _table(ens_rows, ["model", f"AUROC [{level}% CI]", "AUPRC", "accuracy", "ECE (T=1)"]) if ens_rows else "<p>single model</p>"
     warn_html = "".join(f"<p class='warn'>{html.escape(w)}</p>" for w in warnings)
+    config_dict = cfg.to_dict()
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>medkeras report: {html.escape(str(config_dict.get('name', '')))}</title>
+<html><head><meta charset="utf-8"><title>medkeras report: {html.escape(str(cfg.name))}</title>
 <style>
-body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+body{{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:0.5em 0}} th,td{{border:1px solid #ccc;padding:3px 10px;text-align:right}}
-th{{background:#f3f3f3;text-align:left}} figure{{display:inline-block;margin:0.5em}} img{{max-width:520px}}
+th{{background:#f3f3f3}} td:first-child{{text-align:left}} figure{{display:inline-block;margin:0.4em;vertical-align:top}}
+img{{max-width:520px}} .thumb img{{width:112px;image-rendering:pixelated}} figcaption{{font-size:0.75em;max-width:120px;overflow-wrap:anywhere}}
 .warn{{background:#fff3cd;padding:6px 10px;border-left:4px solid #e0a800}} .op{{font-size:1.1em}}
 pre{{background:#f7f7f7;padding:10px;overflow:auto}}
 </style></head><body>
-<h1>medkeras evaluation: {html.escape(str(config_dict.get('name', '')))} ({html.escape(scored['split'])} split)</h1>
+<h1>medkeras evaluation: {html.escape(str(cfg.name))} ({html.escape(scored['split'])} split)</h1>
 <p>Model: {html.escape(', '.join(meta.get('backbones', [])))} &middot; data: {html.escape(str(dataset.name))}
-&middot; image size {meta.get('image_size')} &middot; medkeras {html.escape(str(meta.get('medkeras_version')))}</p>
+&middot; image size {meta.get('image_size')} &middot; TTA {'on' if scored.get('tta') else 'off'}
+&middot; medkeras {html.escape(str(meta.get('medkeras_version')))}</p>
 {warn_html}
-<h2>Data</h2>
-<table><tr><th>split</th>{''.join(f'<th>{html.escape(c)}</th>' for c in class_names)}<th>total</th></tr>{count_rows}</table>
-<h2>Metrics</h2>
+<h2>Data</h2>{data_html}
+<h2>Metrics ({level}% bootstrap intervals, {cfg.eval.bootstrap} resamples)</h2>
 {sentence}
-<table>{metric_rows}</table>
+{_table(metric_rows, ["metric", f"value [{level}% CI]"])}
+<h2>Calibration ({cfg.eval.ece_bins} bins)</h2>
+{_table(cal_rows, ["probabilities", "ECE", "MCE", "Brier"])}
 <h2>Plots</h2>
 {''.join(_img(f) for f in figures)}
+<h2>Ensemble</h2>
+{ensemble_html}
+<h2>Grad-CAM</h2>
+{_gradcam_section(model, scored, class_names, pos, cfg.eval.gradcam_examples)}
+<h2>Error review</h2>
+{_errors_section(scored, class_names, pos)}
 <h2>Config</h2>
 <pre>{html.escape(yaml.safe_dump(config_dict, sort_keys=False))}</pre>
 </body></html>

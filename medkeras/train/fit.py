@@ -50,7 +50,6 @@ def default_run_dir(cfg: Config) -> Path:
 def model_meta(cfg: Config, dataset) -> dict:
     """What a saved model carries so that eval, predict and export need nothing else."""
     from medkeras.data.windows import parse_windows
-    from medkeras.evaluate.evaluate import parse_threshold
 
     return {
         "medkeras_version": medkeras.__version__,
@@ -61,7 +60,8 @@ def model_meta(cfg: Config, dataset) -> dict:
         "input": "float32 pixels in [0, 255], (N, H, W, 3)",
         "windows": [list(w) for w in parse_windows(cfg.data.window)],
         "backbones": list(cfg.model.backbones),
-        "threshold": parse_threshold(cfg.eval.threshold),
+        "threshold": 0.5,
+        "threshold_rule": cfg.eval.threshold,
         "temperature": 1.0,
         "config": cfg.to_dict(),
     }
@@ -72,6 +72,19 @@ def _write_bad_files(path, bad):
         writer = csv.writer(fh)
         writer.writerow(["split", "path", "cause"])
         writer.writerows(bad)
+
+
+def _write_duplicates(run_dir: Path, dataset) -> None:
+    """`duplicates.csv`: identical images found in two splits (a leak that inflates test metrics)."""
+    from medkeras.data.splits import duplicates_across_splits
+
+    dups = duplicates_across_splits(dataset)
+    if dups["pairs"]:
+        with atomic_path(run_dir / "duplicates.csv") as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["split_a", "item_a", "split_b", "item_b"])
+            writer.writerows(dups["pairs"])
+        print(f"medkeras: warning: {len(dups['pairs'])} identical images across splits ({run_dir / 'duplicates.csv'})")
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool):
@@ -96,7 +109,7 @@ def fit(cfg: Config, out=None, resume: bool = False) -> Path:
 
     from medkeras.data.pipeline import make_tf_dataset, split_arrays
     from medkeras.data.sources import load_dataset
-    from medkeras.evaluate.evaluate import score_split, write_outputs
+    from medkeras.evaluate.evaluate import calibrate_on_validation, predict_logits, score_split, write_outputs
     from medkeras.evaluate.metrics import positive_index
     from medkeras.models.ensemble import build_model
     from medkeras.models.io import load_model, save_model
@@ -169,21 +182,27 @@ def fit(cfg: Config, out=None, resume: bool = False) -> Path:
     best_path = checkpoints / "best.keras"
     if best_path.is_file():
         model, _ = load_model(best_path)
-    save_model(model, run_dir / "model.keras", meta)
     best = {}
     if (checkpoints / "best.json").is_file():
         import json
 
         best = json.loads((checkpoints / "best.json").read_text())
 
+    # Temperature and operating point are fitted on validation only, then saved with the model.
+    val_logits = predict_logits(model, val_images, cfg.data, cfg.eval.batch_size, cfg.eval.tta, cfg.eval.tta_flips)
+    meta.update(calibrate_on_validation(val_labels, val_logits, dataset.class_names, dataset.positive_class, cfg.eval))
+    save_model(model, run_dir / "model.keras", meta)
+
     results = {}
     for split in ("val", "test"):
         if len(dataset.splits[split]) == 0:
             continue
-        scored = score_split(model, meta, split, dataset, cfg.data, cfg.eval.batch_size, on_bad_file="skip")
+        scored = score_split(model, meta, split, dataset, cfg, on_bad_file="skip", analysis=split == "test")
         if split == "test":
-            write_outputs(run_dir, scored, dataset, cfg.to_dict(), meta, run_dir / "train_log.csv")
+            write_outputs(run_dir, scored, dataset, cfg, meta, model=model, history_csv=run_dir / "train_log.csv")
+            results["ensemble"] = scored["ensemble"]
         results[split] = scored["metrics"]
+    _write_duplicates(run_dir, dataset)
     timer.mark("total_s")
     atomic_write_json(
         run_dir / "metrics.json",
@@ -192,6 +211,9 @@ def fit(cfg: Config, out=None, resume: bool = False) -> Path:
             "best_epoch": best.get("epoch"),
             "monitor": tc.monitor,
             "monitor_value": best.get("value"),
+            "temperature": meta["temperature"],
+            "threshold": meta["threshold"],
+            "threshold_rule": meta["threshold_rule"],
             **results,
             "timing_s": timer.marks,
         },

@@ -1,0 +1,48 @@
+"""Split hygiene: exact duplicates across splits (content hashes) and patients shared between splits.
+
+Leaks between train and test inflate every metric; the report warns about them and the run lists them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from itertools import combinations
+from pathlib import Path
+
+
+def _content_hashes(split) -> list[str]:
+    if split.images is not None:
+        return [hashlib.sha1(image.tobytes()).hexdigest() for image in split.images]
+    hashes = []
+    for path in split.paths:
+        try:
+            hashes.append(hashlib.sha1(Path(path).read_bytes()).hexdigest())
+        except OSError:
+            hashes.append(f"unreadable:{path}")
+    return hashes
+
+
+def duplicates_across_splits(dataset) -> dict:
+    """{"counts": {"train/test": n, ...}, "pairs": [(split_a, name_a, split_b, name_b), ...]} of identical images."""
+    index = {}
+    for split_name, split in dataset.splits.items():
+        for name, digest in zip(split.names(), _content_hashes(split)):
+            index.setdefault(digest, []).append((split_name, name))
+    counts = {f"{a}/{b}": 0 for a, b in combinations(dataset.splits, 2)}
+    pairs = []
+    for items in index.values():
+        for (sa, na), (sb, nb) in combinations(items, 2):
+            if sa != sb:
+                key = f"{sa}/{sb}" if f"{sa}/{sb}" in counts else f"{sb}/{sa}"
+                counts[key] += 1
+                pairs.append((sa, na, sb, nb))
+    return {"counts": counts, "pairs": pairs}
+
+
+def patients_per_split(dataset) -> dict | None:
+    """{"counts": {split: patients}, "shared": {"train/test": n, ...}} where patient keys are known, else None."""
+    groups = {s: set(split.groups) for s, split in dataset.splits.items() if split.groups is not None}
+    if not groups:
+        return None
+    shared = {f"{a}/{b}": len(groups[a] & groups[b]) for a, b in combinations(groups, 2)}
+    return {"counts": {s: len(g) for s, g in groups.items()}, "shared": shared}

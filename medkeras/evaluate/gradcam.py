@@ -1,0 +1,119 @@
+"""Grad-CAM (Selvaraju et al. 2017) for every registry backbone, also for members nested in an ensemble.
+
+Nested Keras models are a known trap: a gradient model cannot reach inside a sub-model through the outer graph.
+So each member is re-wired from its own parts: its preprocessing layer, a feature model built on the nested
+backbone's own graph (last 4-D feature map + pooled output), and its head layers replayed on the pooled output.
+The ensemble's map is the mean of its members' maps for the ensemble's class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medkeras.models.ensemble import members_of
+from medkeras.models.preprocessing import ImagePreprocessing
+
+
+def _parts(member):
+    """(preprocess layer, backbone model, head layers) of a medkeras member model."""
+    import keras
+
+    preprocess = next(layer for layer in member.layers if isinstance(layer, ImagePreprocessing))
+    backbone = next(layer for layer in member.layers if isinstance(layer, keras.Model))
+    after = member.layers[member.layers.index(backbone) + 1 :]
+    return preprocess, backbone, after
+
+
+def last_feature_layer(backbone) -> str:
+    """Name of the backbone's last layer with a 4-D (B, h, w, c) output: where Grad-CAM looks."""
+    for layer in reversed(backbone.layers):
+        output = getattr(layer, "output", None)
+        if output is not None and len(output.shape) == 4:
+            return layer.name
+    raise ValueError(f"backbone '{backbone.name}' has no 4-D feature map")
+
+
+class MemberCAM:
+    """Grad-CAM for one member: `__call__(pixels, class_index) -> (B, S, S)` maps in [0, 1]."""
+
+    def __init__(self, member, layer_name: str | None = None):
+        import keras
+
+        self.preprocess, backbone, self.head = _parts(member)
+        name = layer_name or last_feature_layer(backbone)
+        self.features = keras.Model(backbone.inputs, [backbone.get_layer(name).output, backbone.output])
+        self.layer_name = name
+
+    def __call__(self, pixels, class_index):
+        import tensorflow as tf
+
+        pixels = tf.convert_to_tensor(pixels, tf.float32)
+        with tf.GradientTape() as tape:
+            x = self.preprocess(pixels)
+            fmap, pooled = self.features(x, training=False)
+            tape.watch(fmap)
+            logits = pooled
+            for layer in self.head:
+                logits = layer(logits, training=False)
+            index = tf.convert_to_tensor(class_index, tf.int32)
+            target = tf.gather(logits, index[:, None], axis=1, batch_dims=1)[:, 0]
+        grads = tape.gradient(target, fmap)
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))[..., None]
+        cam = tf.image.resize(cam, tf.shape(pixels)[1:3], method="bilinear")[..., 0]
+        peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
+        return (cam / tf.maximum(peak, 1e-12)).numpy()
+
+
+def gradcam(model, pixels, class_index=None) -> np.ndarray:
+    """Grad-CAM maps (B, S, S) in [0, 1] for `pixels` (B, S, S, 3); class default: the model's prediction.
+
+    Works for a single member or a whole ensemble (mean of the members' maps, renormalized).
+    """
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if class_index is None:
+        class_index = np.asarray(model(pixels, training=False)).argmax(axis=1)
+    class_index = np.broadcast_to(np.asarray(class_index, dtype=np.int32), (len(pixels),))
+    maps = np.mean([MemberCAM(m)(pixels, class_index) for m in members_of(model)], axis=0)
+    peak = maps.reshape(len(maps), -1).max(axis=1)[:, None, None]
+    return maps / np.maximum(peak, 1e-12)
+
+
+def overlay(pixels: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """An RGB uint8 overlay of a [0, 1] map (jet colormap) on one image of pixels [0, 255]."""
+    import matplotlib
+
+    base = np.clip(np.asarray(pixels, dtype=np.float32), 0, 255)
+    if base.shape[-1] == 1:
+        base = np.repeat(base, 3, axis=-1)
+    heat = matplotlib.colormaps["jet"](np.clip(cam, 0, 1))[..., :3] * 255.0
+    return np.clip((1 - alpha) * base + alpha * heat, 0, 255).astype(np.uint8)
+
+
+def write_overlays(model, meta, inputs, out_dir, scale: int = 8) -> list[Path]:
+    """`medkeras gradcam`: one PNG per input file (original | overlay), named after the file; returns the paths."""
+    from PIL import Image
+
+    from medkeras.data.pipeline import resize_images, to_model_channels
+    from medkeras.data.sources import read_image
+    from medkeras.export.predict import collect_inputs
+    from medkeras.utils import atomic_path
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    size = int(meta["image_size"])
+    windows = [tuple(w) for w in meta.get("windows", [])]
+    files = collect_inputs(inputs)
+    written = []
+    for i, path in enumerate(files):
+        pixels = to_model_channels(resize_images(read_image(path, windows)[None], size)).numpy()
+        cam = gradcam(model, pixels)[0]
+        picture = np.concatenate([np.clip(pixels[0], 0, 255).astype(np.uint8), overlay(pixels[0], cam)], axis=1)
+        big = Image.fromarray(picture).resize((picture.shape[1] * max(1, scale * 28 // size), picture.shape[0] * max(1, scale * 28 // size)), Image.NEAREST)
+        target = out_dir / f"{i:04d}_{Path(path).stem}_gradcam.png"
+        with atomic_path(target, suffix=".png") as tmp:
+            big.save(tmp, format="PNG")
+        written.append(target)
+    return written

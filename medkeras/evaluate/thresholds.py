@@ -1,0 +1,63 @@
+"""Operating points for binary classifiers: a rule, chosen on validation, applied unchanged to test.
+
+Rules: a number (`0.5`), `youden` (max sensitivity + specificity - 1), `f1` (max F1), `sensitivity@0.95` (the
+highest threshold whose sensitivity is at least 0.95) and `specificity@0.90` (the lowest threshold whose
+specificity is at least 0.90). Thresholds apply as `p(positive) >= t`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from medkeras.errors import ConfigError
+
+_TARGET = re.compile(r"^(sensitivity|specificity)@(0(?:\.\d+)?|1(?:\.0+)?)$")
+
+
+def parse_rule(rule) -> tuple[str, float | None]:
+    """'0.3' -> ('fixed', 0.3); 'youden' -> ('youden', None); 'sensitivity@0.95' -> ('sensitivity', 0.95)."""
+    text = str(rule).strip().lower()
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"threshold must be in [0, 1], got {value}")
+        return "fixed", value
+    if text in ("youden", "f1"):
+        return text, None
+    match = _TARGET.match(text)
+    if match:
+        return match.group(1), float(match.group(2))
+    raise ConfigError(
+        f"unknown threshold rule '{rule}' (a number, youden, f1, sensitivity@0.95 or specificity@0.90)"
+    )
+
+
+def choose_threshold(rule, positive: np.ndarray, scores: np.ndarray) -> float:
+    """The threshold `rule` picks on (`positive` bool labels, `scores` = p(positive))."""
+    kind, target = parse_rule(rule)
+    if kind == "fixed":
+        return float(target)
+    positive = np.asarray(positive, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    if positive.all() or not positive.any():
+        raise ConfigError(f"threshold rule '{rule}' needs both classes in the validation split")
+    if kind == "f1":
+        precision, recall, thresholds = precision_recall_curve(positive, scores)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+        return float(thresholds[int(np.argmax(f1[:-1]))])
+    fpr, tpr, thresholds = roc_curve(positive, scores, drop_intermediate=False)
+    thresholds = np.minimum(thresholds, 1.0)  # sklearn's first threshold is +inf
+    if kind == "youden":
+        return float(thresholds[int(np.argmax(tpr - fpr))])
+    if kind == "sensitivity":
+        ok = np.flatnonzero(tpr >= target)  # thresholds fall along the curve: the first such is the highest
+        return float(thresholds[ok[0]])
+    specificity = 1.0 - fpr
+    ok = np.flatnonzero(specificity >= target)  # the last such is the lowest threshold keeping the target
+    return float(thresholds[ok[-1]])

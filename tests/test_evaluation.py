@@ -1,0 +1,177 @@
+"""Evaluation: intervals, operating points, calibration, Grad-CAM, and the report on the bundled data."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from medkeras.config import EvalConfig
+from medkeras.evaluate.calibration import (
+    brier_score,
+    expected_calibration_error,
+    fit_temperature,
+    maximum_calibration_error,
+    nll,
+)
+from medkeras.evaluate.metrics import bootstrap_intervals, softmax
+from medkeras.evaluate.thresholds import choose_threshold, parse_rule
+
+
+def _predictions(n, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    logits = rng.normal(size=(n, 2)) + 1.2 * np.eye(2)[labels]
+    return labels, softmax(logits)
+
+
+def test_intervals_contain_the_estimate_and_narrow_with_n():
+    widths = []
+    for n in (100, 1600):
+        labels, probs = _predictions(n)
+        ci = bootstrap_intervals(labels, probs, ["a", "b"], n=300, seed=0)
+        for key in ("auroc", "accuracy", "sensitivity", "specificity", "f1"):
+            assert ci[key]["lower"] <= ci[key]["value"] <= ci[key]["upper"], key
+        widths.append(ci["auroc"]["upper"] - ci["auroc"]["lower"])
+    assert widths[1] < widths[0] / 2.5  # ~ 1/sqrt(16) = 1/4 of the width at 16x the data
+
+
+def test_intervals_are_seeded():
+    labels, probs = _predictions(200)
+    a = bootstrap_intervals(labels, probs, ["a", "b"], n=100, seed=3)
+    b = bootstrap_intervals(labels, probs, ["a", "b"], n=100, seed=3)
+    assert a == b
+
+
+def test_threshold_rules_on_constructed_cases():
+    positive = np.array([0, 0, 0, 0, 1, 0, 1, 1, 1, 1], bool)
+    scores = np.array([0.05, 0.1, 0.2, 0.3, 0.35, 0.4, 0.6, 0.7, 0.8, 0.9])
+    assert choose_threshold("0.42", positive, scores) == 0.42
+    # Youden: at 0.6 sens 4/5, spec 5/5 -> J 0.8; at 0.35 sens 1, spec 4/5 -> J 0.8; argmax takes the first (higher t)
+    assert choose_threshold("youden", positive, scores) == 0.6
+    # F1: at 0.35 -> tp 5, fp 1 -> F1 10/11 = 0.909 (best); at 0.6 -> tp 4 fp 0 fn 1 -> 8/9
+    assert choose_threshold("f1", positive, scores) == 0.35
+    # the highest threshold keeping sensitivity >= 0.95 must catch all five positives
+    assert choose_threshold("sensitivity@0.95", positive, scores) == 0.35
+    # the lowest threshold keeping specificity >= 0.8 (4 of 5 negatives below it)
+    assert choose_threshold("specificity@0.8", positive, scores) == 0.35
+    assert choose_threshold("specificity@1.0", positive, scores) == 0.6
+    assert parse_rule("sensitivity@0.9") == ("sensitivity", 0.9)
+    from medkeras.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown threshold rule"):
+        parse_rule("sensitivity@high")
+    with pytest.raises(ConfigError, match="both classes"):
+        choose_threshold("youden", np.ones(4, bool), scores[:4])
+
+
+def test_ece_mce_brier_exact_on_a_constructed_example():
+    # four images, confidences 0.9 (2 right of 2), 0.6 (1 right of 2); 15 bins put 0.9 and 0.6 in separate bins
+    probs = np.array([[0.9, 0.1], [0.1, 0.9], [0.6, 0.4], [0.4, 0.6]])
+    labels = np.array([0, 1, 0, 0])
+    # bin(0.9): acc 1.0, conf 0.9 -> gap 0.1; bin(0.6): acc 0.5, conf 0.6 -> gap 0.1; ECE = 0.5*0.1 + 0.5*0.1
+    assert expected_calibration_error(labels, probs, 15) == pytest.approx(0.1, abs=1e-12)
+    assert maximum_calibration_error(labels, probs, 15) == pytest.approx(0.1, abs=1e-12)
+    # Brier: (0.01+0.01) + (0.01+0.01) + (0.16+0.16) + (0.36+0.36) = 1.08 over 4 images
+    assert brier_score(labels, probs) == pytest.approx(1.08 / 4, abs=1e-12)
+
+
+def test_temperature_scaling_lowers_nll_on_real_predictions(tiny_run, breast):
+    from medkeras.models.io import load_model
+
+    model, _ = load_model(tiny_run[0])
+    val = breast.splits["val"]
+    x = np.repeat(val.images.astype(np.float32)[..., None], 3, axis=-1)
+    raw = np.asarray(model.predict(x, verbose=0))
+    t_raw = fit_temperature(val.labels, raw)
+    assert nll(val.labels, raw, t_raw) <= nll(val.labels, raw, 1.0)
+    logits = raw / raw.std() * 8.0  # the same real logits, made over-confident
+    t = fit_temperature(val.labels, logits)
+    assert t > 1.0
+    assert nll(val.labels, logits, t) < nll(val.labels, logits, 1.0) - 1e-3
+
+
+def test_report_has_every_section(tiny_run):
+    run, _ = tiny_run
+    page = (run / "report.html").read_text()
+    for section in ("<h2>Data</h2>", "<h2>Metrics", "<h2>Calibration", "<h2>Plots</h2>", "<h2>Ensemble</h2>",
+                    "<h2>Grad-CAM</h2>", "<h2>Error review</h2>", "<h2>Config</h2>"):
+        assert section in page, section
+    assert "At threshold" in page and "sensitivity" in page and "[" in page
+    assert "identical images appear in train" in page  # BreastMNIST has one train/test duplicate: say so
+    assert "resnet18_small alone" in page and "cnn8_small alone" in page
+    for plot in ("roc", "pr", "reliability", "confusion_matrix", "training_history", "probability_distribution",
+                 "metrics_vs_threshold"):
+        assert (run / "plots" / f"{plot}.png").is_file(), plot
+    metrics = json.loads((run / "metrics.json").read_text())
+    auroc = metrics["test"]["intervals"]["auroc"]
+    assert auroc["lower"] <= auroc["value"] <= auroc["upper"]
+    assert {"ece", "mce", "brier"} <= set(metrics["test"]["calibration"]["after"])
+    assert (run / "duplicates.csv").read_text().splitlines()[1] == "train,115,test,76"
+
+
+def test_eval_threshold_rule_chosen_on_validation(tiny_run, tmp_path):
+    run, _ = tiny_run
+    result = run_cli("eval", run, "--threshold", "sensitivity@0.9", "--out", tmp_path / "ev")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["threshold_rule"] == "sensitivity@0.9"
+    assert 0.0 < metrics["threshold"] < 1.0
+
+
+def test_class_list_mismatch_is_one_line(tiny_run, tmp_path, png_folder):
+    import shutil
+
+    shutil.move(str(png_folder / "malignant"), str(png_folder / "tumour"))
+    result = run_cli("eval", tiny_run[0], "--data", png_folder)
+    assert result.returncode == 1 and "do not match the model's classes" in result.stderr.splitlines()[-1]
+
+
+def test_gradcam_peaks_where_the_evidence_is(breast):
+    """Class 1 = a bright 10x10 square pasted anywhere on a real ultrasound (64 px); the map must peak on it.
+
+    cnn8_small's last feature map is 8x8 (8 px cells), so "on it" allows half a cell around the square.
+    """
+    import keras
+    import tensorflow as tf
+
+    from medkeras.evaluate.gradcam import gradcam
+    from medkeras.models.ensemble import build_member
+
+    size, side = 64, 10
+    rng = np.random.default_rng(0)
+    base = breast.splits["train"].images[:240].astype(np.float32)[..., None] * 0.5  # the square stays brightest
+    images = np.repeat(tf.image.resize(base, (size, size)).numpy(), 3, axis=-1)
+    labels = np.arange(len(images)) % 2
+    where = rng.integers(0, size - side, size=(len(images), 2))
+    for i in np.flatnonzero(labels):
+        r, c = where[i]
+        images[i, r : r + side, c : c + side] = 255.0
+    keras.utils.set_random_seed(0)
+    model = build_member("cnn8_small", 2, size)
+    model.compile(keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  run_eagerly=True)
+    model.fit(images, labels, epochs=5, batch_size=32, verbose=0)
+    test = np.flatnonzero(labels)[:12]
+    maps = gradcam(model, images[test], np.ones(len(test), int))
+    hits = 0
+    for m, i in zip(maps, test):
+        r, c = np.unravel_index(np.argmax(m), m.shape)
+        hits += (where[i][0] - 4 <= r <= where[i][0] + side + 3) and (where[i][1] - 4 <= c <= where[i][1] + side + 3)
+    assert hits >= 11, hits
+
+
+def test_gradcam_command_on_an_ensemble(tiny_run, tmp_path, breast):
+    from PIL import Image
+
+    for i in range(2):
+        Image.fromarray(breast.splits["test"].images[i]).save(tmp_path / f"t{i}.png")
+    result = run_cli("gradcam", tiny_run[0], tmp_path / "t0.png", tmp_path / "t1.png", "--out", tmp_path / "cams")
+    assert result.returncode == 0, result.stderr
+    written = sorted((tmp_path / "cams").glob("*.png"))
+    assert [p.name for p in written] == ["0000_t0_gradcam.png", "0001_t1_gradcam.png"]
+
+
+def test_eval_config_defaults():
+    cfg = EvalConfig()
+    assert cfg.bootstrap == 1000 and cfg.ece_bins == 15 and cfg.calibrate == "temperature"
