@@ -44,6 +44,9 @@ class DataConfig:
     positive_class: Optional[str] = None  # binary tasks: the class whose probability is scored
     on_bad_file: str = "fail"  # "fail" or "skip"
     cache: str = "auto"  # "auto" (in memory when it fits), "memory" or "none"
+    normalize: str = "backbone"  # "backbone" (its ImageNet statistics) or "dataset" (train mean/std, see below)
+    mean: Optional[list] = None  # filled in by fit with normalize: dataset (per channel, pixels / 255)
+    std: Optional[list] = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -52,10 +55,11 @@ class ModelConfig:
     """What to build: one backbone or an ensemble of several, each with a replaced class head."""
 
     backbones: list = field(default_factory=lambda: ["resnet50"])
-    weights: str = "none"  # "imagenet", "none", or a path to a .weights.h5 file for the backbone
+    weights: Any = "none"  # "imagenet", "none", a .weights.h5 path, or {backbone: one of those, default: ...}
     head: str = "linear"  # "linear" (Dense K) or "mlp" (Dropout .5, Dense 128 ReLU, Dropout .3, Dense K)
     dropout: float = 0.0  # before the linear head
     ensemble_weights: Optional[list] = None  # fixed weights for averaging the members' logits
+    fusion: str = "mean"  # "mean" (or ensemble_weights), or "fitted": weights of minimum validation log-loss
 
 
 @dataclass
@@ -68,9 +72,23 @@ class TrainConfig:
     optimizer: str = "adamw"  # "adam", "adamw" or "sgd"
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    schedule: str = "cosine"  # "cosine" (with warmup) or "constant"
+    schedule: str = "cosine"  # "cosine" (with warmup), "step", "plateau" (reduce on plateau) or "constant"
     warmup_epochs: float = 0.0
+    step_epochs: int = 10  # "step": multiply the rate by step_gamma every step_epochs
+    step_gamma: float = 0.1
     label_smoothing: float = 0.0
+    loss: str = "cross_entropy"  # "cross_entropy", "focal" (Keras' CategoricalFocalCrossentropy) or "bce"
+    focal_gamma: float = 2.0
+    pos_weight: Optional[float] = None  # binary: weight of positive-class images (BCE pos_weight)
+    class_weight: Any = None  # None, "balanced", or {class name: weight}; applied as sample weights
+    freeze_backbone: bool = False  # train the head only, every epoch (backbones frozen, BatchNorm in inference)
+    freeze_epochs: int = 0  # two-phase transfer learning: phase 1 (frozen) epochs; phase 2 fine-tunes the rest
+    finetune_learning_rate: Optional[float] = None  # phase 2 rate (default learning_rate / 10)
+    early_stopping_patience: int = 0  # 0: off
+    gradient_accumulation_steps: int = 1
+    precision: str = "float32"  # "float32", "mixed_float16" or "mixed_bfloat16" (measure first on CPU)
+    deterministic: bool = False  # TF op determinism (slower)
+    ensemble: str = "joint"  # "joint" (one fit of the whole graph) or "separate" (each member, then assembled)
     steps_per_epoch: Optional[int] = None  # default: the whole training split
     monitor: str = "val_auroc"  # best checkpoint by this validation metric (higher is better)
     jit_compile: Any = False  # XLA: true, false or "auto" (measure first: it slows EfficientNet on CPU)
@@ -289,9 +307,26 @@ def validate(cfg: Config) -> None:
         check_backbone_name(name)
     _one_of("model.head", cfg.model.head, ("linear", "mlp"))
     _one_of("train.optimizer", cfg.train.optimizer, ("adam", "adamw", "sgd"))
-    _one_of("train.schedule", cfg.train.schedule, ("cosine", "constant"))
+    _one_of("train.schedule", cfg.train.schedule, ("cosine", "step", "plateau", "constant"))
+    _one_of("train.loss", cfg.train.loss, ("cross_entropy", "focal", "bce"))
+    _one_of("train.precision", cfg.train.precision, ("float32", "mixed_float16", "mixed_bfloat16"))
+    _one_of("train.ensemble", cfg.train.ensemble, ("joint", "separate"))
+    _one_of("model.fusion", cfg.model.fusion, ("mean", "fitted"))
+    if cfg.train.class_weight not in (None, "balanced") and not isinstance(cfg.train.class_weight, dict):
+        raise ConfigError("config key 'train.class_weight' must be null, balanced or a mapping {class: weight}")
+    if cfg.train.freeze_epochs >= cfg.train.epochs and cfg.train.freeze_epochs:
+        raise ConfigError("config key 'train.freeze_epochs' must be smaller than 'train.epochs' (phase 2 needs epochs)")
+    if cfg.train.gradient_accumulation_steps < 1:
+        raise ConfigError("config key 'train.gradient_accumulation_steps' must be >= 1")
     _one_of("data.on_bad_file", cfg.data.on_bad_file, ("fail", "skip"))
     _one_of("data.cache", cfg.data.cache, ("auto", "memory", "none"))
+    _one_of("data.normalize", cfg.data.normalize, ("backbone", "dataset"))
+    if isinstance(cfg.model.weights, dict):
+        unknown = set(map(str, cfg.model.weights)) - set(cfg.model.backbones) - {"default"}
+        if unknown:
+            raise ConfigError(f"config key 'model.weights' names {sorted(unknown)}, not among model.backbones")
+    elif not isinstance(cfg.model.weights, str):
+        raise ConfigError("config key 'model.weights' must be imagenet, none, a file, or {backbone: ...}")
     _one_of("eval.calibrate", cfg.eval.calibrate, ("temperature", "none"))
     for flip in cfg.eval.tta_flips:
         _one_of("eval.tta_flips", flip, ("horizontal", "vertical", "both"))

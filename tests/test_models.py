@@ -36,7 +36,9 @@ def test_large_registry_entry_builds_small(name):
 def test_own_architectures_have_the_published_sizes():
     import keras
 
-    for name, params in [("resnet18", 11.69e6), ("resnet34", 21.80e6)]:
+    published = [("resnet18", 11.69e6), ("resnet34", 21.80e6), ("vgg19_bn", 143.68e6), ("regnety_4gf", 20.65e6),
+                 ("regnety_8gf", 39.3e6), ("convnextv2_tiny", 28.64e6), ("convnextv2_base", 88.72e6)]
+    for name, params in published:
         backbone = build_backbone(name, 224)
         inputs = keras.Input((224, 224, 3))
         model = keras.Model(inputs, keras.layers.Dense(1000)(backbone(inputs)))

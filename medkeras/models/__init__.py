@@ -32,6 +32,7 @@ def register_custom_objects():
     """Import the modules that define medkeras' serializable Keras layers (needed before loading a model)."""
     importlib.import_module("medkeras.models.preprocessing")
     importlib.import_module("medkeras.models.ensemble")
+    importlib.import_module("medkeras.models.convnextv2")
 
 
 __all__ = sorted(_LAZY)

@@ -37,11 +37,13 @@ def _keras_app(attr, input_shape, weights, **extra):
 
 
 def _own(builder, input_shape, weights, **kwargs):
-    from medkeras.models import resnet
+    """An architecture written in this project: `builder` is "module:function" under medkeras.models."""
+    import importlib
 
     if weights is not None:
         raise AssertionError("own architectures get weights from files only")  # guarded in build_backbone
-    return getattr(resnet, builder)(tuple(input_shape), **kwargs)
+    module, function = builder.split(":")
+    return getattr(importlib.import_module(f"medkeras.models.{module}"), function)(tuple(input_shape), **kwargs)
 
 
 REGISTRY: dict[str, BackboneSpec] = {}
@@ -107,7 +109,7 @@ for _name, _attr, _size, _prep, _min, _slow in _KERAS_APPS:
 register(
     BackboneSpec(
         "resnet18",
-        partial(_own, "basic_resnet", blocks=(2, 2, 2, 2), name="resnet18"),
+        partial(_own, "resnet:basic_resnet", blocks=(2, 2, 2, 2), name="resnet18"),
         224,
         "torch",
         imagenet=False,
@@ -117,7 +119,7 @@ register(
 register(
     BackboneSpec(
         "resnet34",
-        partial(_own, "basic_resnet", blocks=(3, 4, 6, 3), name="resnet34"),
+        partial(_own, "resnet:basic_resnet", blocks=(3, 4, 6, 3), name="resnet34"),
         224,
         "torch",
         imagenet=False,
@@ -127,7 +129,9 @@ register(
 register(
     BackboneSpec(
         "resnet18_small",
-        partial(_own, "basic_resnet", blocks=(2, 2, 2, 2), widths=(32, 64, 128, 256), stem="small", name="resnet18_small"),
+        partial(
+            _own, "resnet:basic_resnet", blocks=(2, 2, 2, 2), widths=(32, 64, 128, 256), stem="small", name="resnet18_small"
+        ),
         32,
         "tf",
         min_size=8,
@@ -138,7 +142,7 @@ register(
 register(
     BackboneSpec(
         "cnn8_small",
-        partial(_own, "plain_cnn", widths=(32, 64, 128, 256), name="cnn8_small"),
+        partial(_own, "resnet:plain_cnn", widths=(32, 64, 128, 256), name="cnn8_small"),
         32,
         "tf",
         min_size=8,
@@ -146,6 +150,42 @@ register(
         description="Plain 8-conv BatchNorm CNN for 28-64 px images",
     )
 )
+
+register(
+    BackboneSpec(
+        "vgg19_bn",
+        partial(_own, "vgg:vgg_bn"),
+        224,
+        "torch",
+        imagenet=False,
+        slow=True,
+        description="VGG19 with BatchNorm and its fc 4096-4096 body (torchvision vgg19_bn)",
+    )
+)
+for _variant, _gf in (("regnety_4gf", "4GF"), ("regnety_8gf", "8GF")):
+    register(
+        BackboneSpec(
+            _variant,
+            partial(_own, "regnet:regnety", variant=_variant),
+            224,
+            "torch",
+            imagenet=False,
+            slow=_variant == "regnety_8gf",
+            description=f"RegNetY-{_gf} (torchvision layout; Keras 3 dropped RegNet)",
+        )
+    )
+for _variant, _slow in (("convnextv2_atto", False), ("convnextv2_tiny", False), ("convnextv2_base", True)):
+    register(
+        BackboneSpec(
+            _variant,
+            partial(_own, "convnextv2:convnextv2", variant=_variant),
+            224,
+            "torch",
+            imagenet=False,
+            slow=_slow,
+            description=f"ConvNeXt V2 {_variant.split('_')[1].title()} (GRN blocks)",
+        )
+    )
 
 
 def check_backbone_name(name: str) -> BackboneSpec:

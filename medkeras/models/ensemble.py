@@ -39,12 +39,20 @@ def build_member(
     head: str = "linear",
     dropout: float = 0.0,
     member_name: str | None = None,
+    normalization=None,
 ):
-    """One backbone with its preprocessing and a new head: pixels (B, S, S, 3) in [0, 255] -> logits (B, K)."""
+    """One backbone with its preprocessing and a new head: pixels (B, S, S, 3) in [0, 255] -> logits (B, K).
+
+    `normalization=(mean, std)` replaces the backbone's ImageNet statistics with the dataset's own (backbones
+    that normalize inside their own graph, such as EfficientNet, keep theirs).
+    """
     spec = get_backbone_spec(name)
     backbone = build_backbone(name, image_size, weights)
     inputs = keras.Input((image_size, image_size, 3), name=INPUT_NAME)
-    x = ImagePreprocessing(spec.preprocessing, name="preprocess")(inputs)
+    if normalization is not None and spec.preprocessing != "none":
+        x = ImagePreprocessing("dataset", *normalization, name="preprocess")(inputs)
+    else:
+        x = ImagePreprocessing(spec.preprocessing, name="preprocess")(inputs)
     features = backbone(x)
     logits = build_head(features, num_classes, head, dropout)
     return keras.Model(inputs, logits, name=member_name or name)
@@ -81,14 +89,24 @@ def build_ensemble(members, image_size: int, weights=None, name: str = "ensemble
     return keras.Model(inputs, logits, name=name)
 
 
-def build_model(model_cfg, num_classes: int, image_size: int):
+def weights_for(weights, name: str) -> str:
+    """`model.weights` for one backbone: the value itself, or its entry (or `default`) in a mapping."""
+    if isinstance(weights, dict):
+        return str(weights.get(name, weights.get("default", "none")))
+    return str(weights)
+
+
+def build_model(model_cfg, num_classes: int, image_size: int, normalization=None):
     """`model` config section -> the model to train (a member, or the ensemble of all of them)."""
     names = list(model_cfg.backbones)
     members = []
     for i, name in enumerate(names):
         member_name = name if names.count(name) == 1 else f"{name}_{i}"
+        weights = weights_for(model_cfg.weights, name)
         members.append(
-            build_member(name, num_classes, image_size, model_cfg.weights, model_cfg.head, model_cfg.dropout, member_name)
+            build_member(
+                name, num_classes, image_size, weights, model_cfg.head, model_cfg.dropout, member_name, normalization
+            )
         )
     return build_ensemble(members, image_size, model_cfg.ensemble_weights)
 
@@ -99,3 +117,24 @@ def members_of(model) -> list:
     if any(isinstance(layer, ImagePreprocessing) for layer in model.layers):
         return [model]
     return nested
+
+
+def fit_fusion_weights(member_logits, labels) -> list[float]:
+    """Member weights (non-negative, summing to 1) minimizing the validation log-loss of the weighted logits."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    stacked = np.stack([np.asarray(m, dtype=np.float64) for m in member_logits])  # (M, N, K)
+    labels = np.asarray(labels)
+
+    def loss(params):
+        w = np.exp(params - params.max())
+        w = w / w.sum()
+        z = np.tensordot(w, stacked, axes=1)
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return -logp[np.arange(len(labels)), labels].mean()
+
+    result = minimize(loss, np.zeros(len(stacked)), method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-7})
+    w = np.exp(result.x - result.x.max())
+    return [float(v) for v in w / w.sum()]

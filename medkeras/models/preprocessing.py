@@ -11,7 +11,7 @@ from keras import ops
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-MODES = ("none", "tf", "torch", "caffe", "unit")
+MODES = ("none", "tf", "torch", "caffe", "unit", "dataset")
 
 
 @keras.saving.register_keras_serializable(package="medkeras")
@@ -20,14 +20,19 @@ class ImagePreprocessing(keras.layers.Layer):
 
     Modes follow `keras.applications.imagenet_utils.preprocess_input`: `tf` scales to [-1, 1]; `torch` to [0, 1]
     then ImageNet mean/std; `caffe` flips RGB to BGR and subtracts the ImageNet BGR mean; `unit` scales to [0, 1];
-    `none` passes through (EfficientNet, ConvNeXt and MobileNetV3 normalize inside their own graph).
+    `none` passes through (EfficientNet, ConvNeXt and MobileNetV3 normalize inside their own graph);
+    `dataset` is `torch` with the training set's own per-channel mean and std (of pixels / 255).
     """
 
-    def __init__(self, mode: str = "tf", **kwargs):
+    def __init__(self, mode: str = "tf", mean=None, std=None, **kwargs):
         super().__init__(**kwargs)
         if mode not in MODES:
             raise ValueError(f"unknown preprocessing mode '{mode}' (one of {MODES})")
+        if mode == "dataset" and (mean is None or std is None):
+            raise ValueError("preprocessing mode 'dataset' needs mean and std")
         self.mode = mode
+        self.mean = [float(v) for v in mean] if mean is not None else None
+        self.std = [float(v) for v in std] if std is not None else None
 
     def call(self, x):
         x = ops.cast(x, self.compute_dtype)
@@ -35,9 +40,9 @@ class ImagePreprocessing(keras.layers.Layer):
             return x / 127.5 - 1.0
         if self.mode == "unit":
             return x / 255.0
-        if self.mode == "torch":
-            mean = ops.convert_to_tensor(IMAGENET_MEAN, dtype=self.compute_dtype)
-            std = ops.convert_to_tensor(IMAGENET_STD, dtype=self.compute_dtype)
+        if self.mode in ("torch", "dataset"):
+            mean = ops.convert_to_tensor(self.mean or IMAGENET_MEAN, dtype=self.compute_dtype)
+            std = ops.convert_to_tensor(self.std or IMAGENET_STD, dtype=self.compute_dtype)
             return (x / 255.0 - mean) / std
         if self.mode == "caffe":
             mean = ops.convert_to_tensor(CAFFE_MEAN_BGR, dtype=self.compute_dtype)
@@ -45,4 +50,4 @@ class ImagePreprocessing(keras.layers.Layer):
         return x
 
     def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
+        return {**super().get_config(), "mode": self.mode, "mean": self.mean, "std": self.std}

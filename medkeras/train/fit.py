@@ -1,15 +1,17 @@
-"""`medkeras fit`: data -> model -> Keras fit with the run's callbacks -> best model, metrics and report.
+"""`medkeras fit`: data -> model -> Keras fit, phase by phase, with the run's callbacks -> best model and report.
 
 A run directory holds everything needed to understand and reuse the run: `config.yaml` (fully resolved),
-`train_log.csv`, `tensorboard/`, `checkpoints/` (best model + its epoch and metrics; the resume backup),
-`model.keras` (the best model, with class names, size, windows and threshold inside), `metrics.json`
-(validation and test), and the test report (`report.html`, `predictions.csv`, `plots/`).
+`train_log.csv`, `tensorboard/`, `checkpoints/` (best model + its epoch and metrics; per-phase resume backups),
+`model.keras` (the best model, with class names, size, windows, temperature and threshold inside),
+`metrics.json` (validation and test), and the test report (`report.html`, `predictions.csv`, `plots/`).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -28,8 +30,9 @@ class _Timer:
         self.t0 = time.perf_counter()
         self.marks = {}
 
-    def mark(self, name):
-        self.marks[name] = round(time.perf_counter() - self.t0, 2)
+    def mark(self, name, once=False):
+        if not (once and name in self.marks):
+            self.marks[name] = round(time.perf_counter() - self.t0, 2)
 
 
 def _first_step_callback(timer):
@@ -37,8 +40,7 @@ def _first_step_callback(timer):
 
     class FirstStep(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            if "first_step_s" not in timer.marks:
-                timer.mark("first_step_s")
+            timer.mark("first_step_s", once=True)
 
     return FirstStep()
 
@@ -67,11 +69,11 @@ def model_meta(cfg: Config, dataset) -> dict:
     }
 
 
-def _write_bad_files(path, bad):
+def _write_rows(path, header, rows):
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["split", "path", "cause"])
-        writer.writerows(bad)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def _write_duplicates(run_dir: Path, dataset) -> None:
@@ -80,10 +82,7 @@ def _write_duplicates(run_dir: Path, dataset) -> None:
 
     dups = duplicates_across_splits(dataset)
     if dups["pairs"]:
-        with atomic_path(run_dir / "duplicates.csv") as tmp, open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["split_a", "item_a", "split_b", "item_b"])
-            writer.writerows(dups["pairs"])
+        _write_rows(run_dir / "duplicates.csv", ["split_a", "item_a", "split_b", "item_b"], dups["pairs"])
         print(f"medkeras: warning: {len(dups['pairs'])} identical images across splits ({run_dir / 'duplicates.csv'})")
 
 
@@ -103,27 +102,185 @@ def load_run_config(run_dir) -> Config:
     return from_dict(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))
 
 
+def _truncate_log(path: Path, epochs_done: int) -> None:
+    """On resume keep only the log rows of epochs the restored state has seen: no epoch twice, none lost."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < epochs_done]
+    _write_rows(path, kept[0], kept[1:])
+
+
+def _backup_epoch(backup_dir: Path) -> int | None:
+    meta = backup_dir / "training_metadata.json"
+    return int(json.loads(meta.read_text())["epoch"]) if meta.is_file() else None
+
+
+def phases(tc) -> list[tuple[str, int, float, bool]]:
+    """(name, last epoch, learning rate, backbones frozen) per phase of the recipe."""
+    if tc.freeze_backbone:
+        return [("frozen", tc.epochs, tc.learning_rate, True)]
+    if tc.freeze_epochs:
+        finetune = tc.finetune_learning_rate or tc.learning_rate / 10.0
+        return [("frozen", tc.freeze_epochs, tc.learning_rate, True), ("finetune", tc.epochs, finetune, False)]
+    return [("train", tc.epochs, tc.learning_rate, False)]
+
+
+def set_backbones_trainable(model, trainable: bool) -> None:
+    """Freeze or unfreeze every member's backbone; a frozen BatchNorm runs in inference mode in Keras 3."""
+    import keras
+
+    from medkeras.models.ensemble import members_of
+
+    for member in members_of(model):
+        for layer in member.layers:
+            if isinstance(layer, keras.Model):
+                layer.trainable = trainable
+
+
+@dataclass
+class _Context:
+    """What every model trained in this run shares."""
+
+    cfg: Config
+    run_dir: Path
+    meta: dict
+    train_ds: object
+    val_ds: object
+    val_labels: np.ndarray
+    steps: int
+    loss: object
+    one_hot: bool
+    positive_index: int | None
+    timer: _Timer
+    resume: bool
+
+
+def train_model(ctx: _Context, model, tag: str | None = None):
+    """Fit `model` through the recipe's phases; returns the best model (by `train.monitor`) and its record."""
+    import keras
+
+    from medkeras.models.io import load_model, save_model
+    from medkeras.train.callbacks import BestCheckpoint, ValidationMetrics
+    from medkeras.train.losses import make_optimizer
+
+    tc = ctx.cfg.train
+    ckpt = ctx.run_dir / "checkpoints" / (tag or "")
+    log = ctx.run_dir / (f"train_log_{tag}.csv" if tag else "train_log.csv")
+    start = 0
+    plan = phases(tc)
+    for index, (name, end, rate, frozen) in enumerate(plan):
+        done = ckpt / f"{name}.weights.h5"
+        if ctx.resume and done.is_file() and index < len(plan) - 1:
+            set_backbones_trainable(model, not frozen)
+            model.load_weights(str(done))
+            start = end
+            continue
+        backup = ckpt / "backup" / name
+        if ctx.resume:
+            _truncate_log(log, _backup_epoch(backup) or start)
+        set_backbones_trainable(model, not frozen)
+        model.compile(
+            optimizer=make_optimizer(tc, ctx.steps, end - start, rate),
+            loss=ctx.loss,
+            metrics=["categorical_accuracy" if ctx.one_hot else "sparse_categorical_accuracy"],
+            jit_compile=tc.jit_compile,
+            run_eagerly=tc.run_eagerly,
+        )
+        ctx.timer.mark("setup_s", once=True)
+        callbacks = [
+            ValidationMetrics(ctx.val_ds, ctx.val_labels, ctx.positive_index),
+            BestCheckpoint(ckpt, tc.monitor, save=lambda m, p: save_model(m, p, ctx.meta)),
+            keras.callbacks.CSVLogger(str(log), append=ctx.resume or start > 0),
+            keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True),
+            keras.callbacks.TensorBoard(str(ctx.run_dir / "tensorboard" / (tag or "")), write_graph=False, profile_batch=0),
+            _first_step_callback(ctx.timer),
+        ]
+        if tc.early_stopping_patience:
+            callbacks.append(keras.callbacks.EarlyStopping(tc.monitor, patience=tc.early_stopping_patience, mode="max"))
+        if tc.schedule == "plateau":
+            callbacks.append(keras.callbacks.ReduceLROnPlateau(tc.monitor, factor=0.1, patience=3, mode="max"))
+        if tag:
+            print(f"medkeras: training member {tag}, phase {name} (epochs {start + 1}-{end})")
+        elif len(plan) > 1:
+            print(f"medkeras: phase {name} (epochs {start + 1}-{end}, learning rate {rate:g})")
+        model.fit(
+            ctx.train_ds, initial_epoch=start, epochs=end, steps_per_epoch=ctx.steps, callbacks=callbacks,
+            verbose=tc.verbose,
+        )
+        if index < len(plan) - 1:
+            model.save_weights(str(done))
+        start = end
+    best = json.loads((ckpt / "best.json").read_text()) if (ckpt / "best.json").is_file() else {}
+    if (ckpt / "best.keras").is_file():
+        model, _ = load_model(ckpt / "best.keras")
+    return model, best
+
+
+def dataset_statistics(images, data_cfg) -> tuple[list, list]:
+    """Per-channel mean and std of the training images at the training resolution (pixels / 255)."""
+    from medkeras.data.pipeline import make_tf_dataset
+
+    total, total_sq, count = np.zeros(3), np.zeros(3), 0
+    for x, _ in make_tf_dataset(images, np.zeros(len(images), np.int64), data_cfg, 256, augment=False):
+        x = x.numpy().astype(np.float64) / 255.0
+        total += x.sum(axis=(0, 1, 2))
+        total_sq += (x**2).sum(axis=(0, 1, 2))
+        count += x.shape[0] * x.shape[1] * x.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+
+
+def _set_precision(tc):
+    import keras
+
+    keras.mixed_precision.set_global_policy(tc.precision)
+    if tc.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
 def fit(cfg: Config, out=None, resume: bool = False) -> Path:
     """Train what `cfg` describes; returns the run directory. `resume` continues a killed run in `out`."""
     import keras
-
-    from medkeras.data.pipeline import make_tf_dataset, split_arrays
-    from medkeras.data.sources import load_dataset
-    from medkeras.evaluate.evaluate import calibrate_on_validation, predict_logits, score_split, write_outputs
-    from medkeras.evaluate.metrics import positive_index
-    from medkeras.models.ensemble import build_model
-    from medkeras.models.io import load_model, save_model
-    from medkeras.train.callbacks import BestCheckpoint, ValidationMetrics
-    from medkeras.train.losses import make_loss, make_optimizer
 
     timer = _Timer()
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
     _prepare_run_dir(run_dir, resume)
     if resume:
         cfg = load_run_config(run_dir)
+    _set_precision(cfg.train)
+    try:
+        return _fit(cfg, run_dir, resume, timer)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _fit(cfg, run_dir, resume, timer) -> Path:
+    import keras
+
+    from medkeras.data.pipeline import make_tf_dataset, split_arrays
+    from medkeras.data.sources import load_dataset
+    from medkeras.evaluate.evaluate import calibrate_on_validation, member_logits, predict_logits, score_split, write_outputs
+    from medkeras.evaluate.metrics import positive_index
+    from medkeras.models.ensemble import (
+        build_ensemble,
+        build_member,
+        build_model,
+        fit_fusion_weights,
+        members_of,
+        weights_for,
+    )
+    from medkeras.models.io import save_model
+    from medkeras.train.losses import class_weights, make_loss
+
     tc = cfg.train
     keras.utils.set_random_seed(tc.seed)
-
     dataset = load_dataset(cfg.data, seed=tc.seed)
     arrays, bad = {}, []
     for split in ("train", "val", "test"):
@@ -131,63 +288,65 @@ def fit(cfg: Config, out=None, resume: bool = False) -> Path:
         arrays[split] = (images, labels, names)
         bad += [(split, p, c) for p, c in skipped]
     if bad:
-        _write_bad_files(run_dir / "bad_files.csv", bad)
+        _write_rows(run_dir / "bad_files.csv", ["split", "path", "cause"], bad)
         print(f"medkeras: skipped {len(bad)} unreadable files (listed in {run_dir / 'bad_files.csv'})")
     for split in ("train", "val"):
         if len(arrays[split][1]) == 0:
             raise MedkerasError(f"{cfg.data.source}: the {split} split is empty after reading")
     cfg.data.class_names = list(dataset.class_names)
     cfg.data.positive_class = dataset.positive_class
+    if cfg.data.normalize == "dataset" and cfg.data.mean is None:
+        cfg.data.mean, cfg.data.std = dataset_statistics(arrays["train"][0], cfg.data)
+    normalization = (cfg.data.mean, cfg.data.std) if cfg.data.normalize == "dataset" else None
     if not resume:
         cfg.save(run_dir / "config.yaml")
     meta = model_meta(cfg, dataset)
-    num_classes = dataset.num_classes
-    pos = positive_index(dataset.class_names, dataset.positive_class) if num_classes == 2 else None
+    k = dataset.num_classes
+    pos = positive_index(dataset.class_names, dataset.positive_class) if k == 2 else None
 
-    loss, one_hot = make_loss(tc, num_classes)
+    loss, one_hot = make_loss(tc, k)
     train_images, train_labels, _ = arrays["train"]
+    weights = class_weights(tc, train_labels, dataset.class_names, pos)
     train_ds = make_tf_dataset(train_images, train_labels, cfg.data, tc.batch_size, training=True, seed=tc.seed)
-    if one_hot:
+    if one_hot or weights is not None:
         import tensorflow as tf
 
-        train_ds = train_ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
+        table = tf.constant(weights if weights is not None else np.ones(k, np.float32))
+
+        def relabel(x, y):
+            target = tf.one_hot(y, k) if one_hot else y
+            return (x, target, tf.gather(table, y)) if weights is not None else (x, target)
+
+        train_ds = train_ds.map(relabel)
     steps = int(np.ceil(len(train_labels) / tc.batch_size))
     if tc.steps_per_epoch:
         steps = tc.steps_per_epoch
         train_ds = train_ds.repeat()
     val_images, val_labels, _ = arrays["val"]
     val_ds = make_tf_dataset(val_images, val_labels, cfg.data, cfg.eval.batch_size).map(lambda x, y: x)
+    ctx = _Context(cfg, run_dir, meta, train_ds, val_ds, val_labels, steps, loss, one_hot, pos, timer, resume)
 
-    model = build_model(cfg.model, num_classes, cfg.data.image_size)
-    model.compile(
-        optimizer=make_optimizer(tc, steps),
-        loss=loss,
-        metrics=["categorical_accuracy" if one_hot else "sparse_categorical_accuracy"],
-        jit_compile=tc.jit_compile,
-        run_eagerly=tc.run_eagerly,
-    )
-    timer.mark("setup_s")
-    checkpoints = run_dir / "checkpoints"
-    callbacks = [
-        ValidationMetrics(val_ds, val_labels, pos),
-        BestCheckpoint(checkpoints, tc.monitor, save=lambda m, p: save_model(m, p, meta)),
-        keras.callbacks.BackupAndRestore(str(checkpoints / "backup")),
-        keras.callbacks.CSVLogger(str(run_dir / "train_log.csv"), append=resume),
-        keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False, profile_batch=0),
-        _first_step_callback(timer),
-    ]
-    model.fit(train_ds, epochs=tc.epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=tc.verbose)
+    names = list(cfg.model.backbones)
+    if tc.ensemble == "separate" and len(names) > 1:
+        members, best = [], {}
+        for i, name in enumerate(names):
+            tag = name if names.count(name) == 1 else f"{name}_{i}"
+            member = build_member(
+                name, k, cfg.data.image_size, weights_for(cfg.model.weights, name), cfg.model.head, cfg.model.dropout,
+                tag, normalization,
+            )
+            member, best[tag] = train_model(ctx, member, tag)
+            members.append(member)
+        model = build_ensemble(members, cfg.data.image_size, cfg.model.ensemble_weights)
+    else:
+        model, best = train_model(ctx, build_model(cfg.model, k, cfg.data.image_size, normalization))
     timer.mark("fit_s")
 
-    best_path = checkpoints / "best.keras"
-    if best_path.is_file():
-        model, _ = load_model(best_path)
-    best = {}
-    if (checkpoints / "best.json").is_file():
-        import json
-
-        best = json.loads((checkpoints / "best.json").read_text())
-
+    if cfg.model.fusion == "fitted" and len(members_of(model)) > 1:
+        logits = member_logits(model, val_images, cfg.data, cfg.eval.batch_size)
+        fusion = fit_fusion_weights(list(logits.values()), val_labels)
+        model = build_ensemble(members_of(model), cfg.data.image_size, fusion)
+        meta["fusion_weights"] = dict(zip(logits, fusion))
     # Temperature and operating point are fitted on validation only, then saved with the model.
     val_logits = predict_logits(model, val_images, cfg.data, cfg.eval.batch_size, cfg.eval.tta, cfg.eval.tta_flips)
     meta.update(calibrate_on_validation(val_labels, val_logits, dataset.class_names, dataset.positive_class, cfg.eval))
@@ -199,21 +358,25 @@ def fit(cfg: Config, out=None, resume: bool = False) -> Path:
             continue
         scored = score_split(model, meta, split, dataset, cfg, on_bad_file="skip", analysis=split == "test")
         if split == "test":
-            write_outputs(run_dir, scored, dataset, cfg, meta, model=model, history_csv=run_dir / "train_log.csv")
+            history = run_dir / "train_log.csv"
+            write_outputs(run_dir, scored, dataset, cfg, meta, model=model, history_csv=history)
             results["ensemble"] = scored["ensemble"]
         results[split] = scored["metrics"]
     _write_duplicates(run_dir, dataset)
     timer.mark("total_s")
+    record = best if "epoch" in best else {}
     atomic_write_json(
         run_dir / "metrics.json",
         {
             "config": cfg.name,
-            "best_epoch": best.get("epoch"),
+            "best_epoch": record.get("epoch"),
             "monitor": tc.monitor,
-            "monitor_value": best.get("value"),
+            "monitor_value": record.get("value"),
+            "members_best": None if record else best,
             "temperature": meta["temperature"],
             "threshold": meta["threshold"],
             "threshold_rule": meta["threshold_rule"],
+            "fusion_weights": meta.get("fusion_weights"),
             **results,
             "timing_s": timer.marks,
         },

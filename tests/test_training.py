@@ -1,0 +1,126 @@
+"""Training mechanics on real images: frozen phases, class weights, schedules, fusion weights, resume after kill -9."""
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from medkeras.config import TrainConfig
+from medkeras.train.fit import phases, set_backbones_trainable
+from medkeras.train.losses import class_weights, make_loss, make_optimizer
+
+
+def _breast_batch(breast, n=32, size=32):
+    import tensorflow as tf
+
+    split = breast.splits["train"]
+    x = tf.image.resize(split.images[:n, ..., None].astype("float32"), (size, size)).numpy()
+    return np.repeat(x, 3, axis=-1), split.labels[:n]
+
+
+def _backbone(member):
+    import keras
+
+    return next(layer for layer in member.layers if isinstance(layer, keras.Model))
+
+
+def test_phase_one_leaves_the_backbone_unchanged_and_phase_two_changes_it(breast):
+    import keras
+
+    from medkeras.models.ensemble import build_member
+
+    x, y = _breast_batch(breast)
+    member = build_member("resnet18_small", 2, 32)
+    before = [w.copy() for w in _backbone(member).get_weights()]  # kernels and BatchNorm moving statistics
+    head_before = member.layers[-1].get_weights()[0].copy()
+    set_backbones_trainable(member, False)
+    member.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                   run_eagerly=True)
+    member.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    for a, b in zip(before, _backbone(member).get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(head_before, member.layers[-1].get_weights()[0])
+    set_backbones_trainable(member, True)
+    member.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                   run_eagerly=True)
+    member.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    changed = [not np.array_equal(a, b) for a, b in zip(before, _backbone(member).get_weights())]
+    assert all(changed)
+
+
+def test_phase_plans():
+    assert phases(TrainConfig(epochs=10)) == [("train", 10, 1e-3, False)]
+    assert phases(TrainConfig(epochs=10, freeze_epochs=3, learning_rate=1e-3)) == [
+        ("frozen", 3, 1e-3, True), ("finetune", 10, 1e-4, False)]
+    assert phases(TrainConfig(epochs=5, freeze_backbone=True)) == [("frozen", 5, 1e-3, True)]
+
+
+def test_class_weights_balanced_and_pos_weight_change_the_loss(breast):
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = breast.splits["train"].labels
+    names = breast.class_names
+    w = class_weights(TrainConfig(class_weight="balanced"), labels, names, 0)
+    np.testing.assert_allclose(w, compute_class_weight("balanced", classes=np.array([0, 1]), y=labels), rtol=1e-6)
+    w = class_weights(TrainConfig(pos_weight=3.0), labels, names, 0)
+    np.testing.assert_array_equal(w, [3.0, 1.0])
+    assert class_weights(TrainConfig(), labels, names, 0) is None
+    loss, one_hot = make_loss(TrainConfig(), 2)
+    logits = np.array([[2.0, -1.0], [0.5, 0.2], [-1.0, 1.0]], np.float32)
+    y = np.array([0, 1, 1])
+    plain = float(loss(y, logits))
+    weighted = float(loss(y, logits, sample_weight=w[y]))
+    assert weighted != pytest.approx(plain)
+    focal, one_hot = make_loss(TrainConfig(loss="focal"), 2)
+    assert one_hot and float(focal(np.eye(2)[y], logits)) < plain  # focal down-weights easy examples
+
+
+def test_optimizer_schedules_and_accumulation():
+    opt = make_optimizer(TrainConfig(learning_rate=0.1, schedule="step", step_epochs=2, step_gamma=0.5), 10)
+    assert float(opt.learning_rate) == pytest.approx(0.1)
+    assert float(opt._learning_rate(20)) == pytest.approx(0.05)
+    opt = make_optimizer(TrainConfig(gradient_accumulation_steps=4), 10)
+    assert opt.gradient_accumulation_steps == 4
+
+
+def test_fusion_weights_prefer_the_better_member(breast):
+    from medkeras.models.ensemble import fit_fusion_weights
+
+    labels = breast.splits["val"].labels
+    rng = np.random.default_rng(0)
+    good = np.eye(2)[labels] * 3.0 + rng.normal(size=(len(labels), 2))
+    noise = rng.normal(size=(len(labels), 2)) * 3.0
+    weights = fit_fusion_weights([good, noise], labels)
+    assert weights[0] > 0.8 and abs(sum(weights) - 1) < 1e-9
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_resume_after_kill_continues_at_the_epoch_reached(tmp_path):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "medkeras", "fit", "--out", str(out), "--set", "train.epochs=5",
+            "--set", "train.steps_per_epoch=4", "--set", "train.run_eagerly=true", "--set", "train.verbose=0",
+            "--set", "eval.bootstrap=50", "--set", "model.backbones=[cnn8_small]"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = out / "train_log.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and len(_rows(log)) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(_rows(log))
+    assert 2 <= done < 5, "the run must be killed midway for this test to mean anything"
+    assert not (out / "model.keras").exists()
+    result = subprocess.run([*args[:6], "--resume"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [r["epoch"] for r in _rows(log)] == ["0", "1", "2", "3", "4"]
+    assert (out / "model.keras").is_file() and not (out / "checkpoints" / "backup" / "train").exists()
