@@ -91,16 +91,24 @@ def eval_cmd(model, data, split, out, tta, threshold):
 @click.option("--out", "base", required=True, type=click.Path(file_okay=False), help="TF Serving base directory.")
 @click.option("--name", help="Model name (default: the config's export.name).")
 @click.option("--version", "version", type=click.IntRange(min=1), help="Version number (default: the next one).")
-def export(model, base, name, version):
+@click.option("--format", "fmt", type=click.Choice(["savedmodel", "onnx"]), default="savedmodel", show_default=True)
+def export(model, base, name, version, fmt):
     """Export MODEL (a run directory or .keras file) as a TF Serving SavedModel: BASE/NAME/VERSION/."""
     _tf()
-    from medkeras.export.savedmodel import export_savedmodel
+    if fmt == "onnx":
+        from medkeras.export.onnx import export_onnx
 
-    click.echo("exporting (tracing three signatures and verifying in a fresh process takes a while)...", err=True)
-    result = export_savedmodel(model, base, name=name, version=version)
+        result = export_onnx(model, base, name=name, version=version)
+        what = "logits"
+    else:
+        from medkeras.export.savedmodel import export_savedmodel
+
+        click.echo("exporting (tracing three signatures and verifying in a fresh process takes a while)...", err=True)
+        result = export_savedmodel(model, base, name=name, version=version)
+        what = "probabilities"
     check = result["verification"]
     click.echo(
-        f"verified on {check['images']} {check['source']}: max |p_served - p_keras| = {check['max_abs_diff']:.2e}"
+        f"verified on {check['images']} {check['source']}: max |served - keras| {what} = {check['max_abs_diff']:.2e}"
     )
     click.echo(f"exported {result['path']} in {result['seconds']} s")
 

@@ -30,6 +30,14 @@ class AugmentConfig:
     translation: float = 0.0  # fraction of the side
     brightness: float = 0.1  # fraction of the value range
     contrast: float = 0.1
+    noise: float = 0.0  # Gaussian noise standard deviation, in pixel units (0-255)
+    blur: float = 0.0  # probability-like factor of RandomGaussianBlur (0: off)
+    blur_sigma: float = 1.0
+    clahe: float = 0.0  # probability of applying CLAHE (Keras' ContrastLimitedAdaptiveHistogramEqualization)
+    clahe_clip_limit: float = 2.0
+    randaugment: int = 0  # RandAugment operations per image (0: off)
+    randaugment_factor: float = 0.3
+    erasing: float = 0.0  # RandomErasing factor (a GridMask-like occlusion from Keras core; 0: off)
 
 
 @dataclass

@@ -50,3 +50,58 @@ def test_patient_ids_are_only_hashed():
     key = patient_key(LUNG / "1-01.dcm")
     assert key == hash_patient_id("Lung_Dx-A0001")
     assert "A0001" not in key and len(key) == 16
+
+
+def _pydicom_data(name):
+    pytest.importorskip("data_store", reason="pydicom-data (the test extra) holds this real file")
+    from pydicom.data import get_testdata_file
+
+    return get_testdata_file(name)
+
+
+def test_monochrome1_chest_xray_is_inverted():
+    """RG1_J2KI.dcm: a real chest CR, MONOCHROME1 (low = white), JPEG 2000 decoded by Pillow."""
+    path = _pydicom_data("RG1_J2KI.dcm")
+    hu = read_dicom_hu(path)  # no rescale tags: stored values, inverted so that higher is brighter
+    assert hu.shape == (1955, 1841)
+    assert hu[0, 0] == 26512 + 803 - 18876  # stored 18876 in a file whose values span 803..26512
+    assert hu[977, 920] == 26512 + 803 - 3342
+    from medkeras.data.dicom import read_dicom_display
+
+    shown = read_dicom_display(path)  # its VOI window applied, then inverted
+    assert shown[977, 920] > shown[0, 0]
+
+
+def test_unsupported_compression_names_the_transfer_syntax():
+    path = _pydicom_data("bad_sequence.dcm")
+    with pytest.raises(DicomError, match="transfer syntax"):
+        read_dicom_hu(path)
+
+
+def test_dicom_without_pixel_data(tmp_path, ct_small_path):
+    import pydicom
+
+    ds = pydicom.dcmread(ct_small_path)
+    del ds.PixelData
+    ds.save_as(tmp_path / "nopixels.dcm")
+    with pytest.raises(DicomError, match="no pixel data"):
+        read_dicom_hu(tmp_path / "nopixels.dcm")
+
+
+def test_ct_without_rescale_tags_is_read_with_a_warning(tmp_path, ct_small_path):
+    import pydicom
+
+    ds = pydicom.dcmread(ct_small_path)
+    raw = ds.pixel_array.astype(np.float32)
+    del ds.RescaleSlope, ds.RescaleIntercept
+    ds.save_as(tmp_path / "norescale.dcm")
+    with pytest.warns(UserWarning, match="RescaleSlope"):
+        hu = read_dicom_hu(tmp_path / "norescale.dcm")
+    np.testing.assert_array_equal(hu, raw)
+
+
+def test_series_in_z_order():
+    from medkeras.data.dicom import series_in_z_order
+
+    ordered = series_in_z_order([LUNG / "1-01.dcm", LUNG / "1-14.dcm", LUNG / "1-13.dcm"])
+    assert [p.name for p in ordered] == ["1-14.dcm", "1-13.dcm", "1-01.dcm"]  # z -189, -184, -124

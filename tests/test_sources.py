@@ -146,3 +146,38 @@ def test_pipeline_batches_three_channel_pixels(breast):
     np.testing.assert_array_equal(x[..., 0], x[..., 2])  # grayscale repeated to 3 channels
     plain = next(iter(make_tf_dataset(split.images, split.labels, cfg, batch_size=78)))
     np.testing.assert_array_equal(plain[1].numpy(), split.labels)  # evaluation order is the split's order
+
+
+def test_every_augmentation_is_seeded_and_training_only(breast):
+    from medkeras.config import AugmentConfig
+
+    split = breast.splits["val"]
+    aug = AugmentConfig(noise=5.0, blur=0.5, clahe=0.5, randaugment=2, erasing=0.5, zoom=0.1, translation=0.1)
+    cfg = DataConfig(source="breastmnist", image_size=32, augment=aug)
+
+    def first(training, seed=1):
+        ds = make_tf_dataset(split.images, split.labels, cfg, 78, training=training, seed=seed)
+        return next(iter(ds))[0].numpy()
+
+    a, b = first(True), first(True)
+    np.testing.assert_array_equal(a, b)  # same seed, same augmented batch
+    assert a.min() >= 0.0 and a.max() <= 255.0
+    assert not np.array_equal(a, first(True, seed=2))
+    plain = first(False)
+    import tensorflow as tf
+
+    expected = tf.image.resize(split.images[..., None].astype("float32"), (32, 32), antialias=True).numpy()
+    np.testing.assert_allclose(plain[..., :1], expected, atol=1e-4)  # evaluation sees the images untouched
+
+
+def test_dataset_normalization_in_the_graph(breast):
+    from medkeras.models.preprocessing import ImagePreprocessing
+    from medkeras.train.fit import dataset_statistics
+
+    images = breast.splits["train"].images
+    mean, std = dataset_statistics(images, DataConfig(source="breastmnist", image_size=28, augment=None))
+    pixels = images.astype(np.float64) / 255.0
+    assert mean[0] == pytest.approx(pixels.mean(), abs=1e-5) and std[0] == pytest.approx(pixels.std(), abs=1e-5)
+    layer = ImagePreprocessing("dataset", mean, std)
+    out = np.asarray(layer(np.repeat(images[:64, ..., None].astype("float32"), 3, axis=-1)))
+    np.testing.assert_allclose(out[..., 0], (images[:64] / 255.0 - mean[0]) / std[0], atol=1e-4)

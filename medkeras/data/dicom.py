@@ -41,6 +41,33 @@ def read_dicom_hu(path) -> np.ndarray:
     the tags are missing). Other modalities: the stored values after any rescale, with MONOCHROME1 inverted so
     that higher always means brighter. Raises `DicomError` (a `ValueError`) naming the file for anything unreadable.
     """
+    image, ds = _modality_values(path)
+    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
+        image = image.max() + image.min() - image
+    return image
+
+
+def read_dicom_display(path) -> np.ndarray:
+    """A DICOM image as a radiologist's viewer shows it without a configured window, float32 (H, W).
+
+    Non-CT images with a VOI LUT or WindowCenter/WindowWidth (X-ray, mammography) go through it (pydicom's
+    `apply_voi_lut`); CT and images without one return the rescaled values. MONOCHROME1 is inverted.
+    """
+    image, ds = _modality_values(path)
+    if str(getattr(ds, "Modality", "")) != "CT" and ("VOILUTSequence" in ds or "WindowCenter" in ds):
+        from pydicom.pixels import apply_voi_lut
+
+        try:
+            image = np.asarray(apply_voi_lut(image, ds), dtype=np.float32)
+        except Exception as exc:  # noqa: BLE001 - malformed VOI tags: fall back to the stored values
+            warnings.warn(f"{Path(path).name}: VOI LUT not applied ({exc})", stacklevel=2)
+    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
+        image = image.max() + image.min() - image
+    return image
+
+
+def _modality_values(path):
+    """(pixel data after the modality rescale as float32, dataset) with every failure as a `DicomError`."""
     ds = _dcmread(path)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise DicomError(path, "no pixel data in this DICOM file")
@@ -65,11 +92,21 @@ def read_dicom_hu(path) -> np.ndarray:
             warnings.warn(f"{Path(path).name}: CT without RescaleSlope/RescaleIntercept; assuming 1 and 0", stacklevel=2)
         slope, intercept = slope or 1.0, intercept or 0.0
     image = image * np.float32(float(slope)) + np.float32(float(intercept))
-    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
-        image = image.max() + image.min() - image
     if not np.isfinite(image).all():
         raise DicomError(path, "pixel data contains NaN or infinite values")
-    return image
+    return image, ds
+
+
+def series_in_z_order(paths) -> list:
+    """DICOM slices of one series sorted along the patient z axis (ImagePositionPatient, then InstanceNumber)."""
+
+    def key(path):
+        ds = _dcmread(path, stop_before_pixels=True)
+        position = getattr(ds, "ImagePositionPatient", None)
+        z = float(position[2]) if position is not None and len(position) == 3 else float("inf")
+        return (z, int(getattr(ds, "InstanceNumber", 0) or 0), str(path))
+
+    return sorted(paths, key=key)
 
 
 def patient_key(path) -> str | None:

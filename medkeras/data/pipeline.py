@@ -85,11 +85,39 @@ def split_arrays(split: Split, data_cfg, on_bad_file="fail", verbose=True):
     return decode_files(split, data_cfg, on_bad_file, verbose=verbose)
 
 
+def _sometimes(layer, probability: float, seed: int):
+    """Apply `layer` to each image of a batch with `probability` (for deterministic transforms such as CLAHE)."""
+    import keras
+    import tensorflow as tf
+
+    class Sometimes(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.inner = layer
+            self.generator = keras.random.SeedGenerator(seed)
+
+        def call(self, x, training=True):
+            if not training:
+                return x
+            pick = keras.random.uniform((tf.shape(x)[0], 1, 1, 1), seed=self.generator) < probability
+            return tf.where(pick, tf.cast(self.inner(x), x.dtype), x)
+
+    return Sometimes(name=f"sometimes_{layer.name}")
+
+
 def build_augmenter(aug_cfg, seed: int):
-    """A Keras Sequential of the configured augmentation layers (None when every factor is off)."""
+    """A Keras Sequential of the configured augmentation layers (None when every factor is off).
+
+    All are Keras core layers (keras-cv is frozen upstream); CLAHE is applied to a random share of images.
+    """
     import keras
 
     layers = []
+    if aug_cfg.clahe > 0:
+        clahe = keras.layers.ContrastLimitedAdaptiveHistogramEqualization(
+            value_range=(0, 255), clip_limit=aug_cfg.clahe_clip_limit, name="clahe"
+        )
+        layers.append(_sometimes(clahe, aug_cfg.clahe, seed + 6))
     if aug_cfg.flip != "none":
         layers.append(keras.layers.RandomFlip(aug_cfg.flip, seed=seed))
     if aug_cfg.rotation > 0:
@@ -103,6 +131,16 @@ def build_augmenter(aug_cfg, seed: int):
         layers.append(keras.layers.RandomBrightness(aug_cfg.brightness, value_range=(0, 255), seed=seed + 4))
     if aug_cfg.contrast > 0:
         layers.append(keras.layers.RandomContrast(aug_cfg.contrast, value_range=(0, 255), seed=seed + 5))
+    if aug_cfg.randaugment > 0:
+        layers.append(keras.layers.RandAugment((0, 255), aug_cfg.randaugment, aug_cfg.randaugment_factor, seed=seed + 7))
+    if aug_cfg.blur > 0:
+        layers.append(keras.layers.RandomGaussianBlur(aug_cfg.blur, 3, aug_cfg.blur_sigma, (0, 255), seed=seed + 8))
+    if aug_cfg.erasing > 0:
+        layers.append(keras.layers.RandomErasing(aug_cfg.erasing, value_range=(0, 255), seed=seed + 9))
+    if aug_cfg.noise > 0:
+        # Keras' GaussianNoise takes a standard deviation in [0, 1]: apply it on pixels / 255
+        layers += [keras.layers.Rescaling(1 / 255.0), keras.layers.GaussianNoise(aug_cfg.noise / 255.0, seed=seed + 10),
+                   keras.layers.Rescaling(255.0)]
     return keras.Sequential(layers, name="augment") if layers else None
 
 
@@ -141,5 +179,10 @@ def make_tf_dataset(
     ds = ds.batch(batch_size, drop_remainder=False)
     augmenter = build_augmenter(data_cfg.augment, seed) if (training and augment) else None
     if augmenter is not None:
-        ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=AUTOTUNE)
+        import tensorflow as tf
+
+        def augment_batch(x, y):
+            return tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0), y
+
+        ds = ds.map(augment_batch, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medkeras.data.dicom import hash_patient_id, read_dicom_hu
+from medkeras.data.dicom import hash_patient_id, read_dicom_display, read_dicom_hu
 from medkeras.data.windows import apply_windows
 from medkeras.errors import ConfigError, DataError
 
@@ -116,8 +116,10 @@ def read_image(path, windows=()) -> np.ndarray:
         raise DataError(path, "empty file (0 bytes)")
     suffix = path.suffix.lower()
     if suffix in DICOM_SUFFIXES:
-        hu = read_dicom_hu(path)
-        image = apply_windows(hu, windows) * np.float32(255.0) if windows else _to_pixels(hu)[..., None]
+        if windows:
+            image = apply_windows(read_dicom_hu(path), windows) * np.float32(255.0)
+        else:
+            image = _to_pixels(read_dicom_display(path))[..., None]
     elif suffix in ARRAY_SUFFIXES:
         try:
             array = np.load(path, allow_pickle=False)
@@ -187,7 +189,7 @@ def load_npz(path, class_names=None, name=None) -> Dataset:
 
 def _split_indices(labels, groups, fractions, seed):
     """Stratified train/val/test indices; grouped (no patient in two splits) when groups are known."""
-    from sklearn.model_selection import GroupShuffleSplit, train_test_split
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
     idx = np.arange(len(labels))
     train_f, val_f, test_f = fractions
@@ -195,9 +197,14 @@ def _split_indices(labels, groups, fractions, seed):
     def cut(sub, frac):
         if frac <= 0:
             return sub, sub[:0]
-        if groups is not None:
+        if groups is not None:  # stratified by class, whole patients only: one fold of ~1/frac as the cut
+            import warnings
+
             g = np.asarray(groups)[sub]
-            a, b = next(GroupShuffleSplit(n_splits=1, test_size=frac, random_state=seed).split(sub, groups=g))
+            folds = StratifiedGroupKFold(n_splits=max(2, int(round(1 / frac))), shuffle=True, random_state=seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # few members per class: sklearn warns, the split stays grouped
+                a, b = next(folds.split(sub, labels[sub], groups=g))
             return sub[a], sub[b]
         y = labels[sub]
         stratify = y if np.bincount(y).min(initial=len(y)) >= 2 else None

@@ -28,12 +28,30 @@ def collect_inputs(inputs) -> list[Path]:
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in READABLE_SUFFIXES)
             if not found:
                 raise DataError(path, "folder holds no PNG, JPEG, DICOM or NPY files")
-            files += found
+            files += _dicom_series_in_z_order(found)
         elif path.exists():
             files.append(path)
         else:
             raise DataError(path, "file not found")
     return files
+
+
+def _dicom_series_in_z_order(files):
+    """Keep folder order, but list each folder's DICOM slices along z (a series reads top to bottom)."""
+    from medkeras.data.dicom import series_in_z_order
+    from medkeras.data.sources import DICOM_SUFFIXES
+
+    out, by_dir = [], {}
+    for f in files:
+        by_dir.setdefault(f.parent, []).append(f)
+    for folder, items in by_dir.items():
+        dicom = [f for f in items if f.suffix.lower() in DICOM_SUFFIXES]
+        try:
+            dicom = series_in_z_order(dicom)
+        except DataError:
+            pass  # an unreadable slice is reported when it is read, in order of the file names
+        out += [f for f in items if f.suffix.lower() not in DICOM_SUFFIXES] + dicom
+    return out
 
 
 def _savedmodel_dir(path: Path) -> Path | None:

@@ -1,0 +1,72 @@
+"""`medkeras export --format onnx`: the Keras model's logits graph as ONNX (Keras' own exporter, via tf2onnx).
+
+ONNX carries the graph from pixels to logits, with each backbone's normalization inside; the temperature,
+threshold and class names travel beside it in `preprocessing.json` and `labels.txt` (apply
+softmax(logits / temperature), then the threshold on the positive class). Verified with onnxruntime.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medkeras.errors import MedkerasError
+from medkeras.export.savedmodel import PARITY_TOLERANCE, _verification_images, next_version, preprocessing_facts
+from medkeras.utils import dumps_json
+
+
+def export_onnx(model_path, base, name=None, version=None) -> dict:
+    try:
+        import onnxruntime  # noqa: F401
+        import tf2onnx  # noqa: F401
+    except ImportError as exc:
+        raise MedkerasError(
+            f"ONNX export needs tf2onnx and onnxruntime: pip install 'medkeras[onnx]' ({exc.name} is missing)"
+        ) from exc
+    import onnxruntime as ort
+
+    from medkeras.data.pipeline import resize_images, to_model_channels
+    from medkeras.models.io import load_model
+
+    t0 = time.perf_counter()
+    model, meta = load_model(model_path)
+    if "class_names" not in meta:
+        raise MedkerasError(f"{model_path}: not a medkeras model (no medkeras.json inside)")
+    name = name or meta.get("config", {}).get("export", {}).get("name") or "medkeras"
+    model_dir = Path(base) / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = int(version) if version is not None else next_version(model_dir)
+    target = model_dir / str(version)
+    if target.exists():
+        raise MedkerasError(f"{target}: version {version} exists already (omit --version for the next one)")
+    size = int(meta["image_size"])
+    images = _verification_images(meta)
+    if images is None or not len(images):
+        images = np.random.default_rng(0).uniform(0, 255, (8, size, size, 3)).astype(np.float32)
+    if images.ndim == 3:
+        images = images[..., None]
+    pixels = resize_images(to_model_channels(np.asarray(images, np.float32)), size).numpy()
+    expected = np.asarray(model.predict(pixels, verbose=0))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=model_dir))
+    try:
+        out = tmp / "export"
+        out.mkdir()
+        model(pixels[:1])  # Keras' exporter needs a model that has been called
+        model.export(str(out / "model.onnx"), format="onnx", verbose=False)
+        (out / "labels.txt").write_text("\n".join(meta["class_names"]) + "\n")
+        (out / "preprocessing.json").write_text(dumps_json({**preprocessing_facts(meta), "outputs": "logits"}))
+        session = ort.InferenceSession(str(out / "model.onnx"))
+        served = session.run(None, {session.get_inputs()[0].name: pixels})[0]
+        diff = float(np.abs(served - expected).max())
+        if diff > PARITY_TOLERANCE * 100:  # logits, not probabilities: allow float reordering in onnxruntime
+            raise MedkerasError(f"{target}: ONNX logits differ from the Keras model by {diff:.2e}")
+        os.rename(out, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    check = {"images": int(len(pixels)), "source": "validation images", "max_abs_diff": diff}
+    return {"path": str(target), "version": version, "verification": check, "seconds": round(time.perf_counter() - t0, 1)}
