@@ -84,4 +84,5 @@ def test_listings():
     result = run_cli("backbones")
     assert result.returncode == 0 and "resnet18_small" in result.stdout and "efficientnetb0" in result.stdout
     result = run_cli("configs")
-    assert result.returncode == 0 and result.stdout.startswith("demo")
+    assert result.returncode == 0
+    assert any(line.startswith("demo ") and "BreastMNIST" in line for line in result.stdout.splitlines())

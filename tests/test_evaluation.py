@@ -175,3 +175,19 @@ def test_gradcam_command_on_an_ensemble(tiny_run, tmp_path, breast):
 def test_eval_config_defaults():
     cfg = EvalConfig()
     assert cfg.bootstrap == 1000 and cfg.ece_bins == 15 and cfg.calibrate == "temperature"
+
+
+@pytest.mark.parametrize("name", ["resnet50", "efficientnetb0", "densenet121", "convnext_tiny", "mobilenetv3small",
+                                  "regnety_4gf", "convnextv2_atto", "resnet18_small", "inceptionv3"])
+def test_gradcam_runs_on_registry_backbones(name):
+    """The member is rewired from its own graph for any backbone: a finite map of the input's size."""
+    from medkeras.evaluate.gradcam import gradcam
+    from medkeras.models.backbones import REGISTRY
+    from medkeras.models.ensemble import build_member
+
+    size = max(REGISTRY[name].min_size, 32)
+    member = build_member(name, 2, size)
+    x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    maps = gradcam(member, x, [0, 1])
+    assert maps.shape == (2, size, size) and np.isfinite(maps).all()
+    assert maps.min() >= 0.0 and maps.max() <= 1.0 + 1e-6

@@ -213,3 +213,13 @@ def test_killed_export_leaves_no_version(tiny_run, tmp_path):
     proc.wait()
     versions = [p for p in (tmp_path / "medkeras").iterdir() if p.name.isdigit()]
     assert versions == []
+
+
+def test_wrong_dtype_or_rank_is_refused_by_the_signature(exported):
+    import tensorflow as tf
+
+    fn = _loaded(exported[0]).signatures["serving_default"]
+    with pytest.raises((TypeError, ValueError)):
+        fn(image=tf.zeros((2, 28, 28), tf.float32))  # rank 3
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
+        fn(image=tf.zeros((1, 28, 28, 1), tf.int32))  # int pixels

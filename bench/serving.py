@@ -1,0 +1,85 @@
+"""SavedModel inference against Keras on the same model, same images, interleaved in one process.
+
+    python -m bench.serving RUN_DIR            # a run directory from `medkeras fit` (e.g. of the demo)
+
+Images/s at batch 1, 8 and 32 and p50/p99 latency at batch 1 for: the exported `serving_default` signature
+(plain tf.saved_model.load), Keras `model.predict`, and a direct Keras call `model(x)`. PyTorch eager is not
+measured here yet (it needs the same architecture written in PyTorch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import save
+
+
+def _time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return np.asarray(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run")
+    parser.add_argument("--repeats", type=int, default=50)
+    args = parser.parse_args()
+
+    import tensorflow as tf
+
+    from medkeras.export.savedmodel import export_savedmodel
+    from medkeras.models.io import load_model
+
+    model, meta = load_model(args.run)
+    size = int(meta["image_size"])
+    with tempfile.TemporaryDirectory() as tmp:
+        exported = export_savedmodel(args.run, tmp, name="bench", verify=False)
+        served = tf.saved_model.load(exported["path"]).signatures["serving_default"]
+        rng = np.random.default_rng(0)
+        rows = []
+        for batch in (1, 8, 32):
+            x = rng.uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
+            xt = tf.constant(x)
+            candidates = {
+                "savedmodel": lambda: served(image=xt)["probabilities"].numpy(),
+                "keras_predict": lambda: model.predict(x, verbose=0),
+                "keras_call": lambda: model(xt, training=False).numpy(),
+            }
+            for fn in candidates.values():  # warm-up: tracing and first allocations
+                for _ in range(3):
+                    fn()
+            results = {name: [] for name in candidates}
+            for _ in range(args.repeats):  # interleaved, so drift in machine load hits all three alike
+                for name, fn in candidates.items():
+                    results[name].append(_time(fn, 1)[0])
+            for name, times in results.items():
+                times = np.asarray(times)
+                rows.append({
+                    "runtime": name,
+                    "batch": batch,
+                    "images_per_s": round(batch / float(np.median(times)), 1),
+                    "p50_ms": round(1000 * float(np.median(times)), 2),
+                    "p99_ms": round(1000 * float(np.quantile(times, 0.99)), 2),
+                })
+    for row in rows:
+        print(json.dumps(row))
+    by = {(r["runtime"], r["batch"]): r for r in rows}
+    ratios = {f"savedmodel_vs_keras_predict_b{b}": round(by[("savedmodel", b)]["images_per_s"] / by[("keras_predict", b)]["images_per_s"], 2)
+              for b in (1, 8, 32)}
+    print(json.dumps(ratios))
+    print("saved", save("serving", {"run": str(Path(args.run)), "rows": rows, "ratios": ratios,
+                                    "backbones": meta.get("backbones"), "image_size": size}))
+
+
+if __name__ == "__main__":
+    main()
