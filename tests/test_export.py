@@ -223,3 +223,19 @@ def test_wrong_dtype_or_rank_is_refused_by_the_signature(exported):
         fn(image=tf.zeros((2, 28, 28), tf.float32))  # rank 3
     with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
         fn(image=tf.zeros((1, 28, 28, 1), tf.int32))  # int pixels
+
+
+def test_onnx_export_matches_keras(tiny_run, tmp_path, breast):
+    pytest.importorskip("tf2onnx", reason="ONNX export is the optional 'onnx' extra")
+    ort = pytest.importorskip("onnxruntime")
+    from medkeras.models.io import load_model
+
+    result = run_cli("export", tiny_run[0], "--out", tmp_path, "--format", "onnx")
+    assert result.returncode == 0, result.stderr
+    target = tmp_path / "medkeras" / "1"
+    assert {p.name for p in target.iterdir()} == {"model.onnx", "labels.txt", "preprocessing.json"}
+    session = ort.InferenceSession(str(target / "model.onnx"))
+    x = np.repeat(breast.splits["test"].images[:8, ..., None].astype(np.float32), 3, axis=-1)
+    model, _ = load_model(tiny_run[0])
+    diff = np.abs(session.run(None, {session.get_inputs()[0].name: x})[0] - model.predict(x, verbose=0)).max()
+    assert diff < 1e-4

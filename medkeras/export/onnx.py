@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from medkeras.errors import MedkerasError
-from medkeras.export.savedmodel import PARITY_TOLERANCE, _verification_images, next_version, preprocessing_facts
+from medkeras.export.savedmodel import PARITY_TOLERANCE, _verification_images, open_export, preprocessing_facts
 from medkeras.utils import dumps_json
 
 
@@ -31,19 +31,9 @@ def export_onnx(model_path, base, name=None, version=None) -> dict:
     import onnxruntime as ort
 
     from medkeras.data.pipeline import resize_images, to_model_channels
-    from medkeras.models.io import load_model
 
     t0 = time.perf_counter()
-    model, meta = load_model(model_path)
-    if "class_names" not in meta:
-        raise MedkerasError(f"{model_path}: not a medkeras model (no medkeras.json inside)")
-    name = name or meta.get("config", {}).get("export", {}).get("name") or "medkeras"
-    model_dir = Path(base) / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    version = int(version) if version is not None else next_version(model_dir)
-    target = model_dir / str(version)
-    if target.exists():
-        raise MedkerasError(f"{target}: version {version} exists already (omit --version for the next one)")
+    model, meta, model_dir, version, target = open_export(model_path, base, name, version)
     size = int(meta["image_size"])
     images = _verification_images(meta)
     if images is None or not len(images):

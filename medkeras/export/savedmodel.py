@@ -184,11 +184,10 @@ def verify_export(path: Path, model, meta) -> dict:
     return {"images": int(len(images)), "source": source, "max_abs_diff": diff}
 
 
-def export_savedmodel(model_path, base, name=None, version=None, verify=True) -> dict:
-    """Export a run directory or `.keras` file to `base/name/version/` for TF Serving; returns what was done."""
+def open_export(model_path, base, name=None, version=None):
+    """Load the model to export and pick `base/name/version` -> (model, meta, model_dir, version, target)."""
     from medkeras.models.io import load_model
 
-    t0 = time.perf_counter()
     model, meta = load_model(model_path)
     if "class_names" not in meta:
         raise MedkerasError(f"{model_path}: not a medkeras model (no medkeras.json inside)")
@@ -199,6 +198,13 @@ def export_savedmodel(model_path, base, name=None, version=None, verify=True) ->
     target = model_dir / str(version)
     if target.exists():
         raise MedkerasError(f"{target}: version {version} exists already (omit --version for the next one)")
+    return model, meta, model_dir, version, target
+
+
+def export_savedmodel(model_path, base, name=None, version=None, verify=True) -> dict:
+    """Export a run directory or `.keras` file to `base/name/version/` for TF Serving; returns what was done."""
+    t0 = time.perf_counter()
+    model, meta, model_dir, version, target = open_export(model_path, base, name, version)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=model_dir))
     try:
         archive = build_archive(model, meta)
