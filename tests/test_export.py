@@ -239,3 +239,27 @@ def test_onnx_export_matches_keras(tiny_run, tmp_path, breast):
     model, _ = load_model(tiny_run[0])
     diff = np.abs(session.run(None, {session.get_inputs()[0].name: x})[0] - model.predict(x, verbose=0)).max()
     assert diff < 1e-4
+
+
+@pytest.mark.slow
+def test_export_loads_without_keras_or_medkeras(exported, tmp_path, breast):
+    """Set MEDKERAS_KERAS_FREE_PYTHON to a Python with tensorflow-cpu and no keras (see bin/keras_free_check.py)."""
+    import os
+
+    from medkeras.evaluate.metrics import softmax
+    from medkeras.models.io import load_model
+
+    python = os.environ.get("MEDKERAS_KERAS_FREE_PYTHON")
+    if not python:
+        pytest.skip("MEDKERAS_KERAS_FREE_PYTHON is not set")
+    path, run = exported
+    x = breast.splits["test"].images[:4].astype(np.float32)[..., None]
+    np.save(tmp_path / "x.npy", x)
+    Image.fromarray(breast.splits["test"].images[0]).save(tmp_path / "x.png")
+    proc = subprocess.run([python, str(ROOT / "bin" / "keras_free_check.py"), str(path), str(tmp_path / "x.npy"),
+                           str(tmp_path / "x.png")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    served = json.loads(proc.stdout.strip().splitlines()[-1])
+    model, meta = load_model(run)
+    expected = softmax(model.predict(np.repeat(x, 3, axis=-1), verbose=0), meta["temperature"])
+    assert np.abs(np.asarray(served["probabilities"]) - expected).max() <= 1e-4
