@@ -3,8 +3,9 @@
     python -m bench.serving RUN_DIR            # a run directory from `medkeras fit` (e.g. of the demo)
 
 Images/s at batch 1, 8 and 32 and p50/p99 latency at batch 1 for: the exported `serving_default` signature
-(plain tf.saved_model.load), Keras `model.predict`, and a direct Keras call `model(x)`. PyTorch eager is not
-measured here yet (it needs the same architecture written in PyTorch).
+(plain tf.saved_model.load), Keras `model.predict`, a direct Keras call `model(x)`, and, when torch is installed
+and the run is the demo's `resnet18_small` + `cnn8_small` ensemble, the same architecture in PyTorch eager
+(`bench/torch_models.py`, inference mode, parameter count checked equal).
 """
 
 from __future__ import annotations
@@ -29,6 +30,26 @@ def _time(fn, repeats):
     return np.asarray(times)
 
 
+def _torch_twin(meta, model):
+    """The PyTorch twin of the demo ensemble (None without torch or for other architectures)."""
+    if list(meta.get("backbones", [])) != ["resnet18_small", "cnn8_small"]:
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    import os
+
+    from bench.torch_models import demo_ensemble
+
+    torch.set_num_threads(os.cpu_count())
+    twin = demo_ensemble().eval()
+    count = sum(p.numel() for p in twin.parameters()) + sum(b.numel() for n, b in twin.named_buffers() if "running" in n)
+    if count != model.count_params():
+        raise SystemExit(f"torch twin has {count} parameters, the Keras model {model.count_params()}")
+    return twin
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run")
@@ -46,6 +67,7 @@ def main():
         exported = export_savedmodel(args.run, tmp, name="bench", verify=False)
         served = tf.saved_model.load(exported["path"]).signatures["serving_default"]
         rng = np.random.default_rng(0)
+        torch_model = _torch_twin(meta, model)
         rows = []
         for batch in (1, 8, 32):
             x = rng.uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
@@ -55,6 +77,16 @@ def main():
                 "keras_predict": lambda: model.predict(x, verbose=0),
                 "keras_call": lambda: model(xt, training=False).numpy(),
             }
+            if torch_model is not None:
+                import torch
+
+                xp = torch.from_numpy(x)
+
+                def run_torch(xp=xp):
+                    with torch.inference_mode():
+                        return torch.softmax(torch_model(xp), dim=1).numpy()
+
+                candidates["torch_eager"] = run_torch
             for fn in candidates.values():  # warm-up: tracing and first allocations
                 for _ in range(3):
                     fn()
@@ -74,8 +106,13 @@ def main():
     for row in rows:
         print(json.dumps(row))
     by = {(r["runtime"], r["batch"]): r for r in rows}
-    ratios = {f"savedmodel_vs_keras_predict_b{b}": round(by[("savedmodel", b)]["images_per_s"] / by[("keras_predict", b)]["images_per_s"], 2)
-              for b in (1, 8, 32)}
+    ratios = {}
+    for other in ("keras_predict", "torch_eager"):
+        for b in (1, 8, 32):
+            if (other, b) in by:
+                ratios[f"savedmodel_vs_{other}_b{b}"] = round(
+                    by[("savedmodel", b)]["images_per_s"] / by[(other, b)]["images_per_s"], 2
+                )
     print(json.dumps(ratios))
     print("saved", save("serving", {"run": str(Path(args.run)), "rows": rows, "ratios": ratios,
                                     "backbones": meta.get("backbones"), "image_size": size}))

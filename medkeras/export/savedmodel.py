@@ -81,7 +81,11 @@ def build_archive(model, meta: dict):
         images = tf.cast(images, tf.float32)
         images = tf.cond(tf.shape(images)[-1] == 1, lambda: tf.repeat(images, 3, axis=-1), lambda: images)
         images = tf.ensure_shape(images, [None, None, None, 3])
-        return resize_images(images, size)
+        # as in training (make_tf_dataset), images already at the model's size are not resampled
+        same = tf.logical_and(tf.equal(tf.shape(images)[1], size), tf.equal(tf.shape(images)[2], size))
+        return tf.cond(
+            same, lambda: tf.ensure_shape(images, [None, size, size, 3]), lambda: resize_images(images, size)
+        )
 
     def serving_default(image):
         return outputs(to_model_input(image))
