@@ -97,6 +97,7 @@ class TrainConfig:
     precision: str = "float32"  # "float32", "mixed_float16" or "mixed_bfloat16" (measure first on CPU)
     deterministic: bool = False  # TF op determinism (slower)
     ensemble: str = "joint"  # "joint" (one fit of the whole graph) or "separate" (each member, then assembled)
+    strategy: str = "auto"  # tf.distribute: "auto" (mirrored over >1 GPU), "one_device" or "mirrored"
     steps_per_epoch: Optional[int] = None  # default: the whole training split
     monitor: str = "val_auroc"  # best checkpoint by this validation metric (higher is better)
     jit_compile: Any = False  # XLA: true, false or "auto" (measure first: it slows EfficientNet on CPU)
@@ -319,6 +320,7 @@ def validate(cfg: Config) -> None:
     _one_of("train.loss", cfg.train.loss, ("cross_entropy", "focal", "bce"))
     _one_of("train.precision", cfg.train.precision, ("float32", "mixed_float16", "mixed_bfloat16"))
     _one_of("train.ensemble", cfg.train.ensemble, ("joint", "separate"))
+    _one_of("train.strategy", cfg.train.strategy, ("auto", "one_device", "mirrored"))
     _one_of("model.fusion", cfg.model.fusion, ("mean", "fitted"))
     if cfg.train.class_weight not in (None, "balanced") and not isinstance(cfg.train.class_weight, dict):
         raise ConfigError("config key 'train.class_weight' must be null, balanced or a mapping {class: weight}")

@@ -124,3 +124,29 @@ def test_resume_after_kill_continues_at_the_epoch_reached(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert [r["epoch"] for r in _rows(log)] == ["0", "1", "2", "3", "4"]
     assert (out / "model.keras").is_file() and not (out / "checkpoints" / "backup" / "train").exists()
+
+
+_MIRRORED = r"""
+import sys, json
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import medkeras
+from medkeras.train.fit import make_strategy
+cfg = medkeras.load_config("demo", ["train.epochs=1", "train.steps_per_epoch=2", "train.verbose=0",
+                                    "train.strategy=mirrored", "eval.bootstrap=20", "model.backbones=[cnn8_small]"])
+replicas = make_strategy("mirrored").num_replicas_in_sync
+run = medkeras.fit(cfg, out=sys.argv[1])
+print(json.dumps({"replicas": replicas, "auroc": json.load(open(run / "metrics.json"))["test"]["auroc"]}))
+"""
+
+
+def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
+    import json
+
+    proc = subprocess.run([sys.executable, "-c", _MIRRORED, str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["replicas"] == 2 and 0.0 <= out["auroc"] <= 1.0
+    assert (tmp_path / "run" / "model.keras").is_file()

@@ -235,6 +235,20 @@ def dataset_statistics(images, data_cfg) -> tuple[list, list]:
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 
+def make_strategy(name: str):
+    """A tf.distribute strategy: `mirrored` over every GPU (or every logical CPU where there is none), `auto`
+    mirrored only with several GPUs, `one_device` the first device. The global batch is `train.batch_size`."""
+    import tensorflow as tf
+
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    devices = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
+    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(devices[0])
+    return tf.distribute.get_strategy()
+
+
 def _set_precision(tc):
     import keras
 
@@ -256,7 +270,8 @@ def fit(cfg: Config, out=None, resume: bool = False) -> Path:
         cfg = load_run_config(run_dir)
     _set_precision(cfg.train)
     try:
-        return _fit(cfg, run_dir, resume, timer)
+        with make_strategy(cfg.train.strategy).scope():
+            return _fit(cfg, run_dir, resume, timer)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
