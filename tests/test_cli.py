@@ -86,3 +86,11 @@ def test_listings():
     result = run_cli("configs")
     assert result.returncode == 0
     assert any(line.startswith("demo ") and "BreastMNIST" in line for line in result.stdout.splitlines())
+
+
+@pytest.mark.slow
+def test_backbones_with_parameter_counts():
+    result = run_cli("backbones", "--params")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert "21.8M" in rows["resnet34"] and "25.6M" in rows["resnet50"] and "143.7M" in rows["vgg19_bn"]

@@ -171,7 +171,7 @@ for _variant, _gf in (("regnety_4gf", "4GF"), ("regnety_8gf", "8GF")):
             "torch",
             imagenet=False,
             slow=_variant == "regnety_8gf",
-            description=f"RegNetY-{_gf} (torchvision layout; Keras 3 dropped RegNet)",
+            description=f"RegNetY-{_gf} (pycls / timm widths; Keras 3 dropped RegNet)",
         )
     )
 for _variant, _slow in (("convnextv2_atto", False), ("convnextv2_tiny", False), ("convnextv2_base", True)):
