@@ -140,7 +140,6 @@ def write_report(out_dir, scored, dataset, cfg, meta, model=None, history_csv=No
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
     m = scored["metrics"]
-    labels, probs = scored["labels"], scored["probs"]
     class_names = dataset.class_names
     pos = class_names.index(m["positive_class"]) if "positive_class" in m else None
     threshold = m.get("threshold", 0.5)
@@ -164,7 +163,7 @@ def write_report(out_dir, scored, dataset, cfg, meta, model=None, history_csv=No
             f"(n = {m['n']}, {m['class_counts'][class_names[pos]]} positive).</p>"
         )
     cal = m.get("calibration", {})
-    cal_rows = [[f"before (T = 1)", *[_fmt(cal.get("before", {}).get(k), 4) for k in ("ece", "mce", "brier")]],
+    cal_rows = [["before (T = 1)", *[_fmt(cal.get("before", {}).get(k), 4) for k in ("ece", "mce", "brier")]],
                 [f"after (T = {cal.get('temperature', 1.0):.3f})", *[_fmt(cal.get("after", {}).get(k), 4) for k in ("ece", "mce", "brier")]]]
     ens_rows = [[html.escape(r["model"]), f"{_fmt(r['auroc'])} [{_fmt(r['auroc_lower'])}, {_fmt(r['auroc_upper'])}]",
                  _fmt(r["auprc"]), _fmt(r["accuracy"]), _fmt(r["ece"], 4)] for r in scored.get("ensemble", [])]
