@@ -19,10 +19,25 @@ AUTOTUNE = -1  # tf.data.AUTOTUNE, without importing TF at module load
 
 
 def resize_images(images, size: int):
-    """Bilinear, antialiased resize of a (N, H, W, C) or (H, W, C) float tensor to `size` x `size`."""
+    """Bilinear, antialiased resize of a (N, H, W, C) or (H, W, C) float tensor to `size` x `size`.
+
+    Images already `size` x `size` pass through unresampled: training, predict and serving all follow this rule
+    (the serving graph, whose shapes are only known at run time, checks it with a `tf.cond`).
+    """
     import tensorflow as tf
 
-    return tf.image.resize(tf.cast(images, tf.float32), (size, size), method="bilinear", antialias=True)
+    images = tf.cast(images, tf.float32)
+    if images.shape[-3] == size and images.shape[-2] == size:
+        return images
+    return tf.image.resize(images, (size, size), method="bilinear", antialias=True)
+
+
+def to_model_pixels(images, size: int) -> np.ndarray:
+    """A pixel batch (N, H, W[, C]) -> float32 numpy (N, size, size, 3): what the model takes, outside tf.data."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 3:
+        images = images[..., None]
+    return to_model_channels(resize_images(images, size)).numpy()
 
 
 def to_model_channels(images, channels: int = 3):
@@ -165,10 +180,7 @@ def make_tf_dataset(
     ds = tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, dtype=np.int64)))
 
     def prepare(x, y):
-        x = tf.cast(x, tf.float32)
-        if x.shape[0] != size or x.shape[1] != size:
-            x = resize_images(x, size)
-        return to_model_channels(x), y
+        return to_model_channels(resize_images(x, size)), y
 
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
     nbytes = len(labels) * size * size * 3 * 4

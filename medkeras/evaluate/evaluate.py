@@ -55,16 +55,21 @@ def member_logits(model, images, data_cfg, batch_size=64, tta=False, flips=("hor
     return {m.name: predict_logits(m, images, data_cfg, batch_size, tta, flips) for m in members}
 
 
-def calibrate_on_validation(val_labels, val_logits, class_names, positive_class, eval_cfg, rule=None) -> dict:
-    """Temperature (if configured) and threshold (by rule) fitted on validation -> {"temperature", "threshold"}."""
+def operating_point(val_labels, val_logits, class_names, positive_class, temperature, rule) -> float:
+    """The binary threshold `rule` picks on validation probabilities at `temperature` (0.5 for K > 2)."""
+    if len(class_names) != 2:
+        return 0.5
+    probs = softmax(val_logits, temperature)
+    pos = positive_index(class_names, positive_class)
+    return float(choose_threshold(rule, np.asarray(val_labels) == pos, probs[:, pos]))
+
+
+def calibrate_on_validation(val_labels, val_logits, class_names, positive_class, eval_cfg) -> dict:
+    """Temperature (if configured), then the configured threshold rule at that temperature, fitted on validation."""
     temperature = fit_temperature(val_labels, val_logits) if eval_cfg.calibrate == "temperature" else 1.0
-    rule = rule if rule is not None else eval_cfg.threshold
-    threshold = 0.5
-    if len(class_names) == 2:
-        probs = softmax(val_logits, temperature)
-        pos = positive_index(class_names, positive_class)
-        threshold = choose_threshold(rule, np.asarray(val_labels) == pos, probs[:, pos])
-    return {"temperature": float(temperature), "threshold": float(threshold), "threshold_rule": str(rule)}
+    rule = eval_cfg.threshold
+    threshold = operating_point(val_labels, val_logits, class_names, positive_class, temperature, rule)
+    return {"temperature": float(temperature), "threshold": threshold, "threshold_rule": str(rule)}
 
 
 def score_logits(labels, logits, class_names, positive_class, temperature, threshold, eval_cfg, bootstrap=None) -> dict:
@@ -206,13 +211,14 @@ def evaluate(model_path, data=None, split="test", out=None, tta=None, threshold=
         kind, value = parse_rule(threshold)
         if kind == "fixed":
             thr = value
-        else:
+        else:  # chosen on validation with the model's own temperature and the same TTA as the scored split
             images, labels, _, _ = split_arrays(dataset.splits["val"], cfg.data, cfg.data.on_bad_file)
             if len(labels) == 0:
                 raise DataError(cfg.data.source, f"threshold rule '{threshold}' needs a validation split; it is empty")
-            logits = predict_logits(model, images, cfg.data, cfg.eval.batch_size)
-            chosen = calibrate_on_validation(labels, logits, dataset.class_names, dataset.positive_class, cfg.eval, threshold)
-            thr = chosen["threshold"]
+            use_tta = cfg.eval.tta if tta is None else tta
+            logits = predict_logits(model, images, cfg.data, cfg.eval.batch_size, use_tta, cfg.eval.tta_flips)
+            temperature = float(meta.get("temperature", 1.0))
+            thr = operating_point(labels, logits, dataset.class_names, dataset.positive_class, temperature, threshold)
         cfg.eval.threshold = str(threshold)
     scored = score_split(model, meta, split, dataset, cfg, tta=tta, threshold=thr, on_bad_file=cfg.data.on_bad_file)
     if out is None:

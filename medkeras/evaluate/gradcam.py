@@ -96,7 +96,7 @@ def write_overlays(model, meta, inputs, out_dir, scale: int = 8) -> list[Path]:
     """`medkeras gradcam`: one PNG per input file (original | overlay), named after the file; returns the paths."""
     from PIL import Image
 
-    from medkeras.data.pipeline import resize_images, to_model_channels
+    from medkeras.data.pipeline import to_model_pixels
     from medkeras.data.sources import read_image
     from medkeras.export.predict import collect_inputs
     from medkeras.utils import atomic_path
@@ -108,7 +108,7 @@ def write_overlays(model, meta, inputs, out_dir, scale: int = 8) -> list[Path]:
     files = collect_inputs(inputs)
     written = []
     for i, path in enumerate(files):
-        pixels = to_model_channels(resize_images(read_image(path, windows)[None], size)).numpy()
+        pixels = to_model_pixels(read_image(path, windows)[None], size)
         cam = gradcam(model, pixels)[0]
         picture = np.concatenate([np.clip(pixels[0], 0, 255).astype(np.uint8), overlay(pixels[0], cam)], axis=1)
         big = Image.fromarray(picture).resize((picture.shape[1] * max(1, scale * 28 // size), picture.shape[0] * max(1, scale * 28 // size)), Image.NEAREST)

@@ -98,13 +98,9 @@ def _gradcam_section(model, scored, class_names, pos, k) -> str:
     chosen = list(tp) + list(fn)
     if not chosen:
         return "<p>Grad-CAM: no positive images in this split.</p>"
-    from medkeras.data.pipeline import resize_images, to_model_channels
+    from medkeras.data.pipeline import to_model_pixels
 
-    images = scored["images"][chosen].astype(np.float32)
-    if images.ndim == 3:
-        images = images[..., None]
-    size = int(scored["image_size"])
-    pixels = to_model_channels(resize_images(images, size)).numpy()
+    pixels = to_model_pixels(scored["images"][chosen], int(scored["image_size"]))
     maps = gradcam(model, pixels, np.full(len(chosen), pos))
     cells = []
     for j, i in enumerate(chosen):

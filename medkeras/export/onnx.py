@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from medkeras.errors import MedkerasError
-from medkeras.export.savedmodel import PARITY_TOLERANCE, _verification_images, open_export, preprocessing_facts
+from medkeras.export.savedmodel import PARITY_TOLERANCE, open_export, preprocessing_facts, verification_batch
 from medkeras.utils import dumps_json
 
 
@@ -30,17 +30,9 @@ def export_onnx(model_path, base, name=None, version=None) -> dict:
         ) from exc
     import onnxruntime as ort
 
-    from medkeras.data.pipeline import resize_images, to_model_channels
-
     t0 = time.perf_counter()
     model, meta, model_dir, version, target = open_export(model_path, base, name, version)
-    size = int(meta["image_size"])
-    images = _verification_images(meta)
-    if images is None or not len(images):
-        images = np.random.default_rng(0).uniform(0, 255, (8, size, size, 3)).astype(np.float32)
-    if images.ndim == 3:
-        images = images[..., None]
-    pixels = resize_images(to_model_channels(np.asarray(images, np.float32)), size).numpy()
+    _, pixels, source = verification_batch(meta)
     expected = np.asarray(model.predict(pixels, verbose=0))
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=model_dir))
     try:
@@ -58,5 +50,5 @@ def export_onnx(model_path, base, name=None, version=None) -> dict:
         os.rename(out, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    check = {"images": int(len(pixels)), "source": "validation images", "max_abs_diff": diff}
+    check = {"images": int(len(pixels)), "source": source, "max_abs_diff": diff}
     return {"path": str(target), "version": version, "verification": check, "seconds": round(time.perf_counter() - t0, 1)}

@@ -104,7 +104,7 @@ class Scorer:
 
 def predict(model_path, inputs, out=None, on_bad_file="fail", batch_size=32, progress=True) -> dict:
     """Score `inputs`; write CSV rows (path, p_<class>..., label) to `out` or stdout. Returns counts."""
-    from medkeras.data.pipeline import resize_images, to_model_channels
+    from medkeras.data.pipeline import to_model_pixels
 
     files = collect_inputs(inputs)
     scorer = Scorer(model_path)
@@ -124,7 +124,7 @@ def predict(model_path, inputs, out=None, on_bad_file="fail", batch_size=32, pro
                     raise
                 bad.append((str(path), exc.cause))
                 continue
-            images.append(to_model_channels(resize_images(image[None], scorer.image_size)).numpy()[0])
+            images.append(to_model_pixels(image[None], scorer.image_size)[0])
             chunk.append(path)
         if images:
             probs, labels = scorer(np.stack(images))

@@ -25,7 +25,7 @@ from medkeras.errors import MedkerasError
 from medkeras.utils import dumps_json
 
 PARITY_TOLERANCE = 1e-4
-SIGNATURES = ("serving_default", "serve_encoded", "serve_hu")
+SIGNATURES = ("serving_default", "serve_encoded", "serve_hu")  # the verification checks each is there
 
 
 def next_version(model_dir: Path) -> int:
@@ -77,22 +77,23 @@ def build_archive(model, meta: dict):
             label = tf.argmax(probabilities, axis=-1)
         return {"probabilities": probabilities, "logits": logits, "label": tf.cast(label, tf.int64)}
 
+    def to_size(images):
+        """`resize_images` with its same-size pass-through decided at run time (shapes are dynamic here)."""
+        same = tf.logical_and(tf.equal(tf.shape(images)[-3], size), tf.equal(tf.shape(images)[-2], size))
+        target = [size, size, 3] if images.shape.rank == 3 else [None, size, size, 3]
+        return tf.cond(same, lambda: tf.ensure_shape(images, target), lambda: resize_images(images, size))
+
     def to_model_input(images):
         images = tf.cast(images, tf.float32)
         images = tf.cond(tf.shape(images)[-1] == 1, lambda: tf.repeat(images, 3, axis=-1), lambda: images)
-        images = tf.ensure_shape(images, [None, None, None, 3])
-        # as in training (make_tf_dataset), images already at the model's size are not resampled
-        same = tf.logical_and(tf.equal(tf.shape(images)[1], size), tf.equal(tf.shape(images)[2], size))
-        return tf.cond(
-            same, lambda: tf.ensure_shape(images, [None, size, size, 3]), lambda: resize_images(images, size)
-        )
+        return to_size(tf.ensure_shape(images, [None, None, None, 3]))
 
     def serving_default(image):
         return outputs(to_model_input(image))
 
     def decode_one(data):
         image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
-        return resize_images(tf.cast(image, tf.float32), size)
+        return to_size(tf.ensure_shape(tf.cast(image, tf.float32), [None, None, 3]))
 
     def serve_encoded(image_bytes):
         images = tf.map_fn(decode_one, image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
@@ -127,8 +128,7 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import numpy as np, tensorflow as tf
 loaded = tf.saved_model.load(sys.argv[1])
 images = np.load(sys.argv[2])
-out = {}
-for name in ("serving_default", "serve_encoded", "serve_hu"):
+for name in sys.argv[3].split(","):
     if name not in loaded.signatures:
         print(json.dumps({"error": "missing signature " + name})); sys.exit(0)
 fn = loaded.signatures["serving_default"]
@@ -153,27 +153,35 @@ def _verification_images(meta, limit=32):
     return np.asarray(images[:limit], dtype=np.float32)
 
 
-def verify_export(path: Path, model, meta) -> dict:
-    """Reload `path` in a fresh process (plain TensorFlow) and compare probabilities with the Keras model."""
-    from medkeras.data.pipeline import resize_images, to_model_channels
-    from medkeras.evaluate.metrics import softmax
+def verification_batch(meta):
+    """(images as a client sends them (N, H, W, C), the same as model input, where they came from)."""
+    from medkeras.data.pipeline import to_model_pixels
 
     images = _verification_images(meta)
     source = "validation images"
     if images is None or len(images) == 0:
-        rng = np.random.default_rng(0)
         size = int(meta["image_size"])
-        images = rng.uniform(0, 255, (8, size, size, 3)).astype(np.float32)
+        images = np.random.default_rng(0).uniform(0, 255, (8, size, size, 3)).astype(np.float32)
         source = "synthetic images (the model's data source is not available here)"
     if images.ndim == 3:
         images = images[..., None]
-    model_input = resize_images(to_model_channels(images), int(meta["image_size"])).numpy()
+    return images, to_model_pixels(images, int(meta["image_size"])), source
+
+
+def verify_export(path: Path, model, meta) -> dict:
+    """Reload `path` in a fresh process (plain TensorFlow) and compare probabilities with the Keras model."""
+    from medkeras.evaluate.metrics import softmax
+
+    images, model_input, source = verification_batch(meta)
     expected = softmax(np.asarray(model.predict(model_input, verbose=0)), meta.get("temperature", 1.0))
     with tempfile.TemporaryDirectory() as tmp:
         batch = Path(tmp) / "images.npy"
         np.save(batch, images.astype(np.float32))
         proc = subprocess.run(
-            [sys.executable, "-c", _VERIFY, str(path), str(batch)], capture_output=True, text=True, timeout=900
+            [sys.executable, "-c", _VERIFY, str(path), str(batch), ",".join(SIGNATURES)],
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
