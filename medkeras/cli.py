@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 import traceback
 
+from pathlib import Path
+
 import click
 
 from medkeras.errors import ConfigError, MedkerasError
@@ -62,6 +64,42 @@ def _print_summary(run_dir):
             click.echo(f"{split}: AUROC {auroc}  accuracy {m['accuracy']:.3f}  (n={m['n']})")
     click.echo(f"best epoch {metrics.get('best_epoch')} by {metrics.get('monitor')}")
     click.echo(f"run directory: {run_dir}")
+
+
+@cli.command()
+@click.argument("data")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Store directory to write.")
+@click.option("--config", help="Config (YAML or bundled name) whose data section applies: split, classes, window.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+@click.option("--window", help="Store Hounsfield units for DICOM (any data.window value, e.g. lung).")
+@click.option("--size", type=click.IntRange(min=8), help="Resize once to SIZE x SIZE (default: keep each image's size).")
+@click.option("--on-bad-file", type=click.Choice(["fail", "skip"]), help="Default: the config's data.on_bad_file.")
+@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True, help="Decoding threads.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
+def prepare(data, out, config, overrides, window, size, on_bad_file, workers, overwrite):
+    """Decode DATA (folder, CSV manifest, .npz or bundled name) once into a streamable store at --out.
+
+    Train from it with `data.source: OUT`. DICOM is stored in HU when a window is set, so windows can change later.
+    """
+    from medkeras.config import load_config
+
+    extra = [("data.source", data)]
+    if window is not None:
+        import yaml
+
+        extra.append(("data.window", yaml.safe_load(window)))
+    if on_bad_file is not None:
+        extra.append(("data.on_bad_file", on_bad_file))
+    cfg = load_config(config, [*overrides, *extra])
+    _tf()
+    from medkeras.data.store import prepare as run_prepare
+
+    summary = run_prepare(cfg.data, out, size=size, seed=cfg.train.seed, workers=workers, overwrite=overwrite)
+    counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
+    kind = "HU" if summary["hu"] else "pixels"
+    click.echo(f"medkeras: prepared {out} ({counts}; {kind}; {summary['bytes'] / 2**20:.1f} MiB)")
+    if summary["skipped"]:
+        click.echo(f"medkeras: skipped {summary['skipped']} unreadable files (listed in {Path(out) / 'bad_files.csv'})")
 
 
 @cli.command("eval")

@@ -171,11 +171,13 @@ def test_every_augmentation_is_seeded_and_training_only(breast):
 
 
 def test_dataset_normalization_in_the_graph(breast):
+    from medkeras.data.pipeline import make_tf_dataset
     from medkeras.models.preprocessing import ImagePreprocessing
     from medkeras.train.fit import dataset_statistics
 
     images = breast.splits["train"].images
-    mean, std = dataset_statistics(images, DataConfig(source="breastmnist", image_size=28, augment=None))
+    cfg = DataConfig(source="breastmnist", image_size=28, augment=None)
+    mean, std = dataset_statistics(make_tf_dataset(images, breast.splits["train"].labels, cfg, 256))
     pixels = images.astype(np.float64) / 255.0
     assert mean[0] == pytest.approx(pixels.mean(), abs=1e-5) and std[0] == pytest.approx(pixels.std(), abs=1e-5)
     layer = ImagePreprocessing("dataset", mean, std)

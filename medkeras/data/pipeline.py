@@ -32,6 +32,15 @@ def resize_images(images, size: int):
     return tf.image.resize(images, (size, size), method="bilinear", antialias=True)
 
 
+def resize_dynamic(images, size: int):
+    """`resize_images` with its same-size pass-through decided at run time, for tensors of unknown H, W (3 channels)."""
+    import tensorflow as tf
+
+    same = tf.logical_and(tf.equal(tf.shape(images)[-3], size), tf.equal(tf.shape(images)[-2], size))
+    target = [size, size, 3] if images.shape.rank == 3 else [None, size, size, 3]
+    return tf.cond(same, lambda: tf.ensure_shape(tf.cast(images, tf.float32), target), lambda: resize_images(images, size))
+
+
 def to_model_pixels(images, size: int) -> np.ndarray:
     """A pixel batch (N, H, W[, C]) -> float32 numpy (N, size, size, 3): what the model takes, outside tf.data."""
     images = np.asarray(images, dtype=np.float32)
@@ -94,7 +103,11 @@ def decode_files(split: Split, data_cfg, on_bad_file: str = "fail", workers: int
 
 
 def split_arrays(split: Split, data_cfg, on_bad_file="fail", verbose=True):
-    """(images, labels, names, bad) for a split, whether it is held in memory or as files."""
+    """(images, labels, names, bad) for a split, whether it is held in memory, as files or in a prepared store."""
+    if split.store is not None:
+        from medkeras.data.store import store_arrays
+
+        return (*store_arrays(split, data_cfg), [])
     if split.images is not None:
         return split.images, split.labels, split.names(), []
     return decode_files(split, data_cfg, on_bad_file, verbose=verbose)
@@ -188,13 +201,29 @@ def make_tf_dataset(
         ds = ds.cache()
     if training:
         ds = ds.shuffle(min(len(labels), 10_000), seed=seed, reshuffle_each_iteration=True)
+    return batch_and_augment(ds, data_cfg, batch_size, training and augment, seed)
+
+
+def batch_and_augment(ds, data_cfg, batch_size: int, augment: bool = False, seed: int = 42):
+    """Examples -> batches, augmented on the batch with Keras layers when `augment`, clipped to [0, 255], prefetched."""
+    import tensorflow as tf
+
     ds = ds.batch(batch_size, drop_remainder=False)
-    augmenter = build_augmenter(data_cfg.augment, seed) if (training and augment) else None
+    augmenter = build_augmenter(data_cfg.augment, seed) if augment else None
     if augmenter is not None:
-        import tensorflow as tf
 
         def augment_batch(x, y):
             return tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0), y
 
         ds = ds.map(augment_batch, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
+
+
+def stream_tf_dataset(split: Split, data_cfg, batch_size: int, training: bool = False, seed: int = 42, augment=True):
+    """A prepared-store split streamed as batches (never held in memory): files shuffled, then a bounded buffer."""
+    from medkeras.data.store import store_examples
+
+    ds = store_examples(split, data_cfg, data_cfg.image_size, shuffle=training, seed=seed)
+    if training:
+        ds = ds.shuffle(min(len(split), 2048), seed=seed, reshuffle_each_iteration=True)
+    return batch_and_augment(ds, data_cfg, batch_size, training and augment, seed)

@@ -36,18 +36,23 @@ BUNDLED = {
 
 @dataclass
 class Split:
-    """One split: `images` (N, H, W[, C]) in memory, or `paths` to files; `labels` int (N,)."""
+    """One split: `images` (N, H, W[, C]) in memory, `paths` to files, or a prepared `store`; `labels` int (N,)."""
 
     labels: np.ndarray
     images: np.ndarray | None = None
     paths: list | None = None
     groups: list | None = None  # hashed patient keys, where known
+    store: tuple | None = None  # (TFDS dataset directory, split name) of a `medkeras prepare` store
+    keys: list | None = None  # item names inside a store
+    hashes: list | None = None  # content hashes recorded by `prepare`
 
     def __len__(self):
         return len(self.labels)
 
     def names(self) -> list[str]:
-        """What identifies each item in reports: its path, or its index in the split."""
+        """What identifies each item in reports: its path, its name in a store, or its index in the split."""
+        if self.keys is not None:
+            return list(self.keys)
         return [str(p) for p in self.paths] if self.paths is not None else [str(i) for i in range(len(self.labels))]
 
 
@@ -104,10 +109,12 @@ def _read_picture(path: Path) -> np.ndarray:
         raise DataError(path, f"cannot decode image: {str(exc).splitlines()[0]}") from exc
 
 
-def read_image(path, windows=()) -> np.ndarray:
-    """Read a PNG/JPEG/DICOM/NPY file as float32 (H, W, C) in pixel space [0, 255], C = 1 or len(windows).
+def read_raw(path, hu: bool = False) -> tuple[np.ndarray, bool]:
+    """Read a PNG/JPEG/DICOM/NPY file as float32 (H, W, C) before windowing -> (array, is_hu).
 
-    DICOM (and NPY given as HU) goes through `windows` when any are configured; otherwise it is min-max scaled.
+    With `hu` (a window is configured), DICOM is returned in Hounsfield units and a 2-D NPY as given (HU), for
+    `apply_windows`; otherwise DICOM is shown through its VOI LUT and every array is scaled to pixels [0, 255].
+    `medkeras prepare` stores this array, so windows can still change after the data is prepared.
     """
     path = Path(path)
     if not path.is_file():
@@ -115,11 +122,12 @@ def read_image(path, windows=()) -> np.ndarray:
     if path.stat().st_size == 0:
         raise DataError(path, "empty file (0 bytes)")
     suffix = path.suffix.lower()
+    is_hu = False
     if suffix in DICOM_SUFFIXES:
-        if windows:
-            image = apply_windows(read_dicom_hu(path), windows) * np.float32(255.0)
+        if hu:
+            image, is_hu = read_dicom_hu(path), True
         else:
-            image = _to_pixels(read_dicom_display(path))[..., None]
+            image = _to_pixels(read_dicom_display(path))
     elif suffix in ARRAY_SUFFIXES:
         try:
             array = np.load(path, allow_pickle=False)
@@ -129,8 +137,8 @@ def read_image(path, windows=()) -> np.ndarray:
             raise DataError(path, f"expected an (H, W) or (H, W, 1|3) array, got shape {array.shape}")
         if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
             raise DataError(path, "array is not numeric or contains NaN / infinite values")
-        if windows and array.ndim == 2:
-            image = apply_windows(array.astype(np.float32), windows) * np.float32(255.0)
+        if hu and array.ndim == 2:
+            image, is_hu = array.astype(np.float32), True
         else:
             image = _to_pixels(array)
     elif suffix in IMAGE_SUFFIXES:
@@ -141,6 +149,17 @@ def read_image(path, windows=()) -> np.ndarray:
         image = image[..., None]
     if min(image.shape[:2]) < 1:
         raise DataError(path, f"image has no pixels (shape {image.shape})")
+    return np.asarray(image, dtype=np.float32), is_hu
+
+
+def read_image(path, windows=()) -> np.ndarray:
+    """Read a PNG/JPEG/DICOM/NPY file as float32 (H, W, C) in pixel space [0, 255], C = 1 or len(windows).
+
+    DICOM (and a 2-D NPY, taken as HU) goes through `windows` when any are configured; otherwise it is scaled.
+    """
+    image, is_hu = read_raw(path, hu=bool(windows))
+    if is_hu:
+        image = apply_windows(image[..., 0], windows) * np.float32(255.0)
     return image
 
 
@@ -288,10 +307,14 @@ def load_dataset(cfg, seed=42) -> Dataset:
         ds = load_npz(DATASETS_DIR / file, class_names=cfg.class_names or names, name=source)
         ds.positive_class = positive
     else:
+        from medkeras.data.store import is_store, load_store
+
         path = Path(source).expanduser()
         if not path.exists():
             raise DataError(path, f"data source not found (bundled datasets: {', '.join(BUNDLED)})")
-        if path.is_dir():
+        if is_store(path):
+            ds = load_store(path, cfg)
+        elif path.is_dir():
             ds = load_folder(path, cfg, seed)
         elif path.suffix.lower() == ".npz":
             ds = load_npz(path, class_names=cfg.class_names)

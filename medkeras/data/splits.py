@@ -11,6 +11,8 @@ from pathlib import Path
 
 
 def _content_hashes(split) -> list[str]:
+    if split.hashes is not None:
+        return list(split.hashes)
     if split.images is not None:
         return [hashlib.sha1(image.tobytes()).hexdigest() for image in split.images]
     hashes = []

@@ -57,7 +57,7 @@ def build_archive(model, meta: dict):
     import keras
     import tensorflow as tf
 
-    from medkeras.data.pipeline import resize_images
+    from medkeras.data.pipeline import resize_dynamic
     from medkeras.data.windows import window_hu
 
     size = int(meta["image_size"])
@@ -78,10 +78,7 @@ def build_archive(model, meta: dict):
         return {"probabilities": probabilities, "logits": logits, "label": tf.cast(label, tf.int64)}
 
     def to_size(images):
-        """`resize_images` with its same-size pass-through decided at run time (shapes are dynamic here)."""
-        same = tf.logical_and(tf.equal(tf.shape(images)[-3], size), tf.equal(tf.shape(images)[-2], size))
-        target = [size, size, 3] if images.shape.rank == 3 else [None, size, size, 3]
-        return tf.cond(same, lambda: tf.ensure_shape(images, target), lambda: resize_images(images, size))
+        return resize_dynamic(images, size)
 
     def to_model_input(images):
         images = tf.cast(images, tf.float32)

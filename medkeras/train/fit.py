@@ -220,12 +220,10 @@ def train_model(ctx: _Context, model, tag: str | None = None):
     return model, best
 
 
-def dataset_statistics(images, data_cfg) -> tuple[list, list]:
-    """Per-channel mean and std of the training images at the training resolution (pixels / 255)."""
-    from medkeras.data.pipeline import make_tf_dataset
-
+def dataset_statistics(batches) -> tuple[list, list]:
+    """Per-channel mean and std of un-augmented training batches at the training resolution (pixels / 255)."""
     total, total_sq, count = np.zeros(3), np.zeros(3), 0
-    for x, _ in make_tf_dataset(images, np.zeros(len(images), np.int64), data_cfg, 256, augment=False):
+    for x, _ in batches:
         x = x.numpy().astype(np.float64) / 255.0
         total += x.sum(axis=(0, 1, 2))
         total_sq += (x**2).sum(axis=(0, 1, 2))
@@ -279,7 +277,7 @@ def fit(cfg: Config, out=None, resume: bool = False) -> Path:
 def _fit(cfg, run_dir, resume, timer) -> Path:
     import keras
 
-    from medkeras.data.pipeline import make_tf_dataset, split_arrays
+    from medkeras.data.pipeline import make_tf_dataset, split_arrays, stream_tf_dataset
     from medkeras.data.sources import load_dataset
     from medkeras.evaluate.evaluate import calibrate_on_validation, member_logits, predict_logits, score_split, write_outputs
     from medkeras.evaluate.metrics import positive_index
@@ -299,6 +297,9 @@ def _fit(cfg, run_dir, resume, timer) -> Path:
     dataset = load_dataset(cfg.data, seed=tc.seed)
     arrays, bad = {}, []
     for split in ("train", "val", "test"):
+        if split == "train" and dataset.splits[split].store is not None:  # streamed, never held in memory
+            arrays[split] = (None, dataset.splits[split].labels, dataset.splits[split].names())
+            continue
         images, labels, names, skipped = split_arrays(dataset.splits[split], cfg.data, cfg.data.on_bad_file)
         arrays[split] = (images, labels, names)
         bad += [(split, p, c) for p, c in skipped]
@@ -310,8 +311,14 @@ def _fit(cfg, run_dir, resume, timer) -> Path:
             raise MedkerasError(f"{cfg.data.source}: the {split} split is empty after reading")
     cfg.data.class_names = list(dataset.class_names)
     cfg.data.positive_class = dataset.positive_class
+    def train_batches(training):
+        split, images = dataset.splits["train"], arrays["train"][0]
+        if split.store is not None:
+            return stream_tf_dataset(split, cfg.data, tc.batch_size, training=training, seed=tc.seed)
+        return make_tf_dataset(images, arrays["train"][1], cfg.data, tc.batch_size, training=training, seed=tc.seed)
+
     if cfg.data.normalize == "dataset" and cfg.data.mean is None:
-        cfg.data.mean, cfg.data.std = dataset_statistics(arrays["train"][0], cfg.data)
+        cfg.data.mean, cfg.data.std = dataset_statistics(train_batches(training=False))
     normalization = (cfg.data.mean, cfg.data.std) if cfg.data.normalize == "dataset" else None
     if not resume:
         cfg.save(run_dir / "config.yaml")
@@ -320,9 +327,9 @@ def _fit(cfg, run_dir, resume, timer) -> Path:
     pos = positive_index(dataset.class_names, dataset.positive_class) if k == 2 else None
 
     loss, one_hot = make_loss(tc, k)
-    train_images, train_labels, _ = arrays["train"]
+    train_labels = arrays["train"][1]
     weights = class_weights(tc, train_labels, dataset.class_names, pos)
-    train_ds = make_tf_dataset(train_images, train_labels, cfg.data, tc.batch_size, training=True, seed=tc.seed)
+    train_ds = train_batches(training=True)
     if one_hot or weights is not None:
         import tensorflow as tf
 

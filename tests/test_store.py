@@ -1,0 +1,103 @@
+"""`medkeras prepare`: a TFDS store written once from real files, read back exactly, trained from, atomic."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from conftest import LUNG, run_cli
+
+from medkeras.config import DataConfig
+from medkeras.data.pipeline import split_arrays, stream_tf_dataset, to_model_pixels
+from medkeras.data.sources import load_dataset, read_image
+from medkeras.data.store import is_store, prepare
+from medkeras.errors import DataError, MedkerasError
+
+SLICES = {"1-01.dcm": "normal", "1-13.dcm": "tumour", "1-14.dcm": "tumour"}
+
+
+@pytest.fixture
+def ct_manifest(tmp_path):
+    """The three real Lung-PET-CT-Dx slices, twice each (train and val/test), one patient per copy."""
+    path = tmp_path / "ct.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "split", "patient_id"])
+        for split in ("train", "val", "test"):
+            for name, label in SLICES.items():
+                writer.writerow([LUNG / name, label, split, f"Lung_Dx-A0001-{split}"])
+    return path
+
+
+@pytest.mark.parametrize("size", [None, 48])
+def test_store_reads_back_what_the_files_give(tmp_path, ct_manifest, size):
+    cfg = DataConfig(source=str(ct_manifest), window=["lung", "mediastinum", "bone"], image_size=48)
+    summary = prepare(cfg, tmp_path / "store", size=size, verbose=False)
+    assert summary["counts"] == {"train": 3, "val": 3, "test": 3} and summary["hu"] == (size is None)
+    assert is_store(tmp_path / "store")
+    stored = load_dataset(DataConfig(source=str(tmp_path / "store"), window=cfg.window, image_size=48))
+    assert stored.class_names == ["normal", "tumour"]
+    images, labels, names, _ = split_arrays(stored.splits["val"], stored_cfg := DataConfig(
+        source=str(tmp_path / "store"), window=cfg.window, image_size=48))
+    windows = [(-600, 1500), (50, 350), (400, 1800)]
+    for image, label, name in zip(images, labels, names):
+        expected = to_model_pixels(read_image(name, windows)[None], 48)[0]
+        np.testing.assert_allclose(image, expected, atol=1e-3)  # windows then resize, exactly like the file path
+        assert stored.class_names[label] == SLICES[name.rsplit("/", 1)[-1]]
+    # training streams batches of the right shape with every record once per epoch
+    seen = np.concatenate([y.numpy() for _, y in stream_tf_dataset(stored.splits["train"], stored_cfg, 2, True)])
+    assert sorted(seen.tolist()) == sorted(stored.splits["train"].labels.tolist()) == [0, 1, 1]
+    # patient IDs only as the one-way hash; the raw ID is nowhere in the store
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file())
+    assert b"Lung_Dx-A0001-train" not in raw and stored.splits["train"].groups[0] != "Lung_Dx-A0001-train"
+
+
+def test_hu_store_takes_any_window_and_sized_store_refuses_others(tmp_path, ct_manifest):
+    cfg = DataConfig(source=str(ct_manifest), window="lung", image_size=32)
+    prepare(cfg, tmp_path / "hu", verbose=False)
+    prepare(cfg, tmp_path / "sized", size=32, verbose=False)
+    bone = DataConfig(source=str(tmp_path / "hu"), window="bone", image_size=32)
+    images, _, names, _ = split_arrays(load_dataset(bone).splits["test"], bone)
+    np.testing.assert_allclose(images[0], to_model_pixels(read_image(names[0], [(400, 1800)])[None], 32)[0], atol=1e-3)
+    with pytest.raises(DataError, match="prepared at --size 32 with windows"):
+        load_dataset(DataConfig(source=str(tmp_path / "sized"), window="bone", image_size=32))
+    with pytest.raises(DataError, match="holds Hounsfield units"):
+        load_dataset(DataConfig(source=str(tmp_path / "hu"), image_size=32))
+
+
+def test_bad_files_fail_without_a_store_or_are_skipped_and_listed(tmp_path, ct_manifest):
+    (tmp_path / "broken.dcm").write_bytes((LUNG / "1-13.dcm").read_bytes()[:3000])  # truncated real DICOM
+    with open(ct_manifest, "a", newline="") as fh:
+        csv.writer(fh).writerow([tmp_path / "broken.dcm", "tumour", "train", "x"])
+    cfg = DataConfig(source=str(ct_manifest), window="lung", image_size=32)
+    with pytest.raises(DataError, match="broken.dcm"):
+        prepare(cfg, tmp_path / "store", size=32, verbose=False)
+    assert not (tmp_path / "store").exists() and not list(tmp_path.glob(".store.*"))  # nothing half-written
+    cfg.on_bad_file = "skip"
+    summary = prepare(cfg, tmp_path / "store", size=32, verbose=False)
+    assert summary["skipped"] == 1 and summary["counts"]["train"] == 3
+    rows = list(csv.reader(open(tmp_path / "store" / "bad_files.csv")))
+    assert rows[1][0] == "train" and rows[1][1].endswith("broken.dcm")
+    with pytest.raises(MedkerasError, match="exists and is not empty"):
+        prepare(cfg, tmp_path / "store", size=32, verbose=False)
+
+
+def test_prepare_cli_then_fit_from_the_store(tmp_path):
+    store = tmp_path / "breast"
+    result = run_cli("prepare", "breastmnist", "--out", store)
+    assert result.returncode == 0, result.stderr
+    assert "prepared" in result.stdout and "train 546, val 78, test 156" in result.stdout
+    index = json.loads((store / "index.json").read_text())
+    assert index["class_names"] == ["malignant", "benign-or-normal"] and index["positive_class"] == "malignant"
+    run = tmp_path / "run"
+    result = run_cli(
+        "fit", "--out", run, "--set", f"data.source={store}", "--set", "train.epochs=1",
+        "--set", "train.steps_per_epoch=2", "--set", "train.run_eagerly=true", "--set", "train.verbose=0",
+        "--set", "model.backbones=[cnn8_small]", "--set", "eval.bootstrap=0",
+    )
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 156 and 0.0 <= metrics["test"]["auroc"] <= 1.0
+    # the same store twice is refused in one line, exit 1
+    result = run_cli("prepare", "breastmnist", "--out", store)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "exists and is not empty" in result.stderr
