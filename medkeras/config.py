@@ -97,7 +97,11 @@ class TrainConfig:
     precision: str = "float32"  # "float32", "mixed_float16" or "mixed_bfloat16" (measure first on CPU)
     deterministic: bool = False  # TF op determinism (slower)
     ensemble: str = "joint"  # "joint" (one fit of the whole graph) or "separate" (each member, then assembled)
-    strategy: str = "auto"  # tf.distribute: "auto" (mirrored over >1 GPU), "one_device" or "mirrored"
+    strategy: str = "auto"  # tf.distribute: "auto" (mirrored over >1 GPU), "one_device", "mirrored", "multiworker"
+    # Progressive resizing (EfficientNetV2): [[first epoch, size], ...], e.g. [[1, 128], [4, 256], [7, 384]];
+    # validation, evaluation and export stay at data.image_size. Members: only these (default: all).
+    size_schedule: Optional[list] = None
+    size_schedule_members: Optional[list] = None
     steps_per_epoch: Optional[int] = None  # default: the whole training split
     monitor: str = "val_auroc"  # best checkpoint by this validation metric (higher is better)
     jit_compile: Any = False  # XLA: true, false or "auto" (measure first: it slows EfficientNet on CPU)
@@ -122,6 +126,15 @@ class EvalConfig:
 
 
 @dataclass
+class TrackConfig:
+    """Experiment tracking beyond the run directory and TensorBoard (which are always on)."""
+
+    mlflow: bool = False  # log params, per-epoch metrics, test metrics and the report to MLflow (pip install mlflow)
+    experiment: Optional[str] = None  # MLflow experiment (default: the config's name)
+    tracking_uri: Optional[str] = None  # default: MLflow's own (MLFLOW_TRACKING_URI, or ./mlruns)
+
+
+@dataclass
 class ExportConfig:
     """How to export for TF Serving."""
 
@@ -139,6 +152,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -306,6 +320,39 @@ def _one_of(key, value, allowed):
         raise ConfigError(f"config key '{key}': unknown value '{value}'{hint}")
 
 
+def size_schedule(schedule, epochs: int, image_size: int) -> list[int]:
+    """The training image size of each epoch 1..epochs under `train.size_schedule` (data.image_size without one)."""
+    sizes = [image_size] * epochs
+    for first, size in sorted(schedule or []):
+        for epoch in range(int(first), epochs + 1):
+            sizes[epoch - 1] = int(size)
+    return sizes
+
+
+def _validate_size_schedule(cfg: Config) -> None:
+    schedule = cfg.train.size_schedule
+    if schedule is None:
+        if cfg.train.size_schedule_members:
+            raise ConfigError("config key 'train.size_schedule_members' needs 'train.size_schedule'")
+        return
+    pairs = schedule if isinstance(schedule, list) else None
+    if not pairs or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
+        raise ConfigError("config key 'train.size_schedule' must be a list of [first epoch, size] pairs")
+    epochs = [int(p[0]) for p in pairs]
+    sizes = [int(p[1]) for p in pairs]
+    if epochs[0] != 1 or epochs != sorted(set(epochs)) or epochs[-1] > cfg.train.epochs:
+        raise ConfigError(
+            f"config key 'train.size_schedule' must start at epoch 1 with increasing epochs <= train.epochs, got {epochs}"
+        )
+    if min(sizes) < 8 or max(sizes) > cfg.data.image_size:
+        raise ConfigError(f"config key 'train.size_schedule' sizes must be 8..data.image_size ({cfg.data.image_size})")
+    if cfg.train.size_schedule_members and cfg.train.ensemble != "separate":
+        raise ConfigError("config key 'train.size_schedule_members' needs train.ensemble: separate (joint trains all)")
+    for name in cfg.train.size_schedule_members or []:
+        if name not in cfg.model.backbones:
+            raise ConfigError(f"config key 'train.size_schedule_members' names '{name}', not among model.backbones")
+
+
 def validate(cfg: Config) -> None:
     """Checks that need more than a type: names that must exist, numbers that must be in range."""
     from medkeras.models.backbones import check_backbone_name
@@ -320,7 +367,8 @@ def validate(cfg: Config) -> None:
     _one_of("train.loss", cfg.train.loss, ("cross_entropy", "focal", "bce"))
     _one_of("train.precision", cfg.train.precision, ("float32", "mixed_float16", "mixed_bfloat16"))
     _one_of("train.ensemble", cfg.train.ensemble, ("joint", "separate"))
-    _one_of("train.strategy", cfg.train.strategy, ("auto", "one_device", "mirrored"))
+    _one_of("train.strategy", cfg.train.strategy, ("auto", "one_device", "mirrored", "multiworker"))
+    _validate_size_schedule(cfg)
     _one_of("model.fusion", cfg.model.fusion, ("mean", "fitted"))
     if cfg.train.class_weight not in (None, "balanced") and not isinstance(cfg.train.class_weight, dict):
         raise ConfigError("config key 'train.class_weight' must be null, balanced or a mapping {class: weight}")

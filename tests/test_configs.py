@@ -61,8 +61,10 @@ def test_cancer_resnet34_frozen(tmp_path, breast):
 @pytest.mark.slow
 def test_spine_xray_ensemble_separate_members_fitted_fusion(tmp_path, breast):
     data = _class_folder(tmp_path / "data", breast, ["negative", "positive"])
-    _, metrics = _fit(tmp_path, "spine-xray-ensemble", "--set", f"data.source={data}", "--set", "model.weights=none",
-                      "--set", "data.split=[0.5, 0.25, 0.25]")
+    out, metrics = _fit(tmp_path, "spine-xray-ensemble", "--set", f"data.source={data}", "--set", "model.weights=none",
+                        "--set", "data.split=[0.5, 0.25, 0.25]", "--set", "train.size_schedule=[[1, 24], [2, 32]]")
+    log = (out / "train_log_efficientnetv2s.csv").read_text().splitlines()
+    assert log[0].split(",")[1] == "image_size" and [r.split(",")[1] for r in log[1:]] == ["24.0", "32.0"]
     weights = metrics["fusion_weights"]
     assert set(weights) == {"densenet121", "efficientnetv2s", "resnet50"}
     assert abs(sum(weights.values()) - 1.0) < 1e-6

@@ -150,3 +150,34 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["replicas"] == 2 and 0.0 <= out["auroc"] <= 1.0
     assert (tmp_path / "run" / "model.keras").is_file()
+
+
+def test_progressive_resizing_schedule_pipeline_and_fit(tmp_path, breast):
+    import tensorflow as tf
+
+    from medkeras.config import ConfigError, DataConfig, load_config, size_schedule
+    from medkeras.data.pipeline import make_tf_dataset
+
+    assert size_schedule([[1, 16], [3, 24]], 4, 28) == [16, 16, 24, 24]
+    with pytest.raises(ConfigError, match="size_schedule"):
+        load_config("demo", ["train.size_schedule=[[2, 16]]"])  # must start at epoch 1
+    with pytest.raises(ConfigError, match="size_schedule"):
+        load_config("demo", ["train.size_schedule=[[1, 64]]"])  # larger than data.image_size (28)
+    split = breast.splits["train"]
+    size = tf.Variable(28, dtype=tf.int32)
+    ds = make_tf_dataset(split.images[:8], split.labels[:8], DataConfig(image_size=28), 4, True, size_var=size)
+    assert next(iter(ds))[0].shape == (4, 28, 28, 3)
+    size.assign(16)
+    assert next(iter(ds))[0].shape == (4, 16, 16, 3)  # read when each epoch's iterator runs
+    from conftest import run_cli
+
+    out = tmp_path / "run"
+    result = run_cli(
+        "fit", "--out", out, "--set", "train.epochs=3", "--set", "train.steps_per_epoch=2", "--set", "train.verbose=0",
+        "--set", "train.run_eagerly=true", "--set", "model.backbones=[cnn8_small]", "--set", "eval.bootstrap=0",
+        "--set", "train.size_schedule=[[1, 16], [2, 20], [3, 28]]",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "train_log.csv")))
+    assert [r["image_size"] for r in rows] == ["16.0", "20.0", "28.0"]
+    assert "epoch 2: training at 20 px" in result.stdout

@@ -180,6 +180,7 @@ def make_tf_dataset(
     training: bool = False,
     seed: int = 42,
     augment: bool = True,
+    size_var=None,
 ):
     """Arrays -> a batched, prefetched tf.data.Dataset of (float32 [B, S, S, 3] in [0, 255], int labels).
 
@@ -201,14 +202,27 @@ def make_tf_dataset(
         ds = ds.cache()
     if training:
         ds = ds.shuffle(min(len(labels), 10_000), seed=seed, reshuffle_each_iteration=True)
-    return batch_and_augment(ds, data_cfg, batch_size, training and augment, seed)
+    return batch_and_augment(ds, data_cfg, batch_size, training and augment, seed, size_var)
 
 
-def batch_and_augment(ds, data_cfg, batch_size: int, augment: bool = False, seed: int = 42):
-    """Examples -> batches, augmented on the batch with Keras layers when `augment`, clipped to [0, 255], prefetched."""
+def batch_and_augment(ds, data_cfg, batch_size: int, augment: bool = False, seed: int = 42, size_var=None):
+    """Examples -> batches, augmented on the batch with Keras layers when `augment`, clipped to [0, 255], prefetched.
+
+    `size_var` (a tf.Variable, progressive resizing): batches are resized to its current value when it differs
+    from `data.image_size`, before augmentation; a callback sets it at each epoch's start.
+    """
     import tensorflow as tf
 
     ds = ds.batch(batch_size, drop_remainder=False)
+    if size_var is not None:
+        full = data_cfg.image_size
+
+        def rescale(x, y):
+            size = tf.convert_to_tensor(size_var)
+            x = tf.cond(tf.equal(size, full), lambda: x, lambda: tf.image.resize(x, tf.stack([size, size]), antialias=True))
+            return tf.ensure_shape(x, [None, None, None, 3]), y
+
+        ds = ds.map(rescale)
     augmenter = build_augmenter(data_cfg.augment, seed) if augment else None
     if augmenter is not None:
 
@@ -219,11 +233,11 @@ def batch_and_augment(ds, data_cfg, batch_size: int, augment: bool = False, seed
     return ds.prefetch(AUTOTUNE)
 
 
-def stream_tf_dataset(split: Split, data_cfg, batch_size: int, training: bool = False, seed: int = 42, augment=True):
+def stream_tf_dataset(split: Split, data_cfg, batch_size: int, training=False, seed=42, augment=True, size_var=None):
     """A prepared-store split streamed as batches (never held in memory): files shuffled, then a bounded buffer."""
     from medkeras.data.store import store_examples
 
     ds = store_examples(split, data_cfg, data_cfg.image_size, shuffle=training, seed=seed)
     if training:
         ds = ds.shuffle(min(len(split), 2048), seed=seed, reshuffle_each_iteration=True)
-    return batch_and_augment(ds, data_cfg, batch_size, training and augment, seed)
+    return batch_and_augment(ds, data_cfg, batch_size, training and augment, seed, size_var)

@@ -200,8 +200,10 @@ def get_backbone_spec(name: str) -> BackboneSpec:
     return check_backbone_name(name)
 
 
-def build_backbone(name: str, image_size: int, weights: str = "none"):
+def build_backbone(name: str, image_size: int, weights: str = "none", dynamic: bool = False):
     """Build a registry backbone for square `image_size` inputs; returns the (pooled-feature) Keras model.
+
+    `dynamic`: accept any input size (progressive resizing trains at several); `image_size` is then the largest.
 
     `weights`: "none" (random init), "imagenet" (Keras' own loader and its cache in ~/.keras/models), or a path
     to a `.weights.h5` file saved from the same backbone.
@@ -209,7 +211,7 @@ def build_backbone(name: str, image_size: int, weights: str = "none"):
     spec = check_backbone_name(name)
     if image_size < spec.min_size:
         raise ConfigError(f"backbone '{name}' needs images of at least {spec.min_size} px, got {image_size}")
-    shape = (image_size, image_size, 3)
+    shape = (None, None, 3) if dynamic else (image_size, image_size, 3)
     weights = "none" if weights in (None, "none", "None") else str(weights)
     if weights == "imagenet":
         if not spec.imagenet:

@@ -40,15 +40,17 @@ def build_member(
     dropout: float = 0.0,
     member_name: str | None = None,
     normalization=None,
+    dynamic: bool = False,
 ):
     """One backbone with its preprocessing and a new head: pixels (B, S, S, 3) in [0, 255] -> logits (B, K).
 
     `normalization=(mean, std)` replaces the backbone's ImageNet statistics with the dataset's own (backbones
-    that normalize inside their own graph, such as EfficientNet, keep theirs).
+    that normalize inside their own graph, such as EfficientNet, keep theirs). `dynamic`: any input size
+    (progressive resizing); predict, eval and export still feed `image_size`.
     """
     spec = get_backbone_spec(name)
-    backbone = build_backbone(name, image_size, weights)
-    inputs = keras.Input((image_size, image_size, 3), name=INPUT_NAME)
+    backbone = build_backbone(name, image_size, weights, dynamic)
+    inputs = keras.Input((None, None, 3) if dynamic else (image_size, image_size, 3), name=INPUT_NAME)
     if normalization is not None and spec.preprocessing != "none":
         x = ImagePreprocessing("dataset", *normalization, name="preprocess")(inputs)
     else:
@@ -77,10 +79,14 @@ class WeightedAverage(layers.Layer):
 
 
 def build_ensemble(members, image_size: int, weights=None, name: str = "ensemble"):
-    """One functional graph averaging the members' logits; a single member is returned as it is."""
+    """One functional graph averaging the members' logits; a single member is returned as it is.
+
+    The input takes any size when every member does (progressive resizing), else `image_size`.
+    """
     if len(members) == 1 and weights is None:
         return members[0]
-    inputs = keras.Input((image_size, image_size, 3), name=INPUT_NAME)
+    dynamic = all(m.inputs[0].shape[1] is None for m in members)
+    inputs = keras.Input((None, None, 3) if dynamic else (image_size, image_size, 3), name=INPUT_NAME)
     outputs = [m(inputs) for m in members]
     if weights is None:
         logits = layers.Average(dtype="float32", name="average_logits")(outputs)
@@ -96,7 +102,7 @@ def weights_for(weights, name: str) -> str:
     return str(weights)
 
 
-def build_model(model_cfg, num_classes: int, image_size: int, normalization=None):
+def build_model(model_cfg, num_classes: int, image_size: int, normalization=None, dynamic: bool = False):
     """`model` config section -> the model to train (a member, or the ensemble of all of them)."""
     names = list(model_cfg.backbones)
     members = []
@@ -105,7 +111,8 @@ def build_model(model_cfg, num_classes: int, image_size: int, normalization=None
         weights = weights_for(model_cfg.weights, name)
         members.append(
             build_member(
-                name, num_classes, image_size, weights, model_cfg.head, model_cfg.dropout, member_name, normalization
+                name, num_classes, image_size, weights, model_cfg.head, model_cfg.dropout, member_name, normalization,
+                dynamic,
             )
         )
     return build_ensemble(members, image_size, model_cfg.ensemble_weights)

@@ -68,3 +68,30 @@ class BestCheckpoint(keras.callbacks.Callback):
             self.directory / "best.json",
             {"epoch": epoch + 1, "monitor": self.monitor, "value": self.best, "logs": {k: float(v) for k, v in logs.items()}},
         )
+
+
+class ProgressiveResizing(keras.callbacks.Callback):
+    """Sets the training image size at the start of each epoch from `sizes` (one per epoch, 1-based list order).
+
+    The training pipeline reads `size_var` when it resizes a batch. With `train.steps_per_epoch` (a repeated
+    dataset), the few batches already prefetched at an epoch boundary keep the previous size.
+    """
+
+    def __init__(self, size_var, sizes, final_size: int):
+        super().__init__()
+        self.size_var = size_var
+        self.sizes = list(sizes)
+        self.final_size = int(final_size)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        size = self.sizes[min(epoch, len(self.sizes) - 1)]
+        if int(self.size_var.numpy()) != size:
+            print(f"medkeras: epoch {epoch + 1}: training at {size} px")
+        self.size_var.assign(size)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["image_size"] = float(self.sizes[min(epoch, len(self.sizes) - 1)])
+
+    def on_train_end(self, logs=None):
+        self.size_var.assign(self.final_size)

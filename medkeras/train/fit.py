@@ -157,14 +157,19 @@ class _Context:
     positive_index: int | None
     timer: _Timer
     resume: bool
+    size_var: object = None  # progressive resizing: the training pipeline's current image size
 
 
-def train_model(ctx: _Context, model, tag: str | None = None):
-    """Fit `model` through the recipe's phases; returns the best model (by `train.monitor`) and its record."""
+def train_model(ctx: _Context, model, tag: str | None = None, sized: bool = False):
+    """Fit `model` through the recipe's phases; returns the best model (by `train.monitor`) and its record.
+
+    `sized`: train under `train.size_schedule` (progressive resizing); other models see `data.image_size`.
+    """
     import keras
 
     from medkeras.models.io import load_model, save_model
-    from medkeras.train.callbacks import BestCheckpoint, ValidationMetrics
+    from medkeras.config import size_schedule
+    from medkeras.train.callbacks import BestCheckpoint, ProgressiveResizing, ValidationMetrics
     from medkeras.train.losses import make_optimizer
 
     tc = ctx.cfg.train
@@ -199,6 +204,10 @@ def train_model(ctx: _Context, model, tag: str | None = None):
             keras.callbacks.TensorBoard(str(ctx.run_dir / "tensorboard" / (tag or "")), write_graph=False, profile_batch=0),
             _first_step_callback(ctx.timer),
         ]
+        if ctx.size_var is not None:
+            full = ctx.cfg.data.image_size
+            sizes = size_schedule(tc.size_schedule if sized else None, tc.epochs, full)
+            callbacks.insert(0, ProgressiveResizing(ctx.size_var, sizes, full))
         if tc.early_stopping_patience:
             callbacks.append(keras.callbacks.EarlyStopping(tc.monitor, patience=tc.early_stopping_patience, mode="max"))
         if tc.schedule == "plateau":
@@ -267,14 +276,24 @@ def fit(cfg: Config, out=None, resume: bool = False) -> Path:
     if resume:
         cfg = load_run_config(run_dir)
     _set_precision(cfg.train)
+    size_var = None
+    if cfg.train.size_schedule:  # created outside the strategy scope: the input pipeline reads it, not a replica
+        import tensorflow as tf
+
+        size_var = tf.Variable(cfg.data.image_size, dtype=tf.int32, trainable=False, name="train_image_size")
     try:
         with make_strategy(cfg.train.strategy).scope():
-            return _fit(cfg, run_dir, resume, timer)
+            return _fit(cfg, run_dir, resume, timer, size_var)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
 
-def _fit(cfg, run_dir, resume, timer) -> Path:
+def _uses_schedule(tc, name: str | None) -> bool:
+    """Whether the model (a member by backbone name, or the whole joint model) trains under the size schedule."""
+    return bool(tc.size_schedule) and (name is None or not tc.size_schedule_members or name in tc.size_schedule_members)
+
+
+def _fit(cfg, run_dir, resume, timer, size_var=None) -> Path:
     import keras
 
     from medkeras.data.pipeline import make_tf_dataset, split_arrays, stream_tf_dataset
@@ -312,10 +331,11 @@ def _fit(cfg, run_dir, resume, timer) -> Path:
     cfg.data.class_names = list(dataset.class_names)
     cfg.data.positive_class = dataset.positive_class
     def train_batches(training):
+        sv = size_var if training else None
         split, images = dataset.splits["train"], arrays["train"][0]
         if split.store is not None:
-            return stream_tf_dataset(split, cfg.data, tc.batch_size, training=training, seed=tc.seed)
-        return make_tf_dataset(images, arrays["train"][1], cfg.data, tc.batch_size, training=training, seed=tc.seed)
+            return stream_tf_dataset(split, cfg.data, tc.batch_size, training, tc.seed, size_var=sv)
+        return make_tf_dataset(images, arrays["train"][1], cfg.data, tc.batch_size, training, tc.seed, size_var=sv)
 
     if cfg.data.normalize == "dataset" and cfg.data.mean is None:
         cfg.data.mean, cfg.data.std = dataset_statistics(train_batches(training=False))
@@ -346,7 +366,7 @@ def _fit(cfg, run_dir, resume, timer) -> Path:
         train_ds = train_ds.repeat()
     val_images, val_labels, _ = arrays["val"]
     val_ds = make_tf_dataset(val_images, val_labels, cfg.data, cfg.eval.batch_size).map(lambda x, y: x)
-    ctx = _Context(cfg, run_dir, meta, train_ds, val_ds, val_labels, steps, loss, one_hot, pos, timer, resume)
+    ctx = _Context(cfg, run_dir, meta, train_ds, val_ds, val_labels, steps, loss, one_hot, pos, timer, resume, size_var)
 
     names = list(cfg.model.backbones)
     if tc.ensemble == "separate" and len(names) > 1:
@@ -355,13 +375,14 @@ def _fit(cfg, run_dir, resume, timer) -> Path:
             tag = name if names.count(name) == 1 else f"{name}_{i}"
             member = build_member(
                 name, k, cfg.data.image_size, weights_for(cfg.model.weights, name), cfg.model.head, cfg.model.dropout,
-                tag, normalization,
+                tag, normalization, dynamic=_uses_schedule(tc, name),
             )
-            member, best[tag] = train_model(ctx, member, tag)
+            member, best[tag] = train_model(ctx, member, tag, sized=_uses_schedule(tc, name))
             members.append(member)
         model = build_ensemble(members, cfg.data.image_size, cfg.model.ensemble_weights)
     else:
-        model, best = train_model(ctx, build_model(cfg.model, k, cfg.data.image_size, normalization))
+        dynamic = _uses_schedule(tc, None)
+        model, best = train_model(ctx, build_model(cfg.model, k, cfg.data.image_size, normalization, dynamic), sized=dynamic)
     timer.mark("fit_s")
 
     if cfg.model.fusion == "fitted" and len(members_of(model)) > 1:
