@@ -28,6 +28,7 @@ class AugmentConfig:
     rotation: float = 0.05  # fraction of a full turn (0.05 = +-18 degrees)
     zoom: float = 0.0  # fraction of the side
     translation: float = 0.0  # fraction of the side
+    fill_mode: str = "reflect"  # what rotation/zoom/translation fill with: reflect, constant (black: CT air), nearest
     brightness: float = 0.1  # fraction of the value range
     contrast: float = 0.1
     noise: float = 0.0  # Gaussian noise standard deviation, in pixel units (0-255)
@@ -391,6 +392,7 @@ def validate(cfg: Config) -> None:
     from medkeras.evaluate.thresholds import parse_rule
 
     parse_rule(cfg.eval.threshold)
+    _one_of("data.augment.fill_mode", cfg.data.augment.fill_mode, ("reflect", "constant", "nearest", "wrap"))
     _one_of("data.augment.flip", cfg.data.augment.flip, ("horizontal", "vertical", "horizontal_and_vertical", "none"))
     if cfg.data.image_size < 8:
         raise ConfigError(f"config key 'data.image_size' must be >= 8, got {cfg.data.image_size}")

@@ -58,7 +58,9 @@ def test_hu_store_takes_any_window_and_sized_store_refuses_others(tmp_path, ct_m
     prepare(cfg, tmp_path / "sized", size=32, verbose=False)
     bone = DataConfig(source=str(tmp_path / "hu"), window="bone", image_size=32)
     images, _, names, _ = split_arrays(load_dataset(bone).splits["test"], bone)
-    np.testing.assert_allclose(images[0], to_model_pixels(read_image(names[0], [(400, 1800)])[None], 32)[0], atol=1e-3)
+    assert images.shape[1:] == (32, 32, 1)  # grayscale stays one channel until after augmentation
+    expected = to_model_pixels(read_image(names[0], [(400, 1800)])[None], 32)[0]
+    np.testing.assert_allclose(images[0], expected[..., :1], atol=1e-3)
     with pytest.raises(DataError, match="prepared at --size 32 with windows"):
         load_dataset(DataConfig(source=str(tmp_path / "sized"), window="bone", image_size=32))
     with pytest.raises(DataError, match="holds Hounsfield units"):

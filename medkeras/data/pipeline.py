@@ -33,11 +33,11 @@ def resize_images(images, size: int):
 
 
 def resize_dynamic(images, size: int):
-    """`resize_images` with its same-size pass-through decided at run time, for tensors of unknown H, W (3 channels)."""
+    """`resize_images` with its same-size pass-through decided at run time, for tensors of unknown H, W."""
     import tensorflow as tf
 
     same = tf.logical_and(tf.equal(tf.shape(images)[-3], size), tf.equal(tf.shape(images)[-2], size))
-    target = [size, size, 3] if images.shape.rank == 3 else [None, size, size, 3]
+    target = [size, size, images.shape[-1]] if images.shape.rank == 3 else [None, size, size, images.shape[-1]]
     return tf.cond(same, lambda: tf.ensure_shape(tf.cast(images, tf.float32), target), lambda: resize_images(images, size))
 
 
@@ -149,12 +149,12 @@ def build_augmenter(aug_cfg, seed: int):
     if aug_cfg.flip != "none":
         layers.append(keras.layers.RandomFlip(aug_cfg.flip, seed=seed))
     if aug_cfg.rotation > 0:
-        layers.append(keras.layers.RandomRotation(aug_cfg.rotation, fill_mode="reflect", seed=seed + 1))
+        layers.append(keras.layers.RandomRotation(aug_cfg.rotation, fill_mode=aug_cfg.fill_mode, seed=seed + 1))
     if aug_cfg.zoom > 0:
-        layers.append(keras.layers.RandomZoom(aug_cfg.zoom, fill_mode="reflect", seed=seed + 2))
+        layers.append(keras.layers.RandomZoom(aug_cfg.zoom, fill_mode=aug_cfg.fill_mode, seed=seed + 2))
     if aug_cfg.translation > 0:
         t = aug_cfg.translation
-        layers.append(keras.layers.RandomTranslation(t, t, fill_mode="reflect", seed=seed + 3))
+        layers.append(keras.layers.RandomTranslation(t, t, fill_mode=aug_cfg.fill_mode, seed=seed + 3))
     if aug_cfg.brightness > 0:
         layers.append(keras.layers.RandomBrightness(aug_cfg.brightness, value_range=(0, 255), seed=seed + 4))
     if aug_cfg.contrast > 0:
@@ -184,7 +184,8 @@ def make_tf_dataset(
 ):
     """Arrays -> a batched, prefetched tf.data.Dataset of (float32 [B, S, S, 3] in [0, 255], int labels).
 
-    Resizing and channel repetition happen once, before the in-memory cache; shuffling and augmentation after it.
+    Resizing happens once, before the in-memory cache; shuffling and augmentation after it. Grayscale stays one
+    channel through cache and augmentation (a third of the work and memory) and is repeated to 3 at the end.
     """
     import tensorflow as tf
 
@@ -194,10 +195,10 @@ def make_tf_dataset(
     ds = tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, dtype=np.int64)))
 
     def prepare(x, y):
-        return to_model_channels(resize_images(x, size)), y
+        return resize_images(x, size), y
 
     ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
-    nbytes = len(labels) * size * size * 3 * 4
+    nbytes = len(labels) * size * size * images.shape[-1] * 4
     if data_cfg.cache == "memory" or (data_cfg.cache == "auto" and nbytes < 4 * 2**30):
         ds = ds.cache()
     if training:
@@ -214,23 +215,25 @@ def batch_and_augment(ds, data_cfg, batch_size: int, augment: bool = False, seed
     import tensorflow as tf
 
     ds = ds.batch(batch_size, drop_remainder=False)
+    augmenter = build_augmenter(data_cfg.augment, seed) if augment else None
+    if augmenter is not None and data_cfg.augment.randaugment > 0:  # RandAugment's colour operations need RGB
+        ds = ds.map(lambda x, y: (to_model_channels(x), y))
     if size_var is not None:
         full = data_cfg.image_size
 
         def rescale(x, y):
             size = tf.convert_to_tensor(size_var)
             x = tf.cond(tf.equal(size, full), lambda: x, lambda: tf.image.resize(x, tf.stack([size, size]), antialias=True))
-            return tf.ensure_shape(x, [None, None, None, 3]), y
+            return tf.ensure_shape(x, [None, None, None, x.shape[-1]]), y
 
         ds = ds.map(rescale)
-    augmenter = build_augmenter(data_cfg.augment, seed) if augment else None
     if augmenter is not None:
 
         def augment_batch(x, y):
-            return tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0), y
+            return to_model_channels(tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0)), y
 
-        ds = ds.map(augment_batch, num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+        return ds.map(augment_batch, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    return ds.map(lambda x, y: (to_model_channels(x), y)).prefetch(AUTOTUNE)
 
 
 def stream_tf_dataset(split: Split, data_cfg, batch_size: int, training=False, seed=42, augment=True, size_var=None):

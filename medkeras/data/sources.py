@@ -45,6 +45,7 @@ class Split:
     store: tuple | None = None  # (TFDS dataset directory, split name) of a `medkeras prepare` store
     keys: list | None = None  # item names inside a store
     hashes: list | None = None  # content hashes recorded by `prepare`
+    channels: list | None = None  # channel counts a store's records end with (after windows)
 
     def __len__(self):
         return len(self.labels)

@@ -81,6 +81,7 @@ def _builder(dataset: Dataset, data_dir: str, windows, size, on_bad_file: str, w
         def __init__(self, **kwargs):
             self.index = {}
             self.bad = []
+            self.pixel_channels = set()  # channel counts of records stored as pixels (HU records have 1)
             super().__init__(data_dir=data_dir, **kwargs)
 
         def _info(self):
@@ -144,6 +145,8 @@ def _builder(dataset: Dataset, data_dir: str, windows, size, on_bad_file: str, w
                         raise error
                     self.bad.append((name, str(error.path), error.cause))
                     continue
+                if not is_hu:
+                    self.pixel_channels.add(int(image.shape[-1]))
                 key = _relative_name(Path(names[i]), root) if split.paths is not None else f"{name}/{i}"
                 index["labels"].append(int(split.labels[i]))
                 index["keys"].append(key)
@@ -202,6 +205,7 @@ def prepare(
             "class_names": list(dataset.class_names),
             "positive_class": dataset.positive_class,
             "hu": hu,
+            "pixel_channels": sorted(builder.pixel_channels),
             "windows": [list(w) for w in windows] if size is not None else None,  # baked into a sized store
             "size": size,
             "counts": counts,
@@ -243,6 +247,9 @@ def load_store(path, data_cfg) -> Dataset:
             path, f"the store was prepared at --size {index['size']} with windows {baked}: set data.window to them, "
             "or prepare again (a store without --size keeps HU and takes any window)"
         )
+    channels = set(index.get("pixel_channels", [3]))
+    if index["hu"]:
+        channels.add(len(parse_windows(data_cfg.window)))
     splits = {}
     for name in SPLITS:
         entry = index["splits"].get(name, {"labels": [], "keys": [], "groups": [], "hashes": []})
@@ -253,6 +260,7 @@ def load_store(path, data_cfg) -> Dataset:
             store=(str(path / STORE_NAME / STORE_VERSION), name),
             keys=list(entry["keys"]),
             hashes=list(entry["hashes"]),
+            channels=sorted(channels),
         )
     return Dataset(name=path.name, class_names=list(class_names), splits=splits, positive_class=index["positive_class"])
 
@@ -274,7 +282,13 @@ def store_examples(split: Split, data_cfg, size: int, shuffle: bool = False, see
     ds = builder.as_dataset(split=split.store[1], shuffle_files=shuffle, read_config=read_config)
     windows = parse_windows(data_cfg.window)
 
+    # Records leave here with one channel when every record ends as grayscale (the pipeline repeats it to 3
+    # after augmentation, a third of the work), else with 3.
+    out = 1 if split.channels == [1] else 3
+
     def three(x):
+        if out == 1:
+            return x[..., :1]
         return tf.cond(tf.shape(x)[-1] == 1, lambda: tf.repeat(x, 3, axis=-1), lambda: x)
 
     def to_pixels(example):
@@ -285,7 +299,7 @@ def store_examples(split: Split, data_cfg, size: int, shuffle: bool = False, see
             image = tf.cond(example["hu"], lambda: three(windowed), lambda: three(image))
         else:
             image = three(image)
-        image = tf.ensure_shape(image, (None, None, 3))
+        image = tf.ensure_shape(image, (None, None, out))
         pixels = resize_dynamic(image, size)
         return (pixels, example["label"], example["key"]) if with_keys else (pixels, example["label"])
 
@@ -305,5 +319,5 @@ def store_arrays(split: Split, data_cfg, batch_size: int = 256):
             labels.append(y.numpy())
             names += [v.decode() for v in k.numpy()]
     if not images:
-        return np.zeros((0, size, size, 3), np.float32), np.zeros(0, np.int64), []
+        return np.zeros((0, size, size, 1), np.float32), np.zeros(0, np.int64), []
     return np.concatenate(images), np.concatenate(labels).astype(np.int64), names

@@ -1,0 +1,274 @@
+"""Input pipeline: DICOM -> HU -> lung window -> resize -> flip + rotation, images/s against PyTorch-style loops.
+
+Baselines, in the same run on the same files: a per-file Python loop doing what a PyTorch notebook's
+`Dataset.__getitem__` does (pydicom + numpy + PIL, one image at a time, collated into batches), and the same
+`Dataset` behind a `torch.utils.data.DataLoader` with 2 worker processes (if torch is installed).
+medkeras rows: from DICOM (`split_arrays`: threaded decode, then the tf.data pipeline with Keras augmentation
+layers), and from a `medkeras prepare` store (sized: windowed pixels at the training size; native: HU at 512 px,
+windowed and resized in the graph). Every mode runs one epoch over the same items; rounds are interleaved.
+
+Also measured: input stall (a ResNet-18 training step fed by the store pipeline against the same steps fed one
+cached batch) and peak memory (RSS) of one streamed epoch at 1x and 10x the data, each in a fresh process.
+
+    python -m bench.pipeline --source ../shared/data/lung_pet_ct_dx_A0001 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+LEVEL, WIDTH = -600.0, 1500.0  # the lung window
+
+
+def manifest(source: Path, out: Path, repeat: int = 1) -> Path:
+    """A medkeras manifest of the series' slices (tumour box or not), repeated `repeat` times (train split)."""
+    rows = list(csv.DictReader(open(source / "slices.csv")))
+    with open(out, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "split"])
+        for r in range(repeat):
+            for i, row in enumerate(rows):
+                split = "train" if r or i % 8 else ("val" if i % 16 else "test")
+                writer.writerow([source / row["path"], "tumour" if row["has_tumor_bbox"] != "0" else "normal", split])
+    return out
+
+
+class LoopDataset:
+    """What a PyTorch notebook writes: read, rescale, window, resize, augment, one file per `__getitem__`."""
+
+    def __init__(self, paths, labels, size, seed=0):
+        self.paths, self.labels, self.size = paths, labels, size
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        import pydicom
+        from PIL import Image
+
+        ds = pydicom.dcmread(self.paths[i])
+        hu = ds.pixel_array.astype(np.float32) * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+        lo = LEVEL - WIDTH / 2
+        x = np.clip((hu - lo) / WIDTH, 0.0, 1.0) * 255.0
+        img = Image.fromarray(x).resize((self.size, self.size), Image.BILINEAR)
+        if self.rng.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        img = img.rotate(float(self.rng.uniform(-18, 18)), resample=Image.BILINEAR)
+        arr = np.asarray(img, dtype=np.float32)
+        return np.repeat(arr[..., None], 3, axis=-1), self.labels[i]
+
+
+def loop_epoch(paths, labels, size, batch):
+    """One epoch of the per-file loop: a callable returning the number of images it delivered."""
+    data = LoopDataset(paths, labels, size)
+
+    def epoch():
+        order = np.random.default_rng(0).permutation(len(data))
+        n = 0
+        for start in range(0, len(order), batch):
+            items = [data[i] for i in order[start:start + batch]]
+            n += len(np.stack([a for a, _ in items]))
+        return n
+
+    return epoch
+
+
+def torch_epoch(paths, labels, size, batch, workers=2):
+    """One epoch of a torch DataLoader over the same Dataset (workers start each epoch, as by default)."""
+    import torch
+
+    loader = torch.utils.data.DataLoader(LoopDataset(paths, labels, size), batch_size=batch, shuffle=True,
+                                         num_workers=workers)
+    return lambda: sum(len(x) for x, _ in loader)
+
+
+def data_cfg(source, size, window="lung"):
+    from medkeras.config import AugmentConfig, DataConfig
+
+    augment = AugmentConfig(flip="horizontal", rotation=0.05, brightness=0, contrast=0, fill_mode="constant")
+    return DataConfig(source=str(source), image_size=size, window=window, augment=augment)  # the loop's work
+
+
+def dicom_decode(manifest_path, size):
+    """medkeras' file path: threaded decode (read, HU, window, resize) of the train split into memory."""
+    from medkeras.data.pipeline import split_arrays
+    from medkeras.data.sources import load_dataset
+
+    cfg = data_cfg(manifest_path, size)
+    images, labels, _, _ = split_arrays(load_dataset(cfg).splits["train"], cfg, verbose=False)
+    return images, labels, cfg
+
+
+def dicom_single_pass(manifest_path, size, batch):
+    """Decode every file and augment it once: the whole cost of one pass from DICOM."""
+    from medkeras.data.pipeline import make_tf_dataset
+
+    def epoch():
+        images, labels, cfg = dicom_decode(manifest_path, size)
+        return sum(len(x) for x, _ in make_tf_dataset(images, labels, cfg, batch, training=True))
+
+    return epoch
+
+
+def cached_epoch(manifest_path, size, batch):
+    """Later epochs of a medkeras run from DICOM: decoded once, augmented from the in-memory cache."""
+    from medkeras.data.pipeline import make_tf_dataset
+
+    images, labels, cfg = dicom_decode(manifest_path, size)
+    ds = make_tf_dataset(images, labels, cfg, batch, training=True)
+    return lambda: sum(len(x) for x, _ in ds)
+
+
+def store_epoch(store, size, batch, window="lung"):
+    """One epoch streamed from a prepared store (the dataset object built once, as `fit` does)."""
+    from medkeras.data.pipeline import stream_tf_dataset
+    from medkeras.data.sources import load_dataset
+
+    cfg = data_cfg(store, size, window)
+    ds = stream_tf_dataset(load_dataset(cfg).splits["train"], cfg, batch, training=True)
+    return lambda: sum(len(x) for x, _ in ds)
+
+
+def timed(epoch):
+    t = time.perf_counter()
+    n = epoch()
+    return n / (time.perf_counter() - t), n
+
+
+def stall(store, size, batch, steps):
+    """Share of a training step spent waiting for input: store pipeline vs one cached batch repeated."""
+    import keras
+    import tensorflow as tf
+
+    from medkeras.data.pipeline import stream_tf_dataset
+    from medkeras.data.sources import load_dataset
+    from medkeras.models.ensemble import build_member
+
+    cfg = data_cfg(store, size)
+    split = load_dataset(cfg).splits["train"]
+    real = stream_tf_dataset(split, cfg, batch, training=True).repeat()
+    fixed = real.take(1).cache().repeat()
+    model = build_member("resnet18", 2, size)
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(fixed, steps_per_epoch=2, epochs=1, verbose=0)  # graph building out of the timing
+    times = {}
+    for name, ds in (("cached batch", fixed), ("store pipeline", real), ("cached batch ", fixed), ("store pipeline ", real)):
+        t = time.perf_counter()
+        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+        times.setdefault(name.strip(), []).append((time.perf_counter() - t) / steps)
+    del tf
+    step_fixed, step_real = min(times["cached batch"]), min(times["store pipeline"])
+    return {"step_s_cached": step_fixed, "step_s_pipeline": step_real, "stall": max(0.0, 1 - step_fixed / step_real)}
+
+
+def child_memory(mode, path, size, batch):
+    """Run two epochs of `mode` in a fresh process; returns images/s of the second and the peak RSS (VmHWM).
+
+    VmHWM from /proc, not ru_maxrss: the latter survives fork + exec and would report the parent's peak.
+    """
+    code = (
+        "import sys; sys.path.insert(0, '.');"
+        "from bench import pipeline as p;"
+        f"e = p.{mode}({str(path)!r}, {size}, {batch}); p.timed(e); r, n = p.timed(e);"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1];"
+        "print(r, n, int(hwm) / 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ,
+                         "TF_CPP_MIN_LOG_LEVEL": "3"}, check=True).stdout.split()
+    return {"images_per_s": float(out[-3]), "images": int(out[-2]), "peak_rss_mib": float(out[-1])}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, default=Path("../shared/data/lung_pet_ct_dx_A0001"))
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=2, help="epoch = the series' slices this many times")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--stall-steps", type=int, default=6)
+    args = parser.parse_args(argv)
+
+    from medkeras._quiet import quiet_tensorflow
+
+    quiet_tensorflow()
+    from medkeras.config import DataConfig
+    from medkeras.data.store import prepare
+
+    work = Path(tempfile.mkdtemp(prefix="medkeras-bench-"))
+    m1 = manifest(args.source.resolve(), work / "x1.csv", args.repeat)
+    rows = list(csv.DictReader(open(m1)))
+    paths = [r["path"] for r in rows if r["split"] == "train"]
+    labels = [int(r["label"] == "tumour") for r in rows if r["split"] == "train"]
+
+    t = time.perf_counter()
+    prepare(DataConfig(source=str(m1), window="lung"), work / "sized", size=args.size, verbose=False)
+    prepare_sized = len(rows) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    prepare(DataConfig(source=str(m1), window="lung"), work / "native", verbose=False)
+    prepare_native = len(rows) / (time.perf_counter() - t)
+
+    modes = {
+        "python loop (PyTorch-style __getitem__)": loop_epoch(paths, labels, args.size, args.batch),
+        "medkeras from DICOM, one pass (threaded decode + tf.data)": dicom_single_pass(m1, args.size, args.batch),
+        "medkeras from DICOM, later epochs (decoded once, cached)": cached_epoch(m1, args.size, args.batch),
+        "medkeras from store (--size 224: pixels)": store_epoch(work / "sized", args.size, args.batch),
+        "medkeras from store (native 512 HU, windowed + resized in graph)": store_epoch(work / "native", args.size,
+                                                                                        args.batch),
+    }
+    try:
+        import torch  # noqa: F401
+
+        modes["torch DataLoader, 2 workers"] = torch_epoch(paths, labels, args.size, args.batch)
+    except ImportError:
+        pass
+    for epoch in modes.values():  # warm-up: imports, page cache, tf.data function tracing
+        timed(epoch)
+    rates = {name: [] for name in modes}
+    for _ in range(args.rounds):
+        for name, epoch in modes.items():
+            rates[name].append(timed(epoch)[0])
+    loop = float(np.median(rates["python loop (PyTorch-style __getitem__)"]))
+    table = {name: {"images_per_s": float(np.median(r)), "vs_loop": float(np.median(r)) / loop, "runs": r}
+             for name, r in rates.items()}
+    print(json.dumps(table, indent=1))
+
+    stall_result = stall(work / "sized", args.size, args.batch, args.stall_steps)
+    print(json.dumps(stall_result))
+
+    m10 = manifest(args.source.resolve(), work / "x10.csv", args.repeat * 10)
+    prepare(DataConfig(source=str(m10), window="lung"), work / "sized10", size=args.size, verbose=False)
+    m4 = manifest(args.source.resolve(), work / "x4.csv", args.repeat * 4)
+    prepare(DataConfig(source=str(m4), window="lung"), work / "sized4", size=args.size, verbose=False)
+    memory = {
+        "store 1x": child_memory("store_epoch", work / "sized", args.size, args.batch),
+        "store 4x": child_memory("store_epoch", work / "sized4", args.size, args.batch),
+        "store 10x": child_memory("store_epoch", work / "sized10", args.size, args.batch),
+        "from DICOM (cached) 1x": child_memory("cached_epoch", m1, args.size, args.batch),
+        "from DICOM (cached) 4x": child_memory("cached_epoch", m4, args.size, args.batch),
+        "from DICOM (cached) 10x": child_memory("cached_epoch", m10, args.size, args.batch),
+    }
+    print(json.dumps(memory, indent=1))
+
+    from bench.common import save
+
+    path = save("pipeline", {
+        "items_per_epoch": len(paths), "size": args.size, "batch": args.batch,
+        "prepare_images_per_s": {"sized": prepare_sized, "native": prepare_native},
+        "throughput": table, "stall": stall_result, "memory": memory,
+    })
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
