@@ -50,6 +50,9 @@ def fit(config, out, overrides, resume):
     from medkeras.train.fit import fit as run_fit
 
     run_dir = run_fit(cfg, out=out, resume=resume)
+    if not (run_dir / "metrics.json").is_file():  # a multi-worker run's non-chief worker
+        click.echo(f"medkeras: this worker's part is done (scratch: {run_dir}); the chief writes the run directory")
+        return
     _print_summary(run_dir)
 
 

@@ -370,6 +370,8 @@ def validate(cfg: Config) -> None:
     _one_of("train.ensemble", cfg.train.ensemble, ("joint", "separate"))
     _one_of("train.strategy", cfg.train.strategy, ("auto", "one_device", "mirrored", "multiworker"))
     _validate_size_schedule(cfg)
+    if cfg.train.strategy == "multiworker" and cfg.train.ensemble == "separate":
+        raise ConfigError("train.strategy multiworker trains the ensemble jointly (set train.ensemble: joint)")
     _one_of("model.fusion", cfg.model.fusion, ("mean", "fitted"))
     if cfg.train.class_weight not in (None, "balanced") and not isinstance(cfg.train.class_weight, dict):
         raise ConfigError("config key 'train.class_weight' must be null, balanced or a mapping {class: weight}")

@@ -18,16 +18,20 @@ from medkeras.utils import atomic_write_json
 class ValidationMetrics(keras.callbacks.Callback):
     """Adds val_loss / val_accuracy / val_auroc (scikit-learn's AUROC, macro OvR for K > 2) to each epoch's logs."""
 
-    def __init__(self, dataset, labels, positive_index=None):
+    def __init__(self, dataset, labels, positive_index=None, predict=None):
         super().__init__()
         self.dataset = dataset
         self.labels = np.asarray(labels, dtype=np.int64)
         self.positive_index = positive_index
+        self.predict = predict  # callable(model, dataset) -> logits; default model.predict
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        logits = np.asarray(self.model.predict(self.dataset, verbose=0), dtype=np.float32)
+        if self.predict is not None:
+            logits = np.asarray(self.predict(self.model, self.dataset), dtype=np.float32)
+        else:
+            logits = np.asarray(self.model.predict(self.dataset, verbose=0), dtype=np.float32)
         probs = softmax(logits)
         p_true = np.clip(probs[np.arange(len(self.labels)), self.labels], 1e-7, 1.0)
         logs["val_loss"] = float(-np.log(p_true).mean())

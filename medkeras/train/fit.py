@@ -158,6 +158,7 @@ class _Context:
     timer: _Timer
     resume: bool
     size_var: object = None  # progressive resizing: the training pipeline's current image size
+    multiworker: object = None  # a MultiWorkerMirroredStrategy: train with medkeras' own loop (train/loop.py)
 
 
 def train_model(ctx: _Context, model, tag: str | None = None, sized: bool = False):
@@ -188,16 +189,21 @@ def train_model(ctx: _Context, model, tag: str | None = None, sized: bool = Fals
         if ctx.resume:
             _truncate_log(log, _backup_epoch(backup) or start)
         set_backbones_trainable(model, not frozen)
-        model.compile(
-            optimizer=make_optimizer(tc, ctx.steps, end - start, rate),
-            loss=ctx.loss,
-            metrics=["categorical_accuracy" if ctx.one_hot else "sparse_categorical_accuracy"],
-            jit_compile=tc.jit_compile,
-            run_eagerly=tc.run_eagerly,
-        )
+        optimizer = make_optimizer(tc, ctx.steps, end - start, rate)
+        if ctx.multiworker is None:
+            model.compile(
+                optimizer=optimizer,
+                loss=ctx.loss,
+                metrics=["categorical_accuracy" if ctx.one_hot else "sparse_categorical_accuracy"],
+                jit_compile=tc.jit_compile,
+                run_eagerly=tc.run_eagerly,
+            )
         ctx.timer.mark("setup_s", once=True)
+        predict = None
+        if ctx.multiworker is not None:
+            from medkeras.train.loop import local_predict as predict
         callbacks = [
-            ValidationMetrics(ctx.val_ds, ctx.val_labels, ctx.positive_index),
+            ValidationMetrics(ctx.val_ds, ctx.val_labels, ctx.positive_index, predict),
             BestCheckpoint(ckpt, tc.monitor, save=lambda m, p: save_model(m, p, ctx.meta)),
             keras.callbacks.CSVLogger(str(log), append=ctx.resume or start > 0),
             keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True),
@@ -216,10 +222,18 @@ def train_model(ctx: _Context, model, tag: str | None = None, sized: bool = Fals
             print(f"medkeras: training member {tag}, phase {name} (epochs {start + 1}-{end})")
         elif len(plan) > 1:
             print(f"medkeras: phase {name} (epochs {start + 1}-{end}, learning rate {rate:g})")
-        model.fit(
-            ctx.train_ds, initial_epoch=start, epochs=end, steps_per_epoch=ctx.steps, callbacks=callbacks,
-            verbose=tc.verbose,
-        )
+        if ctx.multiworker is not None:
+            from medkeras.train.loop import custom_fit
+
+            custom_fit(
+                model, ctx.train_ds, strategy=ctx.multiworker, loss=ctx.loss, optimizer=optimizer, epochs=end,
+                initial_epoch=start, steps=ctx.steps, callbacks=callbacks, verbose=tc.verbose,
+            )
+        else:
+            model.fit(
+                ctx.train_ds, initial_epoch=start, epochs=end, steps_per_epoch=ctx.steps, callbacks=callbacks,
+                verbose=tc.verbose,
+            )
         if index < len(plan) - 1:
             model.save_weights(str(done))
         start = end
@@ -267,11 +281,28 @@ def _set_precision(tc):
 
 
 def fit(cfg: Config, out=None, resume: bool = False) -> Path:
-    """Train what `cfg` describes; returns the run directory. `resume` continues a killed run in `out`."""
+    """Train what `cfg` describes; returns the run directory. `resume` continues a killed run in `out`.
+
+    Under `train.strategy: multiworker` every worker runs this with the same arguments and its own TF_CONFIG;
+    the chief writes `out`, the others train alongside with a scratch directory and return it.
+    """
+    import contextlib
+
     import keras
 
     timer = _Timer()
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
+    multiworker = None
+    if cfg.train.strategy == "multiworker":
+        import tempfile
+
+        from medkeras.train.loop import is_chief, make_multiworker_strategy
+
+        multiworker = make_multiworker_strategy()
+        if not is_chief(multiworker):
+            run_dir = Path(tempfile.mkdtemp(prefix="medkeras-worker-"))
+            if resume and out is not None and (Path(out) / "config.yaml").is_file():
+                (run_dir / "config.yaml").write_text((Path(out) / "config.yaml").read_text())
     _prepare_run_dir(run_dir, resume)
     if resume:
         cfg = load_run_config(run_dir)
@@ -281,9 +312,10 @@ def fit(cfg: Config, out=None, resume: bool = False) -> Path:
         import tensorflow as tf
 
         size_var = tf.Variable(cfg.data.image_size, dtype=tf.int32, trainable=False, name="train_image_size")
-    try:
-        with make_strategy(cfg.train.strategy).scope():
-            return _fit(cfg, run_dir, resume, timer, size_var)
+    try:  # multiworker: only model building and training run in the strategy's scope (see _fit)
+        scope = contextlib.nullcontext() if multiworker else make_strategy(cfg.train.strategy).scope()
+        with scope:
+            return _fit(cfg, run_dir, resume, timer, size_var, multiworker)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
@@ -293,7 +325,7 @@ def _uses_schedule(tc, name: str | None) -> bool:
     return bool(tc.size_schedule) and (name is None or not tc.size_schedule_members or name in tc.size_schedule_members)
 
 
-def _fit(cfg, run_dir, resume, timer, size_var=None) -> Path:
+def _fit(cfg, run_dir, resume, timer, size_var=None, multiworker=None) -> Path:
     import keras
 
     from medkeras.data.pipeline import make_tf_dataset, split_arrays, stream_tf_dataset
@@ -366,7 +398,9 @@ def _fit(cfg, run_dir, resume, timer, size_var=None) -> Path:
         train_ds = train_ds.repeat()
     val_images, val_labels, _ = arrays["val"]
     val_ds = make_tf_dataset(val_images, val_labels, cfg.data, cfg.eval.batch_size).map(lambda x, y: x)
-    ctx = _Context(cfg, run_dir, meta, train_ds, val_ds, val_labels, steps, loss, one_hot, pos, timer, resume, size_var)
+    ctx = _Context(
+        cfg, run_dir, meta, train_ds, val_ds, val_labels, steps, loss, one_hot, pos, timer, resume, size_var, multiworker
+    )
 
     names = list(cfg.model.backbones)
     if tc.ensemble == "separate" and len(names) > 1:
@@ -380,6 +414,16 @@ def _fit(cfg, run_dir, resume, timer, size_var=None) -> Path:
             member, best[tag] = train_model(ctx, member, tag, sized=_uses_schedule(tc, name))
             members.append(member)
         model = build_ensemble(members, cfg.data.image_size, cfg.model.ensemble_weights)
+    elif multiworker is not None:
+        from medkeras.models.io import load_model
+        from medkeras.train.loop import is_chief
+
+        with multiworker.scope():
+            dynamic = _uses_schedule(tc, None)
+            model, best = train_model(ctx, build_model(cfg.model, k, cfg.data.image_size, normalization, dynamic), dynamic)
+        if not is_chief(multiworker):
+            return run_dir  # the chief evaluates and writes the run
+        model, _ = load_model(run_dir / "checkpoints" / "best.keras")  # outside the scope: plain predict from here
     else:
         dynamic = _uses_schedule(tc, None)
         model, best = train_model(ctx, build_model(cfg.model, k, cfg.data.image_size, normalization, dynamic), sized=dynamic)

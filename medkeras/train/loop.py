@@ -1,0 +1,118 @@
+"""medkeras' own distributed train loop, for `train.strategy: multiworker` (MultiWorkerMirroredStrategy).
+
+Keras 3.15's `model.fit` fails under MultiWorkerMirroredStrategy on every worker (it calls `strategy.reduce` on
+PerReplica values; tensorflow issue 72388). This loop does what the TensorFlow multi-worker guide does: the
+dataset distributed with `experimental_distribute_dataset` (sharded by data, every worker shuffling with the
+same seed), each step run on every replica with `strategy.run`, the loss scaled with
+`tf.nn.compute_average_loss` to the global batch, and gradients all-reduced by the Keras optimizer. It drives the
+same Keras callbacks `fit` uses (validation metrics, best checkpoint, CSV log, BackupAndRestore, TensorBoard,
+early stopping, progressive resizing), so checkpoints, `train_log.csv` and `--resume` behave the same.
+
+Only the chief (worker 0) writes the run directory; the other workers write their backups to a scratch
+directory, as multi-worker checkpointing requires, and stop after training.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+
+def cluster_size(strategy) -> int:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    return max(1, sum(len(v) for v in resolver.cluster_spec().as_dict().values()))
+
+
+def is_chief(strategy) -> bool:
+    """True on the worker that writes the run directory: `chief`, or worker 0 when the cluster has no chief."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+
+
+def make_multiworker_strategy():
+    """MultiWorkerMirroredStrategy from TF_CONFIG (ring all-reduce on CPUs, NCCL where GPUs are)."""
+    import tensorflow as tf
+
+    from medkeras.errors import ConfigError
+
+    if "TF_CONFIG" not in os.environ:
+        raise ConfigError(
+            "train.strategy multiworker needs TF_CONFIG on every worker (see README: 'Several machines')"
+        )
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def custom_fit(model, dataset, *, strategy, loss, optimizer, epochs, initial_epoch, steps, callbacks, verbose=1):
+    """Train `model` on `dataset` (global batches of (x, y[, sample_weight])) for epochs initial..epochs-1.
+
+    Returns the Keras History the callbacks filled. `model` must have been built under `strategy.scope()`.
+    """
+    import keras
+    import tensorflow as tf
+
+    model.optimizer = optimizer  # callbacks (BackupAndRestore, schedules in TensorBoard) look for it here
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    dist = strategy.experimental_distribute_dataset(dataset.repeat().with_options(options))
+    iterator = iter(dist)
+
+    def replica_step(batch):
+        x, y = batch[0], batch[1]
+        weight = batch[2] if len(batch) > 2 else None
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(x, training=True), tf.float32)
+            per_example = loss.call(y, logits)
+            if weight is not None:
+                per_example = per_example * tf.cast(weight, per_example.dtype)
+            total = tf.nn.compute_average_loss(per_example)
+            if model.losses:
+                total += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        grads = tape.gradient(total, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        labels = tf.argmax(y, axis=-1) if y.shape.rank == 2 else y
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=-1), tf.cast(labels, tf.int64)), tf.float32))
+        count = tf.cast(tf.shape(logits)[0], tf.float32)
+        return tf.reduce_sum(per_example), correct, count  # summed here, divided by the global count below
+
+    @tf.function
+    def train_step(it):
+        loss_sum, correct, count = strategy.run(replica_step, args=(next(it),))
+        reduce = tf.distribute.ReduceOp.SUM
+        return (strategy.reduce(reduce, loss_sum, axis=None), strategy.reduce(reduce, correct, axis=None),
+                strategy.reduce(reduce, count, axis=None))
+
+    history = keras.callbacks.History()
+    callback_list = keras.callbacks.CallbackList([*callbacks, history], model=model, epochs=epochs, steps=steps,
+                                                 verbose=verbose, add_progbar=bool(verbose))
+    model.stop_training = False
+    model._initial_epoch = initial_epoch  # BackupAndRestore moves it forward in on_train_begin
+    callback_list.on_train_begin()
+    start = model._initial_epoch or initial_epoch
+    for epoch in range(start, epochs):
+        callback_list.on_epoch_begin(epoch)
+        t0, loss_sum, correct, count = time.perf_counter(), 0.0, 0.0, 0.0
+        for step in range(steps):
+            callback_list.on_train_batch_begin(step)
+            batch_loss, batch_correct, batch_count = (float(v) for v in train_step(iterator))
+            loss_sum, correct, count = loss_sum + batch_loss, correct + batch_correct, count + batch_count
+            callback_list.on_train_batch_end(step, {"loss": loss_sum / max(count, 1.0)})
+        logs = {"loss": loss_sum / max(count, 1.0), "accuracy": correct / max(count, 1.0)}
+        logs["epoch_s"] = time.perf_counter() - t0
+        callback_list.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    callback_list.on_train_end()
+    return history
+
+
+def local_predict(model, dataset) -> np.ndarray:
+    """Logits of a batched dataset with plain calls of the model (no distribution; reads the mirrored weights)."""
+    return np.concatenate([np.asarray(model(x, training=False), dtype=np.float32) for x in dataset])
