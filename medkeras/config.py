@@ -132,7 +132,7 @@ class TrackConfig:
 
     mlflow: bool = False  # log params, per-epoch metrics, test metrics and the report to MLflow (pip install mlflow)
     experiment: Optional[str] = None  # MLflow experiment (default: the config's name)
-    tracking_uri: Optional[str] = None  # default: MLflow's own (MLFLOW_TRACKING_URI, or ./mlruns)
+    tracking_uri: Optional[str] = None  # default: MLflow's own (MLFLOW_TRACKING_URI, or its local store)
 
 
 @dataclass

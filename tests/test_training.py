@@ -224,3 +224,26 @@ def test_multiworker_strategy_two_local_workers_train_the_same_weights(tmp_path)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-6)
     header, row = (run / "train_log.csv").read_text().splitlines()
     assert np.isfinite(float(row.split(",")[header.split(",").index("loss")]))
+
+
+def test_mlflow_tracking_logs_params_epochs_results_and_artifacts(tmp_path, monkeypatch):
+
+    mlflow = pytest.importorskip("mlflow")
+    from conftest import run_cli
+
+    uri = f"file:{tmp_path / 'mlruns'}"
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 wants a database; a file store is enough for a test
+    result = run_cli(
+        "fit", "--out", tmp_path / "run", "--set", "train.epochs=2", "--set", "train.steps_per_epoch=2",
+        "--set", "train.verbose=0", "--set", "train.run_eagerly=true", "--set", "model.backbones=[cnn8_small]",
+        "--set", "eval.bootstrap=0", "--set", "track.mlflow=true", "--set", f"track.tracking_uri={uri}",
+        "--set", "track.experiment=medkeras-test",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    client = mlflow.tracking.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("medkeras-test").experiment_id])
+    assert run.data.params["train.epochs"] == "2" and run.data.params["model.backbones"] == "['cnn8_small']"
+    history = client.get_metric_history(run.info.run_id, "val_auroc")
+    assert [m.step for m in history] == [1, 2]
+    assert 0.0 <= run.data.metrics["test.auroc"] <= 1.0
+    assert {"config.yaml", "metrics.json", "report.html"} <= {a.path for a in client.list_artifacts(run.info.run_id)}

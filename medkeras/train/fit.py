@@ -159,6 +159,7 @@ class _Context:
     resume: bool
     size_var: object = None  # progressive resizing: the training pipeline's current image size
     multiworker: object = None  # a MultiWorkerMirroredStrategy: train with medkeras' own loop (train/loop.py)
+    tracker: object = None  # the mlflow module while an MLflow run is active (track.mlflow)
 
 
 def train_model(ctx: _Context, model, tag: str | None = None, sized: bool = False):
@@ -214,6 +215,10 @@ def train_model(ctx: _Context, model, tag: str | None = None, sized: bool = Fals
             full = ctx.cfg.data.image_size
             sizes = size_schedule(tc.size_schedule if sized else None, tc.epochs, full)
             callbacks.insert(0, ProgressiveResizing(ctx.size_var, sizes, full))
+        if ctx.tracker is not None:
+            from medkeras.train.tracking import epoch_logger
+
+            callbacks.append(epoch_logger(ctx.tracker, tag))
         if tc.early_stopping_patience:
             callbacks.append(keras.callbacks.EarlyStopping(tc.monitor, patience=tc.early_stopping_patience, mode="max"))
         if tc.schedule == "plateau":
@@ -313,9 +318,13 @@ def fit(cfg: Config, out=None, resume: bool = False) -> Path:
 
         size_var = tf.Variable(cfg.data.image_size, dtype=tf.int32, trainable=False, name="train_image_size")
     try:  # multiworker: only model building and training run in the strategy's scope (see _fit)
+        from medkeras.train.loop import is_chief
+        from medkeras.train.tracking import mlflow_run
+
         scope = contextlib.nullcontext() if multiworker else make_strategy(cfg.train.strategy).scope()
-        with scope:
-            return _fit(cfg, run_dir, resume, timer, size_var, multiworker)
+        track = cfg if multiworker is None or is_chief(multiworker) else from_dict({**cfg.to_dict(), "track": {}})
+        with mlflow_run(track, run_dir) as tracker, scope:
+            return _fit(cfg, run_dir, resume, timer, size_var, multiworker, tracker)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
@@ -325,7 +334,7 @@ def _uses_schedule(tc, name: str | None) -> bool:
     return bool(tc.size_schedule) and (name is None or not tc.size_schedule_members or name in tc.size_schedule_members)
 
 
-def _fit(cfg, run_dir, resume, timer, size_var=None, multiworker=None) -> Path:
+def _fit(cfg, run_dir, resume, timer, size_var=None, multiworker=None, tracker=None) -> Path:
     import keras
 
     from medkeras.data.pipeline import make_tf_dataset, split_arrays, stream_tf_dataset
@@ -399,7 +408,8 @@ def _fit(cfg, run_dir, resume, timer, size_var=None, multiworker=None) -> Path:
     val_images, val_labels, _ = arrays["val"]
     val_ds = make_tf_dataset(val_images, val_labels, cfg.data, cfg.eval.batch_size).map(lambda x, y: x)
     ctx = _Context(
-        cfg, run_dir, meta, train_ds, val_ds, val_labels, steps, loss, one_hot, pos, timer, resume, size_var, multiworker
+        cfg, run_dir, meta, train_ds, val_ds, val_labels, steps, loss, one_hot, pos, timer, resume, size_var, multiworker,
+        tracker,
     )
 
     names = list(cfg.model.backbones)
@@ -468,4 +478,7 @@ def _fit(cfg, run_dir, resume, timer, size_var=None, multiworker=None) -> Path:
             "timing_s": timer.marks,
         },
     )
+    from medkeras.train.tracking import log_results
+
+    log_results(tracker, results)
     return run_dir
