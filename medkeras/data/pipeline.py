@@ -242,5 +242,7 @@ def stream_tf_dataset(split: Split, data_cfg, batch_size: int, training=False, s
 
     ds = store_examples(split, data_cfg, data_cfg.image_size, shuffle=training, seed=seed)
     if training:
-        ds = ds.shuffle(min(len(split), 2048), seed=seed, reshuffle_each_iteration=True)
+        # Files are shuffled each epoch; the example buffer is capped at ~64 MiB so memory stays flat as data grows.
+        per_image = data_cfg.image_size**2 * max(split.channels or [3]) * 4
+        ds = ds.shuffle(min(len(split), max(256, 64 * 2**20 // per_image)), seed=seed, reshuffle_each_iteration=True)
     return batch_and_augment(ds, data_cfg, batch_size, training and augment, seed, size_var)
