@@ -275,7 +275,6 @@ def store_examples(split: Split, data_cfg, size: int, shuffle: bool = False, see
     import tensorflow_datasets as tfds
 
     from medkeras.data.pipeline import AUTOTUNE, resize_dynamic
-    from medkeras.data.windows import window_hu
 
     builder = tfds.builder_from_directory(split.store[0])
     read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
@@ -295,7 +294,7 @@ def store_examples(split: Split, data_cfg, size: int, shuffle: bool = False, see
         image = example["image"]
         if windows:
             hu = image[..., 0]
-            windowed = tf.stack([window_hu(hu, level, width) for level, width in windows], axis=-1) * 255.0
+            windowed = apply_windows(hu, windows) * 255.0
             image = tf.cond(example["hu"], lambda: three(windowed), lambda: three(image))
         else:
             image = three(image)

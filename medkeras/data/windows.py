@@ -68,6 +68,14 @@ def parse_windows(spec) -> list[tuple[float, float]]:
     raise ConfigError(f"data.window: expected a preset, [level, width] or a list of them, got {spec!r}")
 
 
-def apply_windows(hu: np.ndarray, windows) -> np.ndarray:
-    """HU image (H, W) -> float32 (H, W, C) in [0, 1]: one channel per window (C = 1 with one window)."""
-    return np.stack([window_hu(hu, level, width) for level, width in windows], axis=-1)
+def apply_windows(hu, windows):
+    """HU image(s) (..., H, W) -> float32 (..., H, W, C) in [0, 1]: one channel per window (C = 1 with one window).
+
+    numpy in, numpy out (file readers); a tensor in, a tensor out (the store's stream and the `serve_hu` graph).
+    """
+    channels = [window_hu(hu, level, width) for level, width in windows]
+    if isinstance(hu, np.ndarray) or np.isscalar(hu):
+        return np.stack(channels, axis=-1)
+    import tensorflow as tf
+
+    return tf.stack(channels, axis=-1)

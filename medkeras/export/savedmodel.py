@@ -58,7 +58,7 @@ def build_archive(model, meta: dict):
     import tensorflow as tf
 
     from medkeras.data.pipeline import resize_dynamic
-    from medkeras.data.windows import window_hu
+    from medkeras.data.windows import apply_windows
 
     size = int(meta["image_size"])
     class_names = meta["class_names"]
@@ -99,8 +99,7 @@ def build_archive(model, meta: dict):
     def serve_hu(hu):
         hu = tf.cast(hu, tf.float32)
         if windows:
-            channels = [window_hu(hu, level, width) * 255.0 for level, width in windows]
-            images = tf.stack(channels, axis=-1)
+            images = apply_windows(hu, windows) * 255.0
         else:  # no window configured: per-image min-max, as the training reader does for DICOM
             lo = tf.reduce_min(hu, axis=[1, 2], keepdims=True)
             hi = tf.reduce_max(hu, axis=[1, 2], keepdims=True)

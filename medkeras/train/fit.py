@@ -322,8 +322,8 @@ def fit(cfg: Config, out=None, resume: bool = False) -> Path:
         from medkeras.train.tracking import mlflow_run
 
         scope = contextlib.nullcontext() if multiworker else make_strategy(cfg.train.strategy).scope()
-        track = cfg if multiworker is None or is_chief(multiworker) else from_dict({**cfg.to_dict(), "track": {}})
-        with mlflow_run(track, run_dir) as tracker, scope:
+        chief = multiworker is None or is_chief(multiworker)  # only the chief tracks a multi-worker run
+        with mlflow_run(cfg, run_dir, enabled=chief) as tracker, scope:
             return _fit(cfg, run_dir, resume, timer, size_var, multiworker, tracker)
     finally:
         keras.mixed_precision.set_global_policy("float32")

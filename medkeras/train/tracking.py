@@ -33,9 +33,9 @@ def _mlflow():
 
 
 @contextlib.contextmanager
-def mlflow_run(cfg, run_dir: Path):
-    """An MLflow run for the whole `fit` (or nothing when tracking is off); yields the module or None."""
-    if not cfg.track.mlflow:
+def mlflow_run(cfg, run_dir: Path, enabled: bool = True):
+    """An MLflow run for the whole `fit` (or nothing when tracking is off or not `enabled`); yields mlflow or None."""
+    if not (cfg.track.mlflow and enabled):
         yield None
         return
     mlflow = _mlflow()
