@@ -1,5 +1,7 @@
 """DICOM -> HU on real files: pydicom's CT_small.dcm and three Lung-PET-CT-Dx slices (tests/data)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -105,3 +107,64 @@ def test_series_in_z_order():
 
     ordered = series_in_z_order([LUNG / "1-01.dcm", LUNG / "1-14.dcm", LUNG / "1-13.dcm"])
     assert [p.name for p in ordered] == ["1-14.dcm", "1-13.dcm", "1-01.dcm"]  # z -189, -184, -124
+
+
+def _plain_variants(tmp_path, ct_small_path):
+    """Real pixels in every plain layout the graph reads: CT_small as stored (explicit VR, int16), implicit VR,
+    MONOCHROME1, and a truncated copy; plus files it must leave to pydicom (big-endian, multi-frame, colour)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    ds = pydicom.dcmread(ct_small_path)
+    implicit = tmp_path / "implicit.dcm"
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(implicit, enforce_file_format=True)
+    mono1 = tmp_path / "mono1.dcm"
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.save_as(mono1, enforce_file_format=True)
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(Path(ct_small_path).read_bytes()[:-1000])  # cut inside the pixel data
+    plain = [LUNG / "1-01.dcm", LUNG / "1-14.dcm", Path(ct_small_path), implicit, mono1]
+    other = [Path(get_testdata_file(n)) for n in ("MR_small_bigendian.dcm", "emri_small.dcm", "SC_rgb.dcm")]
+    return plain, other + [truncated]
+
+
+@pytest.mark.parametrize("window", ["lung", ["lung", "mediastinum", "bone"]])
+def test_graph_dicom_decode_equals_pydicom_exactly(tmp_path, ct_small_path, window):
+    """The tf.data DICOM reader (header by pydicom, pixels in the graph) gives the pydicom path's pixels exactly;
+    files it cannot read plainly are handed back, not guessed at."""
+    from medkeras.data.pipeline import decode_dicom_graph, resize_images
+    from medkeras.data.sources import read_image
+    from medkeras.data.windows import parse_windows
+
+    plain, other = _plain_variants(tmp_path, ct_small_path)
+    windows = parse_windows(window)
+    items, rest = decode_dicom_graph(plain + other, windows, 64)
+    items = dict(items)
+    assert sorted(items) == list(range(len(plain))) and rest == list(range(len(plain), len(plain) + len(other)))
+    for i, path in enumerate(plain):
+        expected = resize_images(read_image(path, windows), 64).numpy()
+        np.testing.assert_array_equal(items[i], expected)
+    assert not np.array_equal(items[3], items[4])  # MONOCHROME1 really inverted
+
+
+def test_decode_files_mixes_graph_and_pydicom_paths(tmp_path, ct_small_path):
+    """A split of plain, non-plain and broken DICOM: order, labels and skips are kept; `fail` names the file."""
+    from medkeras.config import DataConfig
+    from medkeras.data.pipeline import decode_files, resize_images
+    from medkeras.data.sources import Split, read_image
+    from medkeras.data.windows import parse_windows
+    from medkeras.errors import DataError
+
+    plain, other = _plain_variants(tmp_path, ct_small_path)
+    paths = [plain[0], other[0], plain[2], other[3], plain[4]]  # lung, big-endian MR, CT_small, truncated, mono1
+    split = Split(labels=np.arange(5), paths=paths)
+    cfg = DataConfig(source="unused", image_size=32, window="lung")
+    images, labels, names, bad = decode_files(split, cfg, on_bad_file="skip", verbose=False)
+    assert list(labels) == [0, 1, 2, 4] and names == [str(p) for i, p in enumerate(paths) if i != 3]
+    assert [Path(b[0]).name for b in bad] == ["truncated.dcm"]
+    for image, name in zip(images, names):
+        np.testing.assert_array_equal(image, resize_images(read_image(name, parse_windows("lung")), 32).numpy())
+    with pytest.raises(DataError, match="truncated.dcm"):
+        decode_files(split, cfg, on_bad_file="fail", verbose=False)
