@@ -183,3 +183,32 @@ def test_dataset_normalization_in_the_graph(breast):
     layer = ImagePreprocessing("dataset", mean, std)
     out = np.asarray(layer(np.repeat(images[:64, ..., None].astype("float32"), 3, axis=-1)))
     np.testing.assert_allclose(out[..., 0], (images[:64] / 255.0 - mean[0]) / std[0], atol=1e-4)
+
+
+def test_random_affine_geometry_is_exact(breast):
+    """The fused flip/rotation/zoom/translation: each piece alone moves real pixels exactly where it should."""
+    from keras import ops
+
+    from medkeras.data.affine import RandomAffine, compose
+
+    x = breast.splits["train"].images[:2, :27, :27, None].astype("float32")  # odd side: the centre is a pixel
+
+    def apply(angle=0.0, scale=1.0, tx=0.0, ty=0.0, fx=False, fy=False):
+        t = compose(ops.full((2,), angle), ops.full((2,), scale), ops.full((2,), tx), ops.full((2,), ty),
+                    ops.full((2,), fx), ops.full((2,), fy), 27.0, 27.0)
+        return ops.convert_to_numpy(ops.image.affine_transform(x, t, fill_mode="constant"))
+
+    np.testing.assert_allclose(apply(), x, atol=1e-4)
+    np.testing.assert_allclose(apply(fx=True), x[:, :, ::-1], atol=1e-4)
+    np.testing.assert_allclose(apply(fy=True), x[:, ::-1], atol=1e-4)
+    np.testing.assert_allclose(apply(angle=np.pi / 2), np.rot90(x, 1, axes=(1, 2)), atol=1e-3)
+    shifted = apply(tx=3.0)  # content moves 3 px right, black enters on the left
+    np.testing.assert_allclose(shifted[:, :, 3:], x[:, :, :-3], atol=1e-4)
+    assert (shifted[:, :, :3] == 0).all()
+    zoomed_out = apply(scale=2.0)  # every other input pixel, around the centre
+    np.testing.assert_allclose(zoomed_out[:, 7:20, 7:20], x[:, 1:27:2, 1:27:2], atol=1e-4)
+    layer = RandomAffine("horizontal", 0.05, 0.1, 0.05, seed=3)
+    assert np.array_equal(ops.convert_to_numpy(layer(x, training=False)), x)
+    a, b = (ops.convert_to_numpy(RandomAffine("horizontal", 0.05, 0.1, 0.05, seed=3)(x)) for _ in range(2))
+    np.testing.assert_array_equal(a, b)  # seeded
+    assert not np.allclose(a, x)

@@ -213,9 +213,12 @@ def _sometimes(layer, probability: float, seed: int):
 def build_augmenter(aug_cfg, seed: int):
     """A Keras Sequential of the configured augmentation layers (None when every factor is off).
 
-    All are Keras core layers (keras-cv is frozen upstream); CLAHE is applied to a random share of images.
+    Keras core layers (keras-cv is frozen upstream), except flip/rotation/zoom/translation, fused into one
+    `RandomAffine` (same factors, one resampling pass); CLAHE is applied to a random share of images.
     """
     import keras
+
+    from medkeras.data.affine import RandomAffine
 
     layers = []
     if aug_cfg.clahe > 0:
@@ -223,15 +226,10 @@ def build_augmenter(aug_cfg, seed: int):
             value_range=(0, 255), clip_limit=aug_cfg.clahe_clip_limit, name="clahe"
         )
         layers.append(_sometimes(clahe, aug_cfg.clahe, seed + 6))
-    if aug_cfg.flip != "none":
-        layers.append(keras.layers.RandomFlip(aug_cfg.flip, seed=seed))
-    if aug_cfg.rotation > 0:
-        layers.append(keras.layers.RandomRotation(aug_cfg.rotation, fill_mode=aug_cfg.fill_mode, seed=seed + 1))
-    if aug_cfg.zoom > 0:
-        layers.append(keras.layers.RandomZoom(aug_cfg.zoom, fill_mode=aug_cfg.fill_mode, seed=seed + 2))
-    if aug_cfg.translation > 0:
-        t = aug_cfg.translation
-        layers.append(keras.layers.RandomTranslation(t, t, fill_mode=aug_cfg.fill_mode, seed=seed + 3))
+    if aug_cfg.flip != "none" or aug_cfg.rotation > 0 or aug_cfg.zoom > 0 or aug_cfg.translation > 0:
+        # One resampling for all four (Keras' four layers resampled four times: 3.6x slower at 224 px)
+        layers.append(RandomAffine(aug_cfg.flip, aug_cfg.rotation, aug_cfg.zoom, aug_cfg.translation,
+                                   fill_mode=aug_cfg.fill_mode, seed=seed, name="flip_rotate_zoom_translate"))
     if aug_cfg.brightness > 0:
         layers.append(keras.layers.RandomBrightness(aug_cfg.brightness, value_range=(0, 255), seed=seed + 4))
     if aug_cfg.contrast > 0:
