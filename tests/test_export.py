@@ -263,3 +263,35 @@ def test_export_loads_without_keras_or_medkeras(exported, tmp_path, breast):
     model, meta = load_model(run)
     expected = softmax(model.predict(np.repeat(x, 3, axis=-1), verbose=0), meta["temperature"])
     assert np.abs(np.asarray(served["probabilities"]) - expected).max() <= 1e-4
+
+
+def test_batchnorm_folding_serves_the_same_function():
+    """Conv/DepthwiseConv + BN pairs fold (nested members too); BN after an activation stays; outputs agree."""
+    import keras
+
+    from medkeras.export.fold import fold_batchnorm
+    from medkeras.models.ensemble import build_ensemble, build_member
+
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2)(x)
+    x = keras.layers.BatchNormalization(epsilon=1e-5)(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.BatchNormalization()(x)  # after an activation: cannot fold
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+    plain = keras.Model(inputs, outputs)
+    members = [build_member("cnn8_small", 2, 16, member_name="a"), build_member("resnet18_small", 2, 16, member_name="b")]
+    ensemble = build_ensemble(members, 16)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    for model, expected in ((plain, 2), (ensemble, 8 + 20)):
+        for w in model.weights:  # trained-looking statistics, or folding would be the identity
+            if w.path.endswith(("moving_mean", "beta")):
+                w.assign(rng.normal(0, 0.5, w.shape).astype("float32"))
+            elif w.path.endswith(("moving_variance", "gamma")):
+                w.assign(rng.uniform(0.5, 2.0, w.shape).astype("float32"))
+        folded, count = fold_batchnorm(model)
+        assert count == expected
+        np.testing.assert_allclose(folded(x, training=False), model(x, training=False), rtol=1e-4, atol=1e-4)
+    assert fold_batchnorm(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))[1] == 0
