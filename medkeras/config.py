@@ -95,6 +95,9 @@ class TrainConfig:
     finetune_learning_rate: Optional[float] = None  # phase 2 rate (default learning_rate / 10)
     early_stopping_patience: int = 0  # 0: off
     gradient_accumulation_steps: int = 1
+    # Exponential moving average of the weights (e.g. 0.99; 0: off): validated, checkpointed and saved with the
+    # averaged weights (Keras' optimizer EMA + SwapEMAWeights at every epoch's end). Helps small datasets.
+    ema: float = 0.0
     precision: str = "float32"  # "float32", "mixed_float16" or "mixed_bfloat16" (measure first on CPU)
     deterministic: bool = False  # TF op determinism (slower)
     ensemble: str = "joint"  # "joint" (one fit of the whole graph) or "separate" (each member, then assembled)
@@ -377,6 +380,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'train.class_weight' must be null, balanced or a mapping {class: weight}")
     if cfg.train.freeze_epochs >= cfg.train.epochs and cfg.train.freeze_epochs:
         raise ConfigError("config key 'train.freeze_epochs' must be smaller than 'train.epochs' (phase 2 needs epochs)")
+    if not 0.0 <= float(cfg.train.ema) < 1.0:
+        raise ConfigError(f"config key 'train.ema' must be in [0, 1) (e.g. 0.99; 0 turns it off), got {cfg.train.ema}")
     if cfg.train.gradient_accumulation_steps < 1:
         raise ConfigError("config key 'train.gradient_accumulation_steps' must be >= 1")
     _one_of("data.on_bad_file", cfg.data.on_bad_file, ("fail", "skip"))

@@ -247,3 +247,36 @@ def test_mlflow_tracking_logs_params_epochs_results_and_artifacts(tmp_path, monk
     assert [m.step for m in history] == [1, 2]
     assert 0.0 <= run.data.metrics["test.auroc"] <= 1.0
     assert {"config.yaml", "metrics.json", "report.html"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_weight_ema_is_what_validation_and_checkpoints_see(breast):
+    """train.ema: the optimizer keeps an EMA of the weights, and the callbacks that validate and checkpoint at each
+    epoch's end (placed after SwapEMAWeights, as train_model does) see the averaged weights, not the raw ones."""
+    import keras
+
+    from medkeras.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="train.ema"):
+        load_config("demo", ["train.ema=1.5"])
+    x, y = _breast_batch(breast, 16, 16)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                              keras.layers.Dense(2)])
+    optimizer = make_optimizer(TrainConfig(ema=0.5, learning_rate=0.05, schedule="constant"), 2)
+    assert optimizer.use_ema and optimizer.ema_momentum == 0.5
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    seen, raw = [], []
+
+    class Grab(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raw.append(model.get_weights())
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(model.get_weights())
+
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False,
+              callbacks=[keras.callbacks.SwapEMAWeights(swap_on_epoch=True), Grab()])
+    ema = [v.numpy() for v in optimizer._model_variables_moving_average]
+    for got, want, latest in zip(seen[-1], ema, raw[-1]):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+        assert not np.allclose(got, latest)  # the raw weights of the last step differ

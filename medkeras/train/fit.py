@@ -211,6 +211,8 @@ def train_model(ctx: _Context, model, tag: str | None = None, sized: bool = Fals
             keras.callbacks.TensorBoard(str(ctx.run_dir / "tensorboard" / (tag or "")), write_graph=False, profile_batch=0),
             _first_step_callback(ctx.timer),
         ]
+        if tc.ema and ctx.multiworker is None:  # first: every later callback sees the averaged weights
+            callbacks.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
         if ctx.size_var is not None:
             full = ctx.cfg.data.image_size
             sizes = size_schedule(tc.size_schedule if sized else None, tc.epochs, full)

@@ -75,6 +75,8 @@ def make_optimizer(train_cfg, steps_per_epoch: int, epochs: int | None = None, l
     extra = {}
     if train_cfg.gradient_accumulation_steps > 1:
         extra["gradient_accumulation_steps"] = train_cfg.gradient_accumulation_steps
+    if train_cfg.ema:
+        extra.update(use_ema=True, ema_momentum=float(train_cfg.ema))
     name = train_cfg.optimizer
     if name == "adamw":
         return keras.optimizers.AdamW(schedule, weight_decay=train_cfg.weight_decay, **extra)
