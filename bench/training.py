@@ -164,6 +164,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3, help="timed steps after the first")
     parser.add_argument("--variants", nargs="+", default=DEFAULT,
                         help=f"any of {sorted(KERAS_VARIANTS) + ['torch_fused'] + [f'torch_{m}' for m in MEMBERS]}")
+    parser.add_argument("--name", help="results file name (default training-SIZE)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -182,7 +183,7 @@ def main(argv=None):
         rows.append(run_variant(name, args))
         print(json.dumps(rows[-1]), flush=True)
         payload = {"size": args.size, "batch": args.batch, "steps": args.steps, "rows": rows, "summary": summary(rows)}
-        path = save(f"training-{args.size}", payload)  # after every variant: a long run keeps what it measured
+        path = save(args.name or f"training-{args.size}", payload)  # after every variant: a long run keeps what it measured
     print(json.dumps(payload["summary"], indent=2))
     print(f"wrote {path}")
 
