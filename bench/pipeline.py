@@ -4,13 +4,15 @@ Baselines, in the same run on the same files: a per-file Python loop doing what 
 `Dataset.__getitem__` does (pydicom + numpy + PIL, one image at a time, collated into batches), and the same
 `Dataset` behind a `torch.utils.data.DataLoader` with 2 worker processes (if torch is installed).
 medkeras rows: from DICOM (`split_arrays`: pydicom parses headers while the graph reads, rescales, windows and
-resizes the pixels; then the tf.data pipeline with one fused flip/rotation resampling), and from a `medkeras prepare` store (sized: windowed pixels at the training size; native: HU at 512 px,
-windowed and resized in the graph). Every mode runs one epoch over the same items; rounds are interleaved.
+resizes the pixels; then the tf.data pipeline with one fused flip/rotation resampling), and from a `medkeras
+prepare` store (sized: windowed pixels at the training size; native: HU at 512 px, windowed and resized in the
+graph). Every mode runs in its own fresh process per round (`child_run`: a warm-up epoch, then one timed epoch
+over the same items); rounds are interleaved.
 
 Also measured: input stall (a ResNet-18 training step fed by the store pipeline against the same steps fed one
 cached batch) and peak memory (RSS) of one streamed epoch at 1x and 10x the data, each in a fresh process.
 
-    python -m bench.pipeline --source ../shared/data/lung_pet_ct_dx_A0001 --rounds 3
+    python -m bench.pipeline --source ../shared/data/lung_pet_ct_dx_A0001 --rounds 3 --repeat 4
 """
 
 from __future__ import annotations
@@ -93,6 +95,21 @@ def torch_epoch(paths, labels, size, batch, workers=2):
     return lambda: sum(len(x) for x, _ in loader)
 
 
+def _train_items(manifest_path):
+    rows = list(csv.DictReader(open(manifest_path)))
+    rows = [r for r in rows if r["split"] == "train"]
+    return [r["path"] for r in rows], [int(r["label"] == "tumour") for r in rows]
+
+
+def python_loop(manifest_path, size, batch):
+    """The per-file loop over a manifest's train split (this process never imports TensorFlow)."""
+    return loop_epoch(*_train_items(manifest_path), size, batch)
+
+
+def torch_loader(manifest_path, size, batch):
+    return torch_epoch(*_train_items(manifest_path), size, batch)
+
+
 def data_cfg(source, size, window="lung"):
     from medkeras.config import AugmentConfig, DataConfig
 
@@ -172,10 +189,13 @@ def stall(store, size, batch, steps):
     return {"step_s_cached": step_fixed, "step_s_pipeline": step_real, "stall": max(0.0, 1 - step_fixed / step_real)}
 
 
-def child_memory(mode, path, size, batch):
+def child_run(mode, path, size, batch):
     """Run two epochs of `mode` in a fresh process; returns images/s of the second and the peak RSS (VmHWM).
 
-    VmHWM from /proc, not ru_maxrss: the latter survives fork + exec and would report the parent's peak.
+    Every mode gets its own process, as a user's training script would: run in one process after TensorFlow's
+    pipelines, the plain Python loop measured 2x slower than alone (same code, nothing else running), which
+    would flatter medkeras. The loop's and torch's processes never import TensorFlow. VmHWM from /proc, not
+    ru_maxrss: the latter survives fork + exec and would report the parent's peak.
     """
     code = (
         "import sys; sys.path.insert(0, '.');"
@@ -194,7 +214,7 @@ def main(argv=None):
     parser.add_argument("--source", type=Path, default=Path("../shared/data/lung_pet_ct_dx_A0001"))
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeat", type=int, default=2, help="epoch = the series' slices this many times")
+    parser.add_argument("--repeat", type=int, default=4, help="epoch = the series' slices this many times")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--stall-steps", type=int, default=6)
     parser.add_argument("--fit-epochs", type=int, default=20, help="epochs of the derived whole-fit row (lung-ct: 20)")
@@ -209,8 +229,7 @@ def main(argv=None):
     work = Path(tempfile.mkdtemp(prefix="medkeras-bench-"))
     m1 = manifest(args.source.resolve(), work / "x1.csv", args.repeat)
     rows = list(csv.DictReader(open(m1)))
-    paths = [r["path"] for r in rows if r["split"] == "train"]
-    labels = [int(r["label"] == "tumour") for r in rows if r["split"] == "train"]
+    paths = _train_items(m1)[0]
 
     t = time.perf_counter()
     prepare(DataConfig(source=str(m1), window="lung"), work / "sized", size=args.size, verbose=False)
@@ -220,25 +239,22 @@ def main(argv=None):
     prepare_native = len(rows) / (time.perf_counter() - t)
 
     modes = {
-        "python loop (PyTorch-style __getitem__)": loop_epoch(paths, labels, args.size, args.batch),
-        "medkeras from DICOM, one pass (headers by pydicom, pixels in the graph)": dicom_single_pass(m1, args.size, args.batch),
-        "medkeras from DICOM, later epochs (decoded once, cached)": cached_epoch(m1, args.size, args.batch),
-        "medkeras from store (--size 224: pixels)": store_epoch(work / "sized", args.size, args.batch),
-        "medkeras from store (native 512 HU, windowed + resized in graph)": store_epoch(work / "native", args.size,
-                                                                                        args.batch),
+        "python loop (PyTorch-style __getitem__)": ("python_loop", m1),
+        "medkeras from DICOM, one pass (headers by pydicom, pixels in the graph)": ("dicom_single_pass", m1),
+        "medkeras from DICOM, later epochs (decoded once, cached)": ("cached_epoch", m1),
+        "medkeras from store (--size 224: pixels)": ("store_epoch", work / "sized"),
+        "medkeras from store (native 512 HU, windowed + resized in graph)": ("store_epoch", work / "native"),
     }
     try:
         import torch  # noqa: F401
 
-        modes["torch DataLoader, 2 workers"] = torch_epoch(paths, labels, args.size, args.batch)
+        modes["torch DataLoader, 2 workers"] = ("torch_loader", m1)
     except ImportError:
         pass
-    for epoch in modes.values():  # warm-up: imports, page cache, tf.data function tracing
-        timed(epoch)
     rates = {name: [] for name in modes}
-    for _ in range(args.rounds):
-        for name, epoch in modes.items():
-            rates[name].append(timed(epoch)[0])
+    for _ in range(args.rounds):  # rounds interleaved; each mode in a fresh process, its second epoch timed
+        for name, (mode, path) in modes.items():
+            rates[name].append(child_run(mode, path, args.size, args.batch)["images_per_s"])
     loop = float(np.median(rates["python loop (PyTorch-style __getitem__)"]))
     table = {name: {"images_per_s": float(np.median(r)), "vs_loop": float(np.median(r)) / loop, "runs": r}
              for name, r in rates.items()}
@@ -258,12 +274,12 @@ def main(argv=None):
     m4 = manifest(args.source.resolve(), work / "x4.csv", args.repeat * 4)
     prepare(DataConfig(source=str(m4), window="lung"), work / "sized4", size=args.size, verbose=False)
     memory = {
-        "store 1x": child_memory("store_epoch", work / "sized", args.size, args.batch),
-        "store 4x": child_memory("store_epoch", work / "sized4", args.size, args.batch),
-        "store 10x": child_memory("store_epoch", work / "sized10", args.size, args.batch),
-        "from DICOM (cached) 1x": child_memory("cached_epoch", m1, args.size, args.batch),
-        "from DICOM (cached) 4x": child_memory("cached_epoch", m4, args.size, args.batch),
-        "from DICOM (cached) 10x": child_memory("cached_epoch", m10, args.size, args.batch),
+        "store 1x": child_run("store_epoch", work / "sized", args.size, args.batch),
+        "store 4x": child_run("store_epoch", work / "sized4", args.size, args.batch),
+        "store 10x": child_run("store_epoch", work / "sized10", args.size, args.batch),
+        "from DICOM (cached) 1x": child_run("cached_epoch", m1, args.size, args.batch),
+        "from DICOM (cached) 4x": child_run("cached_epoch", m4, args.size, args.batch),
+        "from DICOM (cached) 10x": child_run("cached_epoch", m10, args.size, args.batch),
     }
     print(json.dumps(memory, indent=1))
 
