@@ -2,6 +2,10 @@
 
     python -m bench.serving RUN_DIR            # a run directory from `medkeras fit` (e.g. of the demo)
 
+Calls are interleaved in blocks of 10 per runtime, each block after one untimed call: interleaving call by call
+put every runtime's first call right after another framework's (Keras predict's iterator threads, torch's
+OpenMP pool) and measured SavedModel at batch 1 at 8 ms where it takes 3 ms alone.
+
 Images/s at batch 1, 8 and 32 and p50/p99 latency at batch 1 for: the exported `serving_default` signature
 (plain tf.saved_model.load), Keras `model.predict`, a direct Keras call `model(x)`, and, when torch is installed
 and the run is the demo's `resnet18_small` + `cnn8_small` ensemble, the same architecture in PyTorch eager
@@ -91,9 +95,11 @@ def main():
                 for _ in range(3):
                     fn()
             results = {name: [] for name in candidates}
-            for _ in range(args.repeats):  # interleaved, so drift in machine load hits all three alike
+            block = 10
+            for _ in range(max(1, args.repeats // block)):  # interleaved in blocks, so drift hits all alike
                 for name, fn in candidates.items():
-                    results[name].append(_time(fn, 1)[0])
+                    fn()  # untimed: the previous runtime's threads and caches out of this one's first call
+                    results[name] += list(_time(fn, block))
             for name, times in results.items():
                 times = np.asarray(times)
                 rows.append({
