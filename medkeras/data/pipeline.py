@@ -338,14 +338,11 @@ def batch_and_augment(ds, data_cfg, batch_size: int, augment: bool = False, seed
 
 def stream_tf_dataset(split: Split, data_cfg, batch_size: int, training=False, seed=42, augment=True, size_var=None):
     """A prepared-store split streamed as batches (never held in memory): files shuffled, then a bounded buffer."""
-    from medkeras.data.store import fast_examples, store_examples
+    from medkeras.data.store import store_examples
 
-    # Files are shuffled each epoch; the example buffer is capped at ~64 MiB so memory stays flat as data grows.
-    per_image = data_cfg.image_size**2 * max(split.channels or [3]) * 4
-    buffer = min(len(split), max(256, 64 * 2**20 // per_image)) if training else 0
-    ds = fast_examples(split, data_cfg, buffer, seed)  # sized raw records: batched parsing
-    if ds is None:
-        ds = store_examples(split, data_cfg, data_cfg.image_size, shuffle=training, seed=seed)
-        if training:
-            ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = store_examples(split, data_cfg, data_cfg.image_size, shuffle=training, seed=seed)
+    if training:
+        # Files are shuffled each epoch; the example buffer is capped at ~64 MiB so memory stays flat as data grows.
+        per_image = data_cfg.image_size**2 * max(split.channels or [3]) * 4
+        ds = ds.shuffle(min(len(split), max(256, 64 * 2**20 // per_image)), seed=seed, reshuffle_each_iteration=True)
     return batch_and_augment(ds, data_cfg, batch_size, training and augment, seed, size_var)

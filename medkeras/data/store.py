@@ -212,7 +212,6 @@ def prepare(
             "pixel_channels": sorted(builder.pixel_channels),
             "windows": [list(w) for w in windows] if size is not None else None,  # baked into a sized store
             "size": size,
-            "raw_pixels": size is not None,  # sized records are raw float32 bytes (fast batched reads)
             "counts": counts,
             "skipped": len(builder.bad),
         }
@@ -262,8 +261,7 @@ def load_store(path, data_cfg) -> Dataset:
         splits[name] = Split(
             labels=np.asarray(entry["labels"], dtype=np.int64),
             groups=groups,
-            # (TFDS directory, split, pixel size when records are raw float32 pixels of one size, else None)
-            store=(str(path / STORE_NAME / STORE_VERSION), name, index["size"] if index.get("raw_pixels") else None),
+            store=(str(path / STORE_NAME / STORE_VERSION), name),
             keys=list(entry["keys"]),
             hashes=list(entry["hashes"]),
             channels=sorted(channels),
@@ -309,44 +307,6 @@ def store_examples(split: Split, data_cfg, size: int, shuffle: bool = False, see
         return (pixels, example["label"], example["key"]) if with_keys else (pixels, example["label"])
 
     return ds.map(to_pixels, num_parallel_calls=AUTOTUNE, deterministic=not shuffle)
-
-
-def fast_examples(split: Split, data_cfg, shuffle_buffer: int = 0, seed: int = 42):
-    """Raw sized records streamed without TFDS' per-example decoding, or None where the store is not eligible.
-
-    Eligible: a sized store with raw float32 records (`raw_pixels`) at `data.image_size` and one channel count.
-    Files are shuffled each epoch and interleaved, records shuffled (serialized: `shuffle_buffer` of them), then
-    parsed and decoded 64 at a time with `tf.io.parse_example`: TFDS decoded one example per call and capped the
-    stream at ~1,000-1,300 images/s on 2 cores. Yields (float32 (S, S, C) pixels, label), as `store_examples`.
-    """
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-
-    from medkeras.data.pipeline import AUTOTUNE
-
-    size = split.store[2] if len(split.store) > 2 else None
-    if size is None or size != data_cfg.image_size or not split.channels or len(split.channels) != 1:
-        return None
-    channels = split.channels[0]
-    builder = tfds.builder_from_directory(split.store[0])
-    files = [str(f) for f in builder.info.splits[split.store[1]].filepaths]
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle_buffer:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=AUTOTUNE,
-                       deterministic=not shuffle_buffer)
-    if shuffle_buffer:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    spec = {"image/value": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
-
-    def parse(records):
-        parsed = tf.io.parse_example(records, spec)
-        pixels = tf.io.decode_raw(parsed["image/value"], tf.float32, little_endian=True)
-        out = channels if channels == 1 else 3
-        pixels = tf.reshape(pixels, [-1, size, size, channels])[..., :out]
-        return pixels, parsed["label"]
-
-    return ds.batch(64).map(parse, num_parallel_calls=AUTOTUNE).unbatch()
 
 
 def store_arrays(split: Split, data_cfg, batch_size: int = 256):
