@@ -284,7 +284,8 @@ def make_tf_dataset(
 ):
     """Arrays -> a batched, prefetched tf.data.Dataset of (float32 [B, S, S, 3] in [0, 255], int labels).
 
-    Resizing happens once, before the in-memory cache; shuffling and augmentation after it. Grayscale stays one
+    Resizing happens once, before the in-memory cache (arrays already at the size, as decoded files are, need
+    neither: a cache would only copy them a third time); shuffling and augmentation after. Grayscale stays one
     channel through cache and augmentation (a third of the work and memory) and is repeated to 3 at the end.
     """
     import tensorflow as tf
@@ -297,10 +298,11 @@ def make_tf_dataset(
     def prepare(x, y):
         return resize_images(x, size), y
 
-    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
-    nbytes = len(labels) * size * size * images.shape[-1] * 4
-    if data_cfg.cache == "memory" or (data_cfg.cache == "auto" and nbytes < 4 * 2**30):
-        ds = ds.cache()
+    if images.shape[1:3] != (size, size):  # arrays already at the size are in memory as they are: no cache copy
+        ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+        nbytes = len(labels) * size * size * images.shape[-1] * 4
+        if data_cfg.cache == "memory" or (data_cfg.cache == "auto" and nbytes < 4 * 2**30):
+            ds = ds.cache()
     if training:
         ds = ds.shuffle(min(len(labels), 10_000), seed=seed, reshuffle_each_iteration=True)
     return batch_and_augment(ds, data_cfg, batch_size, training and augment, seed, size_var)
