@@ -212,3 +212,20 @@ def test_random_affine_geometry_is_exact(breast):
     a, b = (ops.convert_to_numpy(RandomAffine("horizontal", 0.05, 0.1, 0.05, seed=3)(x)) for _ in range(2))
     np.testing.assert_array_equal(a, b)  # seeded
     assert not np.allclose(a, x)
+
+
+def test_resize_dynamic_with_one_side_known(breast):
+    """A tensor whose static shape says it differs from the target is resampled (tf.cond cannot hold both)."""
+    import tensorflow as tf
+
+    from medkeras.data.pipeline import resize_dynamic, resize_images
+
+    image = breast.splits["train"].images[0, :, :, None].astype("float32")  # 28 x 28
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 28, 1], tf.float32)])
+    def partly_known(x):
+        return resize_dynamic(x, 16)
+
+    np.testing.assert_array_equal(partly_known(image), resize_images(image, 16))
+    same = tf.function(lambda x: resize_dynamic(x, 28), input_signature=[tf.TensorSpec([None, None, 1], tf.float32)])
+    np.testing.assert_array_equal(same(image), image)  # unknown sides equal to the target: passed through
