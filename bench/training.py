@@ -35,6 +35,10 @@ KERAS_VARIANTS = {
     **{f"apart_{m}": ((m,), "float32", False) for m in MEMBERS},
     **{f"apart_{m}_xla": ((m,), "float32", True) for m in MEMBERS},
 }
+# Variants run with TensorFlow's thread pools set through its environment variables: one thread per op, several
+# ops (here the three members' branches) at once.
+THREADS = {"fused_intra1": {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "3"}}
+KERAS_VARIANTS["fused_intra1"] = (MEMBERS, "float32", False)
 DEFAULT = ["fused", *(f"apart_{m}" for m in MEMBERS), "torch_fused", "fused_xla", "fused_bf16", "fused_fp16"]
 
 
@@ -130,7 +134,7 @@ def run_variant(name, args) -> dict:
            str(args.batch), "--steps", str(args.steps)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **THREADS.get(name, {})})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
