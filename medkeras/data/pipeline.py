@@ -298,11 +298,13 @@ def make_tf_dataset(
     def prepare(x, y):
         return resize_images(x, size), y
 
-    if images.shape[1:3] != (size, size):  # arrays already at the size are in memory as they are: no cache copy
+    if images.shape[1:3] != (size, size):
         ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
         nbytes = len(labels) * size * size * images.shape[-1] * 4
         if data_cfg.cache == "memory" or (data_cfg.cache == "auto" and nbytes < 4 * 2**30):
             ds = ds.cache()
+    elif images.dtype != np.float32:  # at the size already: held as given (uint8 stays 1 byte a pixel), cast late
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE, deterministic=True)
     if training:
         ds = ds.shuffle(min(len(labels), 10_000), seed=seed, reshuffle_each_iteration=True)
     return batch_and_augment(ds, data_cfg, batch_size, training and augment, seed, size_var)
