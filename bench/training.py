@@ -34,11 +34,11 @@ KERAS_VARIANTS = {
     "fused_fp16": (MEMBERS, "mixed_float16", False),
     **{f"apart_{m}": ((m,), "float32", False) for m in MEMBERS},
     **{f"apart_{m}_xla": ((m,), "float32", True) for m in MEMBERS},
+    "fused_intra1": (MEMBERS, "float32", False),  # with THREADS below
 }
 # Variants run with TensorFlow's thread pools set through its environment variables: one thread per op, several
 # ops (here the three members' branches) at once.
 THREADS = {"fused_intra1": {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "3"}}
-KERAS_VARIANTS["fused_intra1"] = (MEMBERS, "float32", False)
 DEFAULT = ["fused", *(f"apart_{m}" for m in MEMBERS), "torch_fused", "fused_xla", "fused_bf16", "fused_fp16"]
 
 

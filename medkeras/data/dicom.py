@@ -140,7 +140,7 @@ def pixel_layout(path) -> dict | None:
     if element.value_tell + element.length > Path(path).stat().st_size:
         return None  # truncated: read_dicom_hu names the failure
     return {
-        "offset": int(element.value_tell), "rows": rows, "cols": cols, "dtype": dtype,
+        "offset": int(element.value_tell), "nbytes": nbytes, "rows": rows, "cols": cols, "dtype": dtype,
         "slope": float(slope if slope is not None else 1.0), "intercept": float(intercept or 0.0),
         "invert": photometric == "MONOCHROME1",
     }

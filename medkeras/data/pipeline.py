@@ -99,8 +99,9 @@ def decode_dicom_graph(paths, windows, size: int):
 
     pydicom parses only the headers (~1 ms each, one thread: a pool of 4 was 2x slower on the GIL), 16 at a time
     in a generator, while reading the bytes, the HU rescale, MONOCHROME1 inversion, windows and the resize run as
-    graph ops on the other cores, outside the GIL. Files that are not plain (compressed, big-endian, multi-frame, colour, no rescale tags
-    on CT, unreadable) are not yielded: their indices end in the returned `rest` list, for the pydicom path.
+    graph ops on the other cores, outside the GIL. Files that are not plain (compressed, big-endian, multi-frame,
+    colour, no rescale tags on CT, unreadable) are not yielded: their indices end in the returned `rest` list,
+    for the pydicom path.
     Images equal `read_image` + `resize_images` exactly (tests compare them on real slices).
     """
     import tensorflow as tf
@@ -108,7 +109,6 @@ def decode_dicom_graph(paths, windows, size: int):
     from medkeras.data.dicom import PIXEL_DTYPES, pixel_layout
 
     rest = []
-    itemsize = {"uint8": 1, "int8": 1, "uint16": 2, "int16": 2, "int32": 4}
     kinds = (np.int64, str, np.int64, np.int64, np.int64, np.int64, np.int32, np.float32, np.float32, bool)
 
     def headers(chunk=16):
@@ -119,8 +119,7 @@ def decode_dicom_graph(paths, windows, size: int):
             if layout is None:
                 rest.append(i)
             else:
-                nbytes = layout["rows"] * layout["cols"] * itemsize[layout["dtype"]]
-                rows.append((i, str(path), layout["offset"], nbytes, layout["rows"], layout["cols"],
+                rows.append((i, str(path), layout["offset"], layout["nbytes"], layout["rows"], layout["cols"],
                              PIXEL_DTYPES.index(layout["dtype"]), layout["slope"], layout["intercept"], layout["invert"]))
             if len(rows) == chunk or (rows and i == len(paths) - 1):
                 yield tuple(np.asarray(column, dtype=kind) for column, kind in zip(zip(*rows), kinds))

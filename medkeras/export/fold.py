@@ -10,14 +10,23 @@ against the Keras model within 1e-4); training and `.keras` files keep the BN la
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 
 
-def _foldable_pairs(model) -> dict:
-    """{id(BN layer): conv layer} for every BatchNormalization fed only by a linear Conv2D/DepthwiseConv2D,
-    in `model` and the functional models nested in it (layers are keyed by identity: members share names)."""
-    import keras
+class Folded(keras.layers.Layer):
+    """Where a folded BatchNormalization stood: passes its input through (BN's call arguments accepted)."""
 
+    def call(self, inputs, training=None, mask=None):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def _foldable_pairs(model) -> dict:
+    """{id(BN layer): (BN layer, conv layer)} for every BatchNormalization fed only by a linear Conv2D or
+    DepthwiseConv2D, in `model` and the functional models nested in it (keyed by identity: members share names)."""
     pairs = {}
     for layer in model.layers:
         if isinstance(layer, keras.Model):
@@ -40,14 +49,12 @@ def _foldable_pairs(model) -> dict:
             or len(conv._outbound_nodes) != 1
         ):
             continue
-        pairs[id(layer)] = conv
+        pairs[id(layer)] = (layer, conv)
     return pairs
 
 
 def _folded_weights(conv, bn) -> list[np.ndarray]:
     """The conv's (kernel, bias) with `bn`'s inference scale and shift folded in (computed in float64)."""
-    import keras
-
     weights = conv.get_weights()
     kernel = weights[0].astype(np.float64)
     values = {w.path.split("/")[-1]: np.asarray(w.numpy(), np.float64) for w in bn.weights}
@@ -62,42 +69,21 @@ def _folded_weights(conv, bn) -> list[np.ndarray]:
     return [kernel.astype(np.float32), bias.astype(np.float32)]
 
 
-def _folded_layer():
-    import keras
-
-    class Folded(keras.layers.Layer):
-        """Where a folded BatchNormalization stood: passes its input through (BN's call arguments accepted)."""
-
-        def call(self, inputs, training=None, mask=None):
-            return inputs
-
-        def compute_output_shape(self, input_shape):
-            return input_shape
-
-    return Folded
-
-
-def _Folded(name):
-    return _folded_layer()(name=name)
-
-
 def fold_batchnorm(model):
     """(a copy of `model` with every foldable BatchNormalization folded into its convolution, how many were).
 
     Returns the model itself and 0 when nothing folds (no BN, or BN after non-linear layers as in pre-activation
     ResNets). Nested functional models (an ensemble's members, their backbones) are folded too.
     """
-    import keras
-
     pairs = _foldable_pairs(model)
     if not pairs:
         return model, 0
-    bn_of = {id(conv): bn_id for bn_id, conv in pairs.items()}
+    bn_of = {id(conv): bn for bn, conv in pairs.values()}
 
     def clone(layer):
         config = layer.get_config()
         if id(layer) in pairs:
-            return _Folded(name=layer.name)
+            return Folded(name=layer.name)
         if id(layer) in bn_of:
             config["use_bias"] = True
         return layer.__class__.from_config(config)
@@ -106,7 +92,6 @@ def fold_batchnorm(model):
 
     def assign(original, copy):
         by_name = {layer.name: layer for layer in original.layers}
-        bns = {id(layer): layer for layer in original.layers}
         for layer in copy.layers:
             source = by_name.get(layer.name)
             if source is None:  # a renamed input layer: nothing to copy
@@ -116,8 +101,7 @@ def fold_batchnorm(model):
             if isinstance(layer, keras.Model):
                 assign(source, layer)
             elif id(source) in bn_of:
-                bn = bns.get(bn_of[id(source)])
-                layer.set_weights(_folded_weights(source, bn))
+                layer.set_weights(_folded_weights(source, bn_of[id(source)]))
             elif id(source) not in pairs and layer.weights:
                 layer.set_weights(source.get_weights())
 
