@@ -229,3 +229,6 @@ def test_resize_dynamic_with_one_side_known(breast):
     np.testing.assert_array_equal(partly_known(image), resize_images(image, 16))
     same = tf.function(lambda x: resize_dynamic(x, 28), input_signature=[tf.TensorSpec([None, None, 1], tf.float32)])
     np.testing.assert_array_equal(same(image), image)  # unknown sides equal to the target: passed through
+    unknown = tf.function(lambda x: resize_dynamic(x, 16), input_signature=[tf.TensorSpec([None, None, 1], tf.float32)])
+    np.testing.assert_array_equal(unknown(image), resize_images(image, 16))  # called directly, not from tf.data
+    assert unknown(image).shape == (16, 16, 1)

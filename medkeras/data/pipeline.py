@@ -42,7 +42,10 @@ def resize_dynamic(images, size: int):
         return resize_images(images, size)
     same = tf.logical_and(tf.equal(tf.shape(images)[-3], size), tf.equal(tf.shape(images)[-2], size))
     target = [size, size, images.shape[-1]] if images.shape.rank == 3 else [None, size, size, images.shape[-1]]
-    return tf.cond(same, lambda: tf.ensure_shape(tf.cast(images, tf.float32), target), lambda: resize_images(images, size))
+    # The static shape is set after the cond: an EnsureShape inside the untaken branch ran anyway (and failed) for
+    # rank-3 inputs when the function was called directly rather than from tf.data.
+    resized = tf.cond(same, lambda: tf.cast(images, tf.float32), lambda: resize_images(images, size))
+    return tf.ensure_shape(resized, target)
 
 
 def to_model_pixels(images, size: int) -> np.ndarray:
