@@ -148,6 +148,30 @@ def test_pipeline_batches_three_channel_pixels(breast):
     np.testing.assert_array_equal(plain[1].numpy(), split.labels)  # evaluation order is the split's order
 
 
+def test_in_memory_split_is_gathered_by_index_not_copied(breast):
+    """Batches come from the caller's array (held once); training reshuffles all of it each epoch, labels follow."""
+    from medkeras.data.pipeline import gather_batches
+
+    split = breast.splits["train"]
+    images = split.images[..., None]  # uint8 (546, 28, 28, 1)
+    ds = gather_batches(images, split.labels, 100, shuffle=True, seed=3)
+    epochs = [[(x.numpy(), y.numpy()) for x, y in ds] for _ in range(2)]
+    for batches in epochs:
+        x = np.concatenate([b[0] for b in batches])
+        y = np.concatenate([b[1] for b in batches])
+        assert x.dtype == np.float32 and len(x) == len(images)
+        # every image exactly once, each with its own label
+        order = [int(np.flatnonzero((images.reshape(len(images), -1) == row).all(axis=1))[0]) for row in x.reshape(len(x), -1)[:50]]
+        np.testing.assert_array_equal(y[:50], split.labels[order])
+        assert sorted(map(bytes, x.astype(np.uint8).reshape(len(x), -1))) == sorted(map(bytes, images.reshape(len(images), -1)))
+    assert not np.array_equal(epochs[0][0][0], epochs[1][0][0])  # reshuffled each epoch
+    assert not np.array_equal(epochs[0][-1][1], split.labels[-46:])  # shuffled beyond a window at the end
+    cfg = DataConfig(source="breastmnist", image_size=28)
+    x, y = next(iter(make_tf_dataset(split.images, split.labels, cfg, 546)))
+    np.testing.assert_array_equal(x[..., 0], split.images)  # at the size already: untouched, in order
+    np.testing.assert_array_equal(y, split.labels)
+
+
 def test_every_augmentation_is_seeded_and_training_only(breast):
     from medkeras.config import AugmentConfig
 

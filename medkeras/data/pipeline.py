@@ -1,7 +1,8 @@
 """tf.data pipelines: decoded images -> resized 3-channel float32 pixels [0, 255] -> batches for the model.
 
-Files are decoded once (in parallel threads, with a progress bar) and cached as arrays at the training size;
-augmentation runs on batches with Keras' own layers, on the training split only. The same `resize_images` is
+Files are decoded once (DICOM in the graph, the rest in threads, with a progress bar) into arrays at the training
+size, which batches are gathered from by index; augmentation runs on batches with Keras' own layers, on the
+training split only. The same `resize_images` is
 used by the exported SavedModel, so training and serving resize identically.
 """
 
@@ -198,9 +199,8 @@ def decode_files(split: Split, data_cfg, on_bad_file: str = "fail", workers: int
         else:
             keep.append(i)
     channels = max((results[i][0].shape[-1] for i in keep), default=3)
-    # Filled in place, each decoded image released as it is copied (a list + np.stack held both at once). The
-    # process peak of a cached fit is still ~2.8x the split (bench.pipeline memory rows): the rest is tf.data's
-    # from_tensor_slices copies, the next thing to remove for large in-memory splits.
+    # Filled in place, each decoded image released as it is copied (a list + np.stack held both at once);
+    # `make_tf_dataset` then gathers batches from this array without copying it.
     stacked = np.empty((len(keep), size, size, channels), np.float32)
     for k, i in enumerate(keep):
         image = results.pop(i)[0]
@@ -289,41 +289,65 @@ def make_tf_dataset(
 ):
     """Arrays -> a batched, prefetched tf.data.Dataset of (float32 [B, S, S, 3] in [0, 255], int labels).
 
-    Resizing happens once, before the in-memory cache (arrays already at the size, as decoded files are, need
-    neither: a cache would only copy them a third time); shuffling and augmentation after. Grayscale stays one
-    channel through cache and augmentation (a third of the work and memory) and is repeated to 3 at the end.
+    The arrays stay where they are: batches are gathered from them by index (`gather_batches`), so a split held
+    in memory is held once (`from_tensor_slices` copied it into the dataset graph: a fit's peak was ~2.8x the
+    split) and training sees a full shuffle each epoch. Arrays not at the training size are resized once up front
+    (`data.cache: auto | memory`) or per batch (`none`). Grayscale stays one channel through augmentation (a
+    third of the work) and is repeated to 3 at the end.
+    """
+    size = data_cfg.image_size
+    if images.ndim == 3:  # (N, H, W) grayscale: a view with a channel axis, not a copy
+        images = images[..., None]
+    resize = images.shape[1:3] != (size, size)
+    if resize and data_cfg.cache != "none":
+        images, resize = resized_array(images, size), False
+    ds = gather_batches(images, labels, batch_size, shuffle=training, seed=seed)
+    if resize:
+        ds = ds.map(lambda x, y: (resize_images(x, size), y), num_parallel_calls=AUTOTUNE)
+    return augment_batches(ds, data_cfg, training and augment, seed, size_var)
+
+
+def resized_array(images, size: int, chunk: int = 256) -> np.ndarray:
+    """(N, H, W, C) -> float32 (N, size, size, C) with `resize_images`, filled chunk by chunk into one array."""
+    out = np.empty((len(images), size, size, images.shape[-1]), np.float32)
+    for start in range(0, len(images), chunk):
+        out[start:start + chunk] = resize_images(images[start:start + chunk], size).numpy()
+    return out
+
+
+def gather_batches(images: np.ndarray, labels, batch_size: int, shuffle: bool = False, seed: int = 42):
+    """Batches (images[idx], labels[idx]) taken from numpy arrays by index; float32 images (uint8 cast per batch).
+
+    Only indices go through tf.data (shuffled in full each epoch when `shuffle`); one `numpy_function` per batch
+    copies the batch out, so nothing but the batches in flight exists besides the arrays themselves.
     """
     import tensorflow as tf
 
-    size = data_cfg.image_size
-    if images.ndim == 3:  # (N, H, W) grayscale
-        images = images[..., None]
-    ds = tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, dtype=np.int64)))
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
 
-    def prepare(x, y):
-        return resize_images(x, size), y
+    def take(idx):
+        return images[idx], labels[idx]
 
-    if images.shape[1:3] != (size, size):
-        ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
-        nbytes = len(labels) * size * size * images.shape[-1] * 4
-        if data_cfg.cache == "memory" or (data_cfg.cache == "auto" and nbytes < 4 * 2**30):
-            ds = ds.cache()
-    elif images.dtype != np.float32:  # at the size already: held as given (uint8 stays 1 byte a pixel), cast late
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE, deterministic=True)
-    if training:
-        ds = ds.shuffle(min(len(labels), 10_000), seed=seed, reshuffle_each_iteration=True)
-    return batch_and_augment(ds, data_cfg, batch_size, training and augment, seed, size_var)
+    def gather(idx):
+        x, y = tf.numpy_function(take, [idx], (tf.as_dtype(images.dtype), tf.int64), stateful=False)
+        x = tf.cast(tf.ensure_shape(x, (None, *images.shape[1:])), tf.float32)
+        return x, tf.ensure_shape(y, (None,))
+
+    ds = tf.data.Dataset.range(n)
+    if shuffle:
+        ds = ds.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).map(gather, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
-def batch_and_augment(ds, data_cfg, batch_size: int, augment: bool = False, seed: int = 42, size_var=None):
-    """Examples -> batches, augmented on the batch with Keras layers when `augment`, clipped to [0, 255], prefetched.
+def augment_batches(ds, data_cfg, augment: bool = False, seed: int = 42, size_var=None):
+    """Batches -> augmented on the batch with Keras layers when `augment`, clipped to [0, 255], 3 channels, prefetched.
 
     `size_var` (a tf.Variable, progressive resizing): batches are resized to its current value when it differs
     from `data.image_size`, before augmentation; a callback sets it at each epoch's start.
     """
     import tensorflow as tf
 
-    ds = ds.batch(batch_size, drop_remainder=False)
     augmenter = build_augmenter(data_cfg.augment, seed) if augment else None
     if augmenter is not None and data_cfg.augment.randaugment > 0:  # RandAugment's colour operations need RGB
         ds = ds.map(lambda x, y: (to_model_channels(x), y))
@@ -354,4 +378,4 @@ def stream_tf_dataset(split: Split, data_cfg, batch_size: int, training=False, s
         # Files are shuffled each epoch; the example buffer is capped at ~64 MiB so memory stays flat as data grows.
         per_image = data_cfg.image_size**2 * max(split.channels or [3]) * 4
         ds = ds.shuffle(min(len(split), max(256, 64 * 2**20 // per_image)), seed=seed, reshuffle_each_iteration=True)
-    return batch_and_augment(ds, data_cfg, batch_size, training and augment, seed, size_var)
+    return augment_batches(ds.batch(batch_size), data_cfg, training and augment, seed, size_var)
