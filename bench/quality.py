@@ -59,6 +59,7 @@ def main():
         "temperature": metrics["temperature"],
         "ece_before": test["calibration"]["before"]["ece"],
         "ece_after": test["calibration"]["after"]["ece"],
+        "ece_floor_after": test["calibration"]["after"].get("ece_floor"),  # perfectly calibrated, same n
         "best_member": best_member,
         "ensemble_rows": metrics.get("ensemble", []),
         "reference": REFERENCE.get(args.config.split("-")[0], {}),

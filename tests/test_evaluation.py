@@ -76,6 +76,20 @@ def test_ece_mce_brier_exact_on_a_constructed_example():
     assert brier_score(labels, probs) == pytest.approx(1.08 / 4, abs=1e-12)
 
 
+def test_ece_floor_is_the_ece_of_perfectly_calibrated_labels():
+    """`ece_floor` equals the mean ECE of labels drawn from the predicted probabilities themselves (calibrated by
+    construction), shrinks with the number of images, and is 0 for certain predictions."""
+    from medkeras.evaluate.calibration import ece_floor
+
+    rng = np.random.default_rng(1)
+    p = rng.beta(0.5, 0.5, 156)
+    probs = np.stack([1 - p, p], axis=1)
+    drawn = [expected_calibration_error((rng.random(156) < p).astype(int), probs) for _ in range(400)]
+    assert ece_floor(probs) == pytest.approx(np.mean(drawn), rel=0.05)
+    assert ece_floor(np.tile(probs, (4, 1))) < 0.6 * ece_floor(probs)  # ~1/sqrt(n)
+    assert ece_floor(np.array([[1.0, 0.0], [0.0, 1.0]])) == 0.0
+
+
 def test_temperature_scaling_lowers_nll_on_real_predictions(tiny_run, breast):
     from medkeras.models.io import load_model
 
@@ -106,7 +120,7 @@ def test_report_has_every_section(tiny_run):
     metrics = json.loads((run / "metrics.json").read_text())
     auroc = metrics["test"]["intervals"]["auroc"]
     assert auroc["lower"] <= auroc["value"] <= auroc["upper"]
-    assert {"ece", "mce", "brier"} <= set(metrics["test"]["calibration"]["after"])
+    assert {"ece", "ece_floor", "mce", "brier"} <= set(metrics["test"]["calibration"]["after"])
     assert (run / "duplicates.csv").read_text().splitlines()[1] == "train,115,test,76"
 
 

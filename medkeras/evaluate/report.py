@@ -159,8 +159,9 @@ def write_report(out_dir, scored, dataset, cfg, meta, model=None, history_csv=No
             f"(n = {m['n']}, {m['class_counts'][class_names[pos]]} positive).</p>"
         )
     cal = m.get("calibration", {})
-    cal_rows = [["before (T = 1)", *[_fmt(cal.get("before", {}).get(k), 4) for k in ("ece", "mce", "brier")]],
-                [f"after (T = {cal.get('temperature', 1.0):.3f})", *[_fmt(cal.get("after", {}).get(k), 4) for k in ("ece", "mce", "brier")]]]
+    cal_keys = ("ece", "ece_floor", "mce", "brier")
+    cal_rows = [["before (T = 1)", *[_fmt(cal.get("before", {}).get(k), 4) for k in cal_keys]],
+                [f"after (T = {cal.get('temperature', 1.0):.3f})", *[_fmt(cal.get("after", {}).get(k), 4) for k in cal_keys]]]
     ens_rows = [[html.escape(r["model"]), f"{_fmt(r['auroc'])} [{_fmt(r['auroc_lower'])}, {_fmt(r['auroc_upper'])}]",
                  _fmt(r["auprc"]), _fmt(r["accuracy"]), _fmt(r["ece"], 4)] for r in scored.get("ensemble", [])]
     ensemble_html = _table(ens_rows, ["model", f"AUROC [{level}% CI]", "AUPRC", "accuracy", "ECE (T=1)"]) if ens_rows else "<p>single model</p>"
@@ -186,7 +187,9 @@ pre{{background:#f7f7f7;padding:10px;overflow:auto}}
 {sentence}
 {_table(metric_rows, ["metric", f"value [{level}% CI]"])}
 <h2>Calibration ({cfg.eval.ece_bins} bins)</h2>
-{_table(cal_rows, ["probabilities", "ECE", "MCE", "Brier"])}
+{_table(cal_rows, ["probabilities", "ECE", "ECE if perfectly calibrated (sampling floor)", "MCE", "Brier"])}
+<p>The floor is the mean ECE that predictions with these confidences would show on {m.get('n')} images if they were
+perfectly calibrated: an ECE near it is as calibrated as this test set can tell.</p>
 <h2>Plots</h2>
 {''.join(_img(f) for f in figures)}
 <h2>Ensemble</h2>
