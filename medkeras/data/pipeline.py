@@ -298,14 +298,15 @@ def make_tf_dataset(
     The arrays stay where they are: batches are gathered from them by index (`gather_batches`), so a split held
     in memory is held once (`from_tensor_slices` copied it into the dataset graph: a fit's peak was ~2.8x the
     split) and training sees a full shuffle each epoch. Arrays not at the training size are resized once up front
-    (`data.cache: auto | memory`) or per batch (`none`). Grayscale stays one channel through augmentation (a
-    third of the work) and is repeated to 3 at the end.
+    (`data.cache: memory`, or `auto` below 4 GiB resized) or per batch (`none`, or `auto` above). Grayscale stays
+    one channel through augmentation (a third of the work) and is repeated to 3 at the end.
     """
     size = data_cfg.image_size
     if images.ndim == 3:  # (N, H, W) grayscale: a view with a channel axis, not a copy
         images = images[..., None]
     resize = images.shape[1:3] != (size, size)
-    if resize and data_cfg.cache != "none":
+    nbytes = len(images) * size * size * images.shape[-1] * 4
+    if resize and (data_cfg.cache == "memory" or (data_cfg.cache == "auto" and nbytes < 4 * 2**30)):
         images, resize = resized_array(images, size), False
     ds = gather_batches(images, labels, batch_size, shuffle=training, seed=seed)
     if resize:
