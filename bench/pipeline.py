@@ -179,11 +179,25 @@ def stall(store, size, batch, steps):
     model = build_member("resnet18", 2, size)
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(fixed, steps_per_epoch=2, epochs=1, verbose=0)  # graph building out of the timing
+
+    class StepTimes(keras.callbacks.Callback):
+        """Per-step wall times; the first `warm` steps (pipeline start: shuffle buffer, prefetch) are left out."""
+
+        def __init__(self, warm=2):
+            super().__init__()
+            self.warm, self.ends = warm, []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.ends.append(time.perf_counter())
+
+        def median(self):
+            return float(np.median(np.diff(self.ends[self.warm - 1:])))
+
     times = {}
     for name, ds in (("cached batch", fixed), ("store pipeline", real), ("cached batch ", fixed), ("store pipeline ", real)):
-        t = time.perf_counter()
-        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-        times.setdefault(name.strip(), []).append((time.perf_counter() - t) / steps)
+        clock = StepTimes()
+        model.fit(ds, steps_per_epoch=steps + 2, epochs=1, verbose=0, callbacks=[clock])
+        times.setdefault(name.strip(), []).append(clock.median())
     del tf
     step_fixed, step_real = min(times["cached batch"]), min(times["store pipeline"])
     return {"step_s_cached": step_fixed, "step_s_pipeline": step_real, "stall": max(0.0, 1 - step_fixed / step_real)}
@@ -217,6 +231,7 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=4, help="epoch = the series' slices this many times")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--stall-steps", type=int, default=6)
+    parser.add_argument("--stall-only", action="store_true", help="only the input-stall measurement")
     parser.add_argument("--fit-epochs", type=int, default=20, help="epochs of the derived whole-fit row (lung-ct: 20)")
     args = parser.parse_args(argv)
 
@@ -234,6 +249,12 @@ def main(argv=None):
     t = time.perf_counter()
     prepare(DataConfig(source=str(m1), window="lung"), work / "sized", size=args.size, verbose=False)
     prepare_sized = len(rows) / (time.perf_counter() - t)
+    if args.stall_only:
+        from bench.common import save
+
+        result = stall(work / "sized", args.size, args.batch, args.stall_steps)
+        print(json.dumps(result), "\nwrote", save("pipeline-stall", result))
+        return
     t = time.perf_counter()
     prepare(DataConfig(source=str(m1), window="lung"), work / "native", verbose=False)
     prepare_native = len(rows) / (time.perf_counter() - t)
