@@ -22,6 +22,7 @@ from bench.common import save
 VARIANTS = {
     "default": [],
     "xla": ["--set", "train.jit_compile=true"],
+    "spe8": ["--set", "train.steps_per_execution=8"],
     "eager": ["--set", "train.run_eagerly=true"],
 }
 

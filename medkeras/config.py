@@ -110,6 +110,10 @@ class TrainConfig:
     monitor: str = "val_auroc"  # best checkpoint by this validation metric (higher is better)
     jit_compile: Any = False  # XLA: true, false or "auto" (measure first: it slows EfficientNet on CPU)
     run_eagerly: bool = False
+    # Train steps per compiled call (Keras' compile(steps_per_execution)): fewer Python round trips for small
+    # models; batch-level callbacks then run every N steps. Lowered to a divisor of the epoch's steps (Keras runs
+    # whole executions). Ignored by the multi-worker loop.
+    steps_per_execution: int = 1
     verbose: int = 1  # Keras' progress bar: 0 silent, 1 bar, 2 one line per epoch
 
 
@@ -384,6 +388,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'train.ema' must be in [0, 1) (e.g. 0.99; 0 turns it off), got {cfg.train.ema}")
     if cfg.train.gradient_accumulation_steps < 1:
         raise ConfigError("config key 'train.gradient_accumulation_steps' must be >= 1")
+    if cfg.train.steps_per_execution < 1:
+        raise ConfigError("config key 'train.steps_per_execution' must be >= 1")
     _one_of("data.on_bad_file", cfg.data.on_bad_file, ("fail", "skip"))
     _one_of("data.cache", cfg.data.cache, ("auto", "memory", "none"))
     _one_of("data.normalize", cfg.data.normalize, ("backbone", "dataset"))

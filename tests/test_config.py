@@ -52,6 +52,8 @@ def test_wrong_type_and_bad_values_are_config_errors():
         load_config("demo", ["data.split=[0.5, 0.5, 0.5]"])
     with pytest.raises(ConfigError, match="unknown window"):
         load_config("demo", ["data.window=lungs"])
+    with pytest.raises(ConfigError, match="train.steps_per_execution"):
+        load_config("demo", ["train.steps_per_execution=0"])
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_override("train.epochs")
     assert issubclass(ConfigError, Exception) and ConfigError.exit_code == 2

@@ -126,6 +126,33 @@ def test_resume_after_kill_continues_at_the_epoch_reached(tmp_path):
     assert (out / "model.keras").is_file() and not (out / "checkpoints" / "backup" / "train").exists()
 
 
+def test_steps_per_execution_runs_every_step(tmp_path, monkeypatch):
+    """Several steps per compiled call, a count that does not divide the epoch: every epoch logged, all steps run."""
+    import importlib
+
+    import medkeras
+
+    fit_module = importlib.import_module("medkeras.train.fit")  # the module (medkeras.train.fit is also a function)
+    counted, original = [], fit_module._first_step_callback
+
+    def counting(timer):  # medkeras' own first-step callback, also reading the optimizer's step count at the end
+        first = original(timer)
+
+        class Counting(type(first)):
+            def on_train_end(self, logs=None):
+                counted.append(int(self.model.optimizer.iterations.numpy()))
+
+        return Counting()
+
+    monkeypatch.setattr(fit_module, "_first_step_callback", counting)
+    cfg = medkeras.load_config("demo", ["train.epochs=2", "train.steps_per_epoch=4", "train.steps_per_execution=3",
+                                        "train.verbose=0", "train.run_eagerly=true", "eval.bootstrap=0",
+                                        "model.backbones=[cnn8_small]"])
+    run = medkeras.fit(cfg, out=tmp_path / "run")
+    assert [r["epoch"] for r in _rows(run / "train_log.csv")] == ["0", "1"]
+    assert counted == [8]
+
+
 _MIRRORED = r"""
 import sys, json
 import tensorflow as tf

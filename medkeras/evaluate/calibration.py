@@ -51,7 +51,6 @@ def ece_floor(probs, n_bins: int = 15, n: int = 1000, seed: int = 0) -> float:
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
     onehot = np.eye(n_bins)[index]  # (N, bins)
-    counts = onehot.sum(axis=0)
     correct = np.random.default_rng(seed).random((n, len(confidence))) < confidence  # (n, N)
     accuracy_sum = correct.astype(np.float64) @ onehot  # (n, bins)
     gaps = np.abs(accuracy_sum - (confidence @ onehot)) / len(confidence)  # counts/N * |acc - conf| per bin
