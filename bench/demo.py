@@ -27,8 +27,8 @@ VARIANTS = {
 }
 
 
-def run(variant: str, workdir: Path) -> dict:
-    out = workdir / variant
+def run(variant: str, workdir: Path, index: int = 0) -> dict:
+    out = workdir / f"{index}-{variant}"
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "medkeras", "fit", "--out", str(out), "--set", "train.verbose=0", *VARIANTS[variant]],
@@ -53,18 +53,20 @@ def run(variant: str, workdir: Path) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--variants", nargs="+", default=["default", "xla"], choices=sorted(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=["default", "xla"], choices=sorted(VARIANTS),
+                        help="run in this order; repeat names to interleave rounds (default spe8 default spe8)")
+    parser.add_argument("--name", default="demo", help="bench/results/NAME.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [run(v, Path(tmp)) for v in args.variants]
+        rows = [run(v, Path(tmp), i) for i, v in enumerate(args.variants)]
     for row in rows:
         print(json.dumps(row))
-    base = next((r for r in rows if r["variant"] == "default" and "wall_s" in r), None)
+    base = [r["wall_s"] for r in rows if r["variant"] == "default" and "wall_s" in r]
     if base:
         for r in rows:
             if "wall_s" in r:
-                r["wall_vs_default"] = round(r["wall_s"] / base["wall_s"], 2)
-    print("saved", save("demo", {"rows": rows}))
+                r["wall_vs_default"] = round(r["wall_s"] / (sum(base) / len(base)), 2)  # vs the mean default run
+    print("saved", save(args.name, {"rows": rows}))
 
 
 if __name__ == "__main__":
