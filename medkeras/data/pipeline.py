@@ -2,8 +2,8 @@
 
 Files are decoded once (DICOM in the graph, the rest in threads, with a progress bar) into arrays at the training
 size, which batches are gathered from by index; augmentation runs on batches with Keras' own layers, on the
-training split only. The same `resize_images` is
-used by the exported SavedModel, so training and serving resize identically.
+training split only. The same `resize_images` is used by the exported SavedModel, so training and serving
+resize identically.
 """
 
 from __future__ import annotations
