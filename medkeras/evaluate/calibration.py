@@ -51,10 +51,13 @@ def ece_floor(probs, n_bins: int = 15, n: int = 1000, seed: int = 0) -> float:
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
     onehot = np.eye(n_bins)[index]  # (N, bins)
-    correct = np.random.default_rng(seed).random((n, len(confidence))) < confidence  # (n, N)
-    accuracy_sum = correct.astype(np.float64) @ onehot  # (n, bins)
-    gaps = np.abs(accuracy_sum - (confidence @ onehot)) / len(confidence)  # counts/N * |acc - conf| per bin
-    return float(gaps.sum(axis=1).mean())
+    rng, total, chunk = np.random.default_rng(seed), 0.0, max(1, 2**22 // max(1, len(confidence)))
+    for start in range(0, n, chunk):  # draws in chunks of ~4M images: memory stays small for large test sets
+        correct = rng.random((min(chunk, n - start), len(confidence))) < confidence  # (draws, N)
+        accuracy_sum = correct.astype(np.float64) @ onehot  # (draws, bins)
+        gaps = np.abs(accuracy_sum - (confidence @ onehot)) / len(confidence)  # counts/N * |acc - conf| per bin
+        total += float(gaps.sum())
+    return total / n
 
 
 def maximum_calibration_error(labels, probs, n_bins: int = 15) -> float:
