@@ -12,14 +12,19 @@ from scipy.optimize import minimize_scalar
 from medkeras.evaluate.metrics import softmax
 
 
+def _bin_index(confidence, n_bins: int):
+    """(edges, the equal-width bin over (0, 1] of each confidence)."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return edges, np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+
+
 def reliability_bins(labels, probs, n_bins: int = 15) -> dict:
     """Top-label confidence vs accuracy in `n_bins` equal-width bins over (0, 1]."""
     labels = np.asarray(labels)
     probs = np.asarray(probs, dtype=np.float64)
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+    edges, index = _bin_index(confidence, n_bins)
     counts = np.bincount(index, minlength=n_bins)
     conf_sum = np.bincount(index, weights=confidence, minlength=n_bins)
     acc_sum = np.bincount(index, weights=correct, minlength=n_bins)
@@ -48,9 +53,7 @@ def ece_floor(probs, n_bins: int = 15, n: int = 1000, seed: int = 0) -> float:
     """
     probs = np.asarray(probs, dtype=np.float64)
     confidence = probs.max(axis=1)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
-    onehot = np.eye(n_bins)[index]  # (N, bins)
+    onehot = np.eye(n_bins)[_bin_index(confidence, n_bins)[1]]  # (N, bins): the bins `reliability_bins` uses
     rng, total, chunk = np.random.default_rng(seed), 0.0, max(1, 2**22 // max(1, len(confidence)))
     for start in range(0, n, chunk):  # draws in chunks of ~4M images: memory stays small for large test sets
         correct = rng.random((min(chunk, n - start), len(confidence))) < confidence  # (draws, N)
