@@ -110,7 +110,10 @@ def torch_loader(manifest_path, size, batch):
     return torch_epoch(*_train_items(manifest_path), size, batch)
 
 
-def data_cfg(source, size, window="lung"):
+LUNG = [[-600.0, 1500.0]]  # data.window: lung, as config validation resolves it
+
+
+def data_cfg(source, size, window=LUNG):
     from medkeras.config import AugmentConfig, DataConfig
 
     augment = AugmentConfig(flip="horizontal", rotation=0.05, brightness=0, contrast=0, fill_mode="constant")
@@ -147,7 +150,7 @@ def cached_epoch(manifest_path, size, batch):
     return lambda: sum(len(x) for x, _ in ds)
 
 
-def store_epoch(store, size, batch, window="lung"):
+def store_epoch(store, size, batch, window=LUNG):
     """One epoch streamed from a prepared store (the dataset object built once, as `fit` does)."""
     from medkeras.data.pipeline import stream_tf_dataset
     from medkeras.data.sources import load_dataset
@@ -239,7 +242,7 @@ def main(argv=None):
 
     quiet_tensorflow()
     from medkeras.config import DataConfig
-    from medkeras.data.store import prepare
+    from medkeras.data.prepare import prepare
 
     work = Path(tempfile.mkdtemp(prefix="medkeras-bench-"))
     m1 = manifest(args.source.resolve(), work / "x1.csv", args.repeat)
@@ -247,7 +250,7 @@ def main(argv=None):
     paths = _train_items(m1)[0]
 
     t = time.perf_counter()
-    prepare(DataConfig(source=str(m1), window="lung"), work / "sized", size=args.size, verbose=False)
+    prepare(DataConfig(source=str(m1), window=LUNG), work / "sized", size=args.size, verbose=False)
     prepare_sized = len(rows) / (time.perf_counter() - t)
     if args.stall_only:
         from bench.common import save
@@ -256,7 +259,7 @@ def main(argv=None):
         print(json.dumps(result), "\nwrote", save("pipeline-stall", result))
         return
     t = time.perf_counter()
-    prepare(DataConfig(source=str(m1), window="lung"), work / "native", verbose=False)
+    prepare(DataConfig(source=str(m1), window=LUNG), work / "native", verbose=False)
     prepare_native = len(rows) / (time.perf_counter() - t)
 
     modes = {
@@ -291,9 +294,9 @@ def main(argv=None):
     print(json.dumps(stall_result))
 
     m10 = manifest(args.source.resolve(), work / "x10.csv", args.repeat * 10)
-    prepare(DataConfig(source=str(m10), window="lung"), work / "sized10", size=args.size, verbose=False)
+    prepare(DataConfig(source=str(m10), window=LUNG), work / "sized10", size=args.size, verbose=False)
     m4 = manifest(args.source.resolve(), work / "x4.csv", args.repeat * 4)
-    prepare(DataConfig(source=str(m4), window="lung"), work / "sized4", size=args.size, verbose=False)
+    prepare(DataConfig(source=str(m4), window=LUNG), work / "sized4", size=args.size, verbose=False)
     memory = {
         "store 1x": child_run("store_epoch", work / "sized", args.size, args.batch),
         "store 4x": child_run("store_epoch", work / "sized4", args.size, args.batch),

@@ -55,8 +55,8 @@ def keras_worker(members, precision, jit, size, batch, steps) -> dict:
 
     from medkeras.config import load_config
     from medkeras.models.ensemble import build_model
-    from medkeras.train.fit import set_backbones_trainable
     from medkeras.train.losses import make_loss, make_optimizer
+    from medkeras.train.phases import set_backbones_trainable
 
     cfg = load_config("lung-ct-ensemble", [f"data.image_size={size}", f"train.batch_size={batch}",
                                           f"train.precision={precision}"])

@@ -15,7 +15,7 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from medkeras.config import Config, load_config  # noqa: E402
-from medkeras.data.dicom import read_dicom_hu  # noqa: E402
+from medkeras.data.readers.dicom import read_dicom_hu  # noqa: E402
 from medkeras.data.windows import window_hu  # noqa: E402
 from medkeras.errors import ConfigError, DataError, DicomError, MedkerasError  # noqa: E402
 
@@ -30,9 +30,12 @@ def __getattr__(name):
         "build_ensemble": "medkeras.models.ensemble",
         "build_model": "medkeras.models.ensemble",
         "load_model": "medkeras.models.io",
+        "open_model": "medkeras.models.io",
         "save_model": "medkeras.models.io",
         "fit": "medkeras.train.fit",
         "evaluate": "medkeras.evaluate.evaluate",
+        "export_savedmodel": "medkeras.export.savedmodel",
+        "predict": "medkeras.export.predict",
     }
     if name in lazy:
         import importlib

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 import traceback
-
 from pathlib import Path
 
 import click
@@ -95,7 +94,7 @@ def prepare(data, out, config, overrides, window, size, on_bad_file, workers, ov
         extra.append(("data.on_bad_file", on_bad_file))
     cfg = load_config(config, [*overrides, *extra])
     _tf()
-    from medkeras.data.store import prepare as run_prepare
+    from medkeras.data.prepare import prepare as run_prepare
 
     summary = run_prepare(cfg.data, out, size=size, seed=cfg.train.seed, workers=workers, overwrite=overwrite)
     counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
@@ -151,6 +150,8 @@ def export(model, base, name, version, fmt):
     click.echo(
         f"verified on {check['images']} {check['source']}: max |served - keras| {what} = {check['max_abs_diff']:.2e}"
     )
+    for signature, diff in check.get("signatures", {}).items():
+        click.echo(f"  {signature}: {check['checked'][signature]}: {diff:.2e}")
     click.echo(f"exported {result['path']} in {result['seconds']} s")
 
 
@@ -182,12 +183,10 @@ def gradcam(model, inputs, out):
     """Grad-CAM overlays of MODEL's predicted class for each input (one PNG per input)."""
     _tf()
     from medkeras.evaluate.gradcam import write_overlays
-    from medkeras.models.io import load_model
+    from medkeras.models.io import open_model
 
-    keras_model, meta = load_model(model)
-    if "image_size" not in meta:
-        raise MedkerasError(f"{model}: not a medkeras model (no medkeras.json inside)")
-    written = write_overlays(keras_model, meta, inputs, out)
+    loaded = open_model(model, keras_only=True, purpose="Grad-CAM")
+    written = write_overlays(loaded.model, loaded.meta, inputs, out)
     click.echo(f"wrote {len(written)} overlays to {out}")
 
 

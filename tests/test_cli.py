@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
 
 

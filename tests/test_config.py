@@ -1,7 +1,13 @@
 import pytest
 import yaml
 
-from medkeras.config import Config, bundled_configs, from_dict, load_config, parse_override
+from medkeras.config import (
+    Config,
+    bundled_configs,
+    from_dict,
+    load_config,
+    parse_override,
+)
 from medkeras.errors import ConfigError
 
 
@@ -29,7 +35,7 @@ def test_overrides_are_read_as_yaml_and_typed():
     assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
     assert cfg.train.learning_rate == pytest.approx(1e-3) and isinstance(cfg.train.learning_rate, float)
     assert cfg.model.backbones == ["cnn8_small"]
-    assert cfg.data.window == "lung"
+    assert cfg.data.window == [[-600.0, 1500.0]]  # resolved once, here, into the form every module uses
     assert cfg.train.jit_compile is True
     assert cfg.data.augment.rotation == 0.0
 

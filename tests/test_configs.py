@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from conftest import LUNG, run_cli
 from PIL import Image
 
-from conftest import LUNG, run_cli
 from medkeras.config import bundled_configs, load_config
 
 TINY = ["--set", "train.epochs=2", "--set", "train.steps_per_epoch=1", "--set", "train.batch_size=4",

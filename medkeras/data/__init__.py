@@ -1,20 +1,31 @@
-"""Data: DICOM to HU, windows, sources (bundled, npz, folders, CSV manifests), splits and tf.data pipelines."""
+"""Data: readers (files -> pixels / HU), windows, sources -> `Dataset`s, splits, stores and tf.data pipelines.
 
-from medkeras.data.dicom import read_dicom_hu
-from medkeras.data.pipeline import make_tf_dataset, split_arrays
-from medkeras.data.sources import Dataset, Split, load_dataset, read_image
-from medkeras.data.windows import LUNG_WINDOW, WINDOW_PRESETS, parse_windows, window_hu
+Layout, bottom to top: `types` (Split, Dataset), `windows`, `readers/` (the only code that decodes files or
+bytes), `resize`, `augment` / `affine`, `splits`, `store` (reading a prepared store), `sources`, `prepare` (writing
+a store), `pipeline` (tf.data). Names load lazily, so `import medkeras` does not import TensorFlow.
+"""
 
-__all__ = [
-    "LUNG_WINDOW",
-    "WINDOW_PRESETS",
-    "Dataset",
-    "Split",
-    "load_dataset",
-    "make_tf_dataset",
-    "parse_windows",
-    "read_dicom_hu",
-    "read_image",
-    "split_arrays",
-    "window_hu",
-]
+import importlib
+
+_LAZY = {
+    "Dataset": "medkeras.data.types",
+    "Split": "medkeras.data.types",
+    "LUNG_WINDOW": "medkeras.data.windows",
+    "WINDOW_PRESETS": "medkeras.data.windows",
+    "parse_windows": "medkeras.data.windows",
+    "window_hu": "medkeras.data.windows",
+    "read_dicom_hu": "medkeras.data.readers",
+    "read_image": "medkeras.data.readers",
+    "load_dataset": "medkeras.data.sources",
+    "make_tf_dataset": "medkeras.data.pipeline",
+    "split_arrays": "medkeras.data.pipeline",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'medkeras.data' has no attribute '{name}'")
+
+
+__all__ = sorted(_LAZY)

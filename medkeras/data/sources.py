@@ -1,27 +1,23 @@
-"""Data sources: a bundled dataset, a MedMNIST `.npz`, a folder per class, or a CSV manifest -> labelled splits.
+"""Data sources: a bundled dataset, a MedMNIST `.npz`, a folder per class, a CSV manifest or a prepared store.
 
-Every source ends as a `Dataset`: class names, and per split either in-memory images or file paths, with integer
-labels. Reading a file (PNG/JPEG/DICOM/NPY) to pixels is `read_image`; the tf.data side is in `pipeline.py`.
+Every source ends as a `Dataset` (`types.py`): class names, and per split either in-memory images, file paths or
+store records, with integer labels. Files are not read here: `readers/` reads them, `pipeline.py` batches them.
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from medkeras.data.dicom import hash_patient_id, read_dicom_display, read_dicom_hu
-from medkeras.data.windows import apply_windows
+from medkeras.data.readers import READABLE_SUFFIXES, hash_patient_id
+from medkeras.data.splits import split_indices
+from medkeras.data.store import is_store, load_store
+from medkeras.data.types import SPLITS, Dataset, Split
 from medkeras.errors import ConfigError, DataError
 
 DATASETS_DIR = Path(__file__).resolve().parent.parent / "datasets"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-DICOM_SUFFIXES = {".dcm", ".dicom"}
-ARRAY_SUFFIXES = {".npy"}
-READABLE_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES | ARRAY_SUFFIXES
-SPLITS = ("train", "val", "test")
 
 # Class names of the MedMNIST sets we know by file name (MedMNIST v2 INFO), so users never see "0" / "1".
 MEDMNIST_CLASSES = {
@@ -32,139 +28,6 @@ MEDMNIST_CLASSES = {
 BUNDLED = {
     "breastmnist": ("breastmnist.npz", MEDMNIST_CLASSES["breastmnist"], "malignant"),
 }
-
-
-@dataclass
-class Split:
-    """One split: `images` (N, H, W[, C]) in memory, `paths` to files, or a prepared `store`; `labels` int (N,)."""
-
-    labels: np.ndarray
-    images: np.ndarray | None = None
-    paths: list | None = None
-    groups: list | None = None  # hashed patient keys, where known
-    store: tuple | None = None  # (TFDS dataset directory, split name) of a `medkeras prepare` store
-    keys: list | None = None  # item names inside a store
-    hashes: list | None = None  # content hashes recorded by `prepare`
-    channels: list | None = None  # channel counts a store's records end with (after windows)
-
-    def __len__(self):
-        return len(self.labels)
-
-    def names(self) -> list[str]:
-        """What identifies each item in reports: its path, its name in a store, or its index in the split."""
-        if self.keys is not None:
-            return list(self.keys)
-        return [str(p) for p in self.paths] if self.paths is not None else [str(i) for i in range(len(self.labels))]
-
-
-@dataclass
-class Dataset:
-    name: str
-    class_names: list
-    splits: dict
-    positive_class: str | None = None
-    bad_files: list = field(default_factory=list)  # (path, cause) skipped under data.on_bad_file: skip
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def counts(self) -> dict:
-        """{split: {class name: count}} for reports."""
-        return {
-            split: {c: int((s.labels == i).sum()) for i, c in enumerate(self.class_names)}
-            for split, s in self.splits.items()
-        }
-
-
-# --- reading one file -------------------------------------------------------------------------------------------
-
-
-def _to_pixels(array: np.ndarray) -> np.ndarray:
-    """Any numeric image -> float32 in [0, 255]: uint8 as is, uint16 by 65535, anything else min-max."""
-    if array.dtype == np.uint8:
-        return array.astype(np.float32)
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) * np.float32(255.0 / 65535.0)
-    array = array.astype(np.float32)
-    lo, hi = float(array.min()), float(array.max())
-    return np.zeros_like(array) if hi <= lo else (array - lo) * np.float32(255.0 / (hi - lo))
-
-
-def _read_picture(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L"):
-                return _to_pixels(np.asarray(img, dtype=np.uint16))
-            if img.mode in ("I", "F"):
-                return _to_pixels(np.asarray(img))
-            if img.mode in ("RGBA", "LA", "P", "PA", "CMYK", "YCbCr", "1"):
-                img = img.convert("RGB" if img.mode not in ("LA", "1") else "L")
-            return np.asarray(img, dtype=np.float32)
-    except UnidentifiedImageError as exc:
-        raise DataError(path, "not a readable image (unknown or corrupt format)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(path, f"cannot decode image: {str(exc).splitlines()[0]}") from exc
-
-
-def read_raw(path, hu: bool = False) -> tuple[np.ndarray, bool]:
-    """Read a PNG/JPEG/DICOM/NPY file as float32 (H, W, C) before windowing -> (array, is_hu).
-
-    With `hu` (a window is configured), DICOM is returned in Hounsfield units and a 2-D NPY as given (HU), for
-    `apply_windows`; otherwise DICOM is shown through its VOI LUT and every array is scaled to pixels [0, 255].
-    `medkeras prepare` stores this array, so windows can still change after the data is prepared.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file not found")
-    if path.stat().st_size == 0:
-        raise DataError(path, "empty file (0 bytes)")
-    suffix = path.suffix.lower()
-    is_hu = False
-    if suffix in DICOM_SUFFIXES:
-        if hu:
-            image, is_hu = read_dicom_hu(path), True
-        else:
-            image = _to_pixels(read_dicom_display(path))
-    elif suffix in ARRAY_SUFFIXES:
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise DataError(path, f"not a readable .npy array: {str(exc).splitlines()[0]}") from exc
-        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3)):
-            raise DataError(path, f"expected an (H, W) or (H, W, 1|3) array, got shape {array.shape}")
-        if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
-            raise DataError(path, "array is not numeric or contains NaN / infinite values")
-        if hu and array.ndim == 2:
-            image, is_hu = array.astype(np.float32), True
-        else:
-            image = _to_pixels(array)
-    elif suffix in IMAGE_SUFFIXES:
-        image = _read_picture(path)
-    else:
-        raise DataError(path, f"unsupported file type '{suffix or '(none)'}' (PNG, JPEG, DICOM or NPY)")
-    if image.ndim == 2:
-        image = image[..., None]
-    if min(image.shape[:2]) < 1:
-        raise DataError(path, f"image has no pixels (shape {image.shape})")
-    return np.asarray(image, dtype=np.float32), is_hu
-
-
-def read_image(path, windows=()) -> np.ndarray:
-    """Read a PNG/JPEG/DICOM/NPY file as float32 (H, W, C) in pixel space [0, 255], C = 1 or len(windows).
-
-    DICOM (and a 2-D NPY, taken as HU) goes through `windows` when any are configured; otherwise it is scaled.
-    """
-    image, is_hu = read_raw(path, hu=bool(windows))
-    if is_hu:
-        image = apply_windows(image[..., 0], windows) * np.float32(255.0)
-    return image
-
-
-# --- sources ------------------------------------------------------------------------------------------------------
 
 
 def _labels_from_names(source, names, class_names):
@@ -207,34 +70,6 @@ def load_npz(path, class_names=None, name=None) -> Dataset:
     return Dataset(name=stem, class_names=list(names), splits=splits)
 
 
-def _split_indices(labels, groups, fractions, seed):
-    """Stratified train/val/test indices; grouped (no patient in two splits) when groups are known."""
-    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
-
-    idx = np.arange(len(labels))
-    train_f, val_f, test_f = fractions
-
-    def cut(sub, frac):
-        if frac <= 0:
-            return sub, sub[:0]
-        if groups is not None:  # stratified by class, whole patients only: one fold of ~1/frac as the cut
-            import warnings
-
-            g = np.asarray(groups)[sub]
-            folds = StratifiedGroupKFold(n_splits=max(2, int(round(1 / frac))), shuffle=True, random_state=seed)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # few members per class: sklearn warns, the split stays grouped
-                a, b = next(folds.split(sub, labels[sub], groups=g))
-            return sub[a], sub[b]
-        y = labels[sub]
-        stratify = y if np.bincount(y).min(initial=len(y)) >= 2 else None
-        return train_test_split(sub, test_size=frac, random_state=seed, stratify=stratify)
-
-    rest, test = cut(idx, test_f)
-    train, val = cut(rest, val_f / max(train_f + val_f, 1e-9))
-    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
-
-
 def _file_dataset(source, paths, label_names, split_col, groups, cfg, seed) -> Dataset:
     class_names = cfg.class_names or sorted({str(n) for n in label_names})
     labels = _labels_from_names(source, label_names, class_names)
@@ -244,7 +79,7 @@ def _file_dataset(source, paths, label_names, split_col, groups, cfg, seed) -> D
     if split_col is not None:
         index = {s: np.flatnonzero(np.asarray(split_col) == s) for s in SPLITS}
     else:
-        index = _split_indices(labels, groups, cfg.split, seed)
+        index = split_indices(labels, groups, cfg.split, seed)
     splits = {
         s: Split(
             labels=labels[ix],
@@ -308,8 +143,6 @@ def load_dataset(cfg, seed=42) -> Dataset:
         ds = load_npz(DATASETS_DIR / file, class_names=cfg.class_names or names, name=source)
         ds.positive_class = positive
     else:
-        from medkeras.data.store import is_store, load_store
-
         path = Path(source).expanduser()
         if not path.exists():
             raise DataError(path, f"data source not found (bundled datasets: {', '.join(BUNDLED)})")

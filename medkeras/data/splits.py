@@ -1,4 +1,5 @@
-"""Split hygiene: exact duplicates across splits (content hashes) and patients shared between splits.
+"""Splitting a labelled source into train/val/test (stratified, whole patients only), and checking the result:
+exact duplicates across splits (content hashes) and patients shared between splits.
 
 Leaks between train and test inflate every metric; the report warns about them and the run lists them.
 """
@@ -8,6 +9,38 @@ from __future__ import annotations
 import hashlib
 from itertools import combinations
 from pathlib import Path
+
+import numpy as np
+
+
+def split_indices(labels, groups, fractions, seed) -> dict:
+    """Stratified train/val/test indices from `data.split` fractions; grouped (no patient in two splits) when
+    `groups` (keyed patient IDs) are known."""
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+    labels = np.asarray(labels)
+    idx = np.arange(len(labels))
+    train_f, val_f, test_f = fractions
+
+    def cut(sub, frac):
+        if frac <= 0:
+            return sub, sub[:0]
+        if groups is not None:  # stratified by class, whole patients only: one fold of ~1/frac as the cut
+            import warnings
+
+            g = np.asarray(groups)[sub]
+            folds = StratifiedGroupKFold(n_splits=max(2, int(round(1 / frac))), shuffle=True, random_state=seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # few members per class: sklearn warns, the split stays grouped
+                a, b = next(folds.split(sub, labels[sub], groups=g))
+            return sub[a], sub[b]
+        y = labels[sub]
+        stratify = y if np.bincount(y).min(initial=len(y)) >= 2 else None
+        return train_test_split(sub, test_size=frac, random_state=seed, stratify=stratify)
+
+    rest, test = cut(idx, test_f)
+    train, val = cut(rest, val_f / max(train_f + val_f, 1e-9))
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
 def _content_hashes(split) -> list[str]:

@@ -39,25 +39,30 @@ def window_hu(hu, level: float, width: float):
     return tf.clip_by_value(out, 0.0, 1.0)
 
 
-def _one_window(spec) -> tuple[float, float]:
+def _one_window(spec) -> list[float]:
     if isinstance(spec, str):
         if spec not in WINDOW_PRESETS:
             raise ConfigError(f"unknown window '{spec}' (presets: {', '.join(WINDOW_PRESETS)})")
-        return WINDOW_PRESETS[spec]
-    if isinstance(spec, (list, tuple)) and len(spec) == 2 and all(isinstance(v, (int, float)) for v in spec):
+        return list(WINDOW_PRESETS[spec])
+    if isinstance(spec, (list, tuple)) and len(spec) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec
+    ):
         level, width = float(spec[0]), float(spec[1])
         if width <= 0:
-            raise ConfigError(f"window width must be > 0, got {spec}")
-        return level, width
+            raise ConfigError(f"window width must be > 0, got {list(spec)}")
+        return [level, width]
     raise ConfigError(f"a window is a preset name or [level, width], got {spec!r}")
 
 
-def parse_windows(spec) -> list[tuple[float, float]]:
-    """`data.window` -> list of (level, width): one window repeated to 3 channels, or one per channel.
+def parse_windows(spec) -> list[list[float]]:
+    """`data.window` as written -> the one form every other module uses: [[level, width], ...] in HU (floats),
+    one channel per window (a single window is repeated to 3 channels after resizing); [] for none.
 
+    Called once, by config validation, which stores the result back in `data.window`; the same list travels
+    unchanged into a saved model's metadata and the SavedModel's `preprocessing.json`.
     Accepts "lung", [-600, 1500], ["lung", "mediastinum", "bone"] or [[-600, 1500], [50, 350]].
     """
-    if spec is None:
+    if spec is None or (isinstance(spec, (list, tuple)) and not spec):
         return []
     if isinstance(spec, str) or (
         isinstance(spec, (list, tuple)) and len(spec) == 2 and all(isinstance(v, (int, float)) for v in spec)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from medkeras.config import from_dict
 from medkeras.errors import DataError, MedkerasError
 from medkeras.evaluate.calibration import calibration_summary, fit_temperature
 from medkeras.evaluate.metrics import (
@@ -133,13 +132,21 @@ def write_predictions(path, names, labels, probs, pred, class_names) -> None:
         tmp.write_text(buf.getvalue())
 
 
-def score_split(model, meta, split_name, dataset, cfg, tta=None, threshold=None, on_bad_file="fail", analysis=True):
-    """Predict one split of `dataset` and compute everything the report shows -> dict."""
+def score_split(model, meta, split_name, dataset, cfg, tta=None, threshold=None, on_bad_file="fail", analysis=True,
+                arrays=None):
+    """Predict one split of `dataset` and compute everything the report shows -> dict.
+
+    `arrays`: the split's (images, labels, names) already decoded (the end of `fit` scores what it trained and
+    validated on, without reading the files again).
+    """
     from medkeras.data.pipeline import split_arrays
 
     eval_cfg = cfg.eval
     tta = eval_cfg.tta if tta is None else tta
-    images, labels, names, bad = split_arrays(dataset.splits[split_name], cfg.data, on_bad_file)
+    if arrays is not None:
+        (images, labels, names), bad = arrays, []
+    else:
+        images, labels, names, bad = split_arrays(dataset.splits[split_name], cfg.data, on_bad_file)
     if len(labels) == 0:
         raise DataError(cfg.data.source, f"the {split_name} split is empty: nothing to evaluate")
     logits = predict_logits(model, images, cfg.data, eval_cfg.batch_size, tta, eval_cfg.tta_flips)
@@ -148,7 +155,7 @@ def score_split(model, meta, split_name, dataset, cfg, tta=None, threshold=None,
     class_names = dataset.class_names
     metrics = score_logits(labels, logits, class_names, dataset.positive_class, temperature, thr, eval_cfg)
     probs = softmax(logits, temperature)
-    pos = positive_index(class_names, dataset.positive_class) if len(class_names) == 2 else None
+    pos = positive_index(class_names, dataset.positive_class)
     members = member_logits(model, images, cfg.data, eval_cfg.batch_size, tta, eval_cfg.tta_flips) if analysis else {}
     return {
         "split": split_name,
@@ -187,13 +194,13 @@ def evaluate(model_path, data=None, split="test", out=None, tta=None, threshold=
     """
     from medkeras.data.pipeline import split_arrays
     from medkeras.data.sources import load_dataset
-    from medkeras.models.io import load_model
+    from medkeras.models.io import open_model
 
     model_path = Path(model_path)
-    model, meta = load_model(model_path)
-    if "config" not in meta:
-        raise MedkerasError(f"{model_path}: not a medkeras model (no medkeras.json inside); cannot tell its classes")
-    cfg = from_dict(meta["config"])
+    loaded = open_model(model_path, keras_only=True, purpose="evaluation")
+    model, meta, cfg = loaded.model, loaded.meta, loaded.config
+    if cfg is None:
+        raise MedkerasError(f"{loaded.path}: carries no training config; cannot tell its data (give --data)")
     if data is not None:
         cfg.data.source = str(data)
         cfg.data.class_names = None  # read the new source's own classes, then compare with the model's

@@ -96,15 +96,14 @@ def write_overlays(model, meta, inputs, out_dir, scale: int = 8) -> list[Path]:
     """`medkeras gradcam`: one PNG per input file (original | overlay), named after the file; returns the paths."""
     from PIL import Image
 
-    from medkeras.data.pipeline import to_model_pixels
-    from medkeras.data.sources import read_image
-    from medkeras.export.predict import collect_inputs
+    from medkeras.data.readers import collect_inputs, read_image
+    from medkeras.data.resize import to_model_pixels
     from medkeras.utils import atomic_path
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     size = int(meta["image_size"])
-    windows = [tuple(w) for w in meta.get("windows", [])]
+    windows = meta.get("windows") or []
     files = collect_inputs(inputs)
     written = []
     for i, path in enumerate(files):

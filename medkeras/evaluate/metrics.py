@@ -1,6 +1,7 @@
 """Classification metrics from probabilities, computed by scikit-learn; undefined values are said, not faked.
 
-Binary tasks score the positive class (the clinically interesting one, e.g. "malignant"), whatever its index.
+Binary tasks score the positive class (the clinically interesting one, e.g. "malignant"), whatever its index; the
+decision rule itself (positive class, threshold, softmax) is `models.outputs`', shared with predict and serving.
 """
 
 from __future__ import annotations
@@ -8,28 +9,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as skm
 
+from medkeras.models.outputs import positive_index, predict_labels, softmax
 
-def softmax(logits, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def positive_index(class_names, positive_class=None) -> int:
-    """Index of the class whose probability is the binary score (default: the last class)."""
-    if positive_class is None:
-        return len(class_names) - 1
-    return list(class_names).index(positive_class)
-
-
-def predict_labels(probs, pos: int | None = None, threshold: float = 0.5) -> np.ndarray:
-    """Binary: positive where p(pos) >= threshold; K classes: argmax."""
-    probs = np.asarray(probs)
-    if probs.shape[1] == 2 and pos is not None:
-        neg = 1 - pos
-        return np.where(probs[:, pos] >= threshold, pos, neg).astype(np.int64)
-    return probs.argmax(axis=1).astype(np.int64)
+__all__ = ["auroc", "bootstrap_intervals", "classification_metrics", "positive_index", "predict_labels", "softmax"]
 
 
 def _safe(fn, *args, **kwargs):
@@ -64,7 +46,7 @@ def classification_metrics(labels, probs, class_names, positive_class=None, thre
         out["notes"] = ["empty split: no metric is defined"]
         return out
     binary = k == 2
-    pos = positive_index(class_names, positive_class) if binary else None
+    pos = positive_index(class_names, positive_class)
     pred = predict_labels(probs, pos, threshold)
     out["accuracy"] = float(skm.accuracy_score(labels, pred))
     out["balanced_accuracy"] = float(skm.balanced_accuracy_score(labels, pred)) if len(np.unique(labels)) > 1 else None

@@ -98,7 +98,7 @@ def _gradcam_section(model, scored, class_names, pos, k) -> str:
     chosen = list(tp) + list(fn)
     if not chosen:
         return "<p>Grad-CAM: no positive images in this split.</p>"
-    from medkeras.data.pipeline import to_model_pixels
+    from medkeras.data.resize import to_model_pixels
 
     pixels = to_model_pixels(scored["images"][chosen], int(scored["image_size"]))
     maps = gradcam(model, pixels, np.full(len(chosen), pos))

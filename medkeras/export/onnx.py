@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from medkeras.errors import MedkerasError
-from medkeras.export.savedmodel import PARITY_TOLERANCE, open_export, preprocessing_facts, verification_batch
+from medkeras.export.savedmodel import open_export, preprocessing_facts
+from medkeras.export.verify import PARITY_TOLERANCE, verification_batch
 from medkeras.utils import dumps_json
 
 
@@ -31,8 +32,12 @@ def export_onnx(model_path, base, name=None, version=None) -> dict:
     import onnxruntime as ort
 
     t0 = time.perf_counter()
-    model, meta, model_dir, version, target = open_export(model_path, base, name, version)
-    _, pixels, source = verification_batch(meta)
+    from medkeras.data.resize import to_model_pixels
+
+    loaded, model_dir, version, target = open_export(model_path, base, name, version)
+    model, meta = loaded.model, loaded.meta
+    images, source, _, _ = verification_batch(loaded)
+    pixels = to_model_pixels(images, loaded.image_size)
     expected = np.asarray(model.predict(pixels, verbose=0))
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=model_dir))
     try:

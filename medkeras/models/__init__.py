@@ -16,7 +16,9 @@ _LAZY = {
     "build_model": "medkeras.models.ensemble",
     "members_of": "medkeras.models.ensemble",
     "WeightedAverage": "medkeras.models.ensemble",
+    "LoadedModel": "medkeras.models.io",
     "load_model": "medkeras.models.io",
+    "open_model": "medkeras.models.io",
     "save_model": "medkeras.models.io",
     "ImagePreprocessing": "medkeras.models.preprocessing",
 }

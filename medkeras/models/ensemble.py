@@ -102,12 +102,17 @@ def weights_for(weights, name: str) -> str:
     return str(weights)
 
 
+def member_names(backbones) -> list[str]:
+    """Each member's name: its backbone's, with its position appended where a backbone appears twice."""
+    names = list(backbones)
+    return [name if names.count(name) == 1 else f"{name}_{i}" for i, name in enumerate(names)]
+
+
 def build_model(model_cfg, num_classes: int, image_size: int, normalization=None, dynamic: bool = False):
     """`model` config section -> the model to train (a member, or the ensemble of all of them)."""
     names = list(model_cfg.backbones)
     members = []
-    for i, name in enumerate(names):
-        member_name = name if names.count(name) == 1 else f"{name}_{i}"
+    for name, member_name in zip(names, member_names(names)):
         weights = weights_for(model_cfg.weights, name)
         members.append(
             build_member(

@@ -74,6 +74,15 @@ class BestCheckpoint(keras.callbacks.Callback):
         )
 
 
+def size_schedule(schedule, epochs: int, image_size: int) -> list[int]:
+    """The training image size of each epoch 1..epochs under `train.size_schedule` (data.image_size without one)."""
+    sizes = [image_size] * epochs
+    for first, size in sorted(schedule or []):
+        for epoch in range(int(first), epochs + 1):
+            sizes[epoch - 1] = int(size)
+    return sizes
+
+
 class ProgressiveResizing(keras.callbacks.Callback):
     """Sets the training image size at the start of each epoch from `sizes` (one per epoch, 1-based list order).
 

@@ -1,6 +1,7 @@
 """Training mechanics on real images: frozen phases, class weights, schedules, fusion weights, resume after kill -9."""
 
 import csv
+import json
 import signal
 import subprocess
 import sys
@@ -8,10 +9,11 @@ import time
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
-from medkeras.config import TrainConfig
-from medkeras.train.fit import phases, set_backbones_trainable
+from medkeras.config import DataConfig, TrainConfig
 from medkeras.train.losses import class_weights, make_loss, make_optimizer
+from medkeras.train.phases import phases, set_backbones_trainable
 
 
 def _breast_batch(breast, n=32, size=32):
@@ -132,7 +134,7 @@ def test_steps_per_execution_runs_every_step(tmp_path, monkeypatch):
 
     import medkeras
 
-    fit_module = importlib.import_module("medkeras.train.fit")  # the module (medkeras.train.fit is also a function)
+    fit_module = importlib.import_module("medkeras.train.phases")
     counted, original = [], fit_module._first_step_callback
 
     def counting(timer):  # medkeras' own first-step callback, also reading the optimizer's step count at the end
@@ -169,7 +171,6 @@ print(json.dumps({"replicas": replicas, "auroc": json.load(open(run / "metrics.j
 
 
 def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
-    import json
 
     proc = subprocess.run([sys.executable, "-c", _MIRRORED, str(tmp_path / "run")], capture_output=True, text=True,
                           timeout=600)
@@ -182,8 +183,9 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
 def test_progressive_resizing_schedule_pipeline_and_fit(tmp_path, breast):
     import tensorflow as tf
 
-    from medkeras.config import ConfigError, DataConfig, load_config, size_schedule
+    from medkeras.config import ConfigError, DataConfig, load_config
     from medkeras.data.pipeline import make_tf_dataset
+    from medkeras.train.callbacks import size_schedule
 
     assert size_schedule([[1, 16], [3, 24]], 4, 28) == [16, 16, 24, 24]
     with pytest.raises(ConfigError, match="size_schedule"):
@@ -196,7 +198,6 @@ def test_progressive_resizing_schedule_pipeline_and_fit(tmp_path, breast):
     assert next(iter(ds))[0].shape == (4, 28, 28, 3)
     size.assign(16)
     assert next(iter(ds))[0].shape == (4, 16, 16, 3)  # read when each epoch's iterator runs
-    from conftest import run_cli
 
     out = tmp_path / "run"
     result = run_cli(
@@ -219,8 +220,8 @@ def _free_port():
 
 
 def test_multiworker_strategy_two_local_workers_train_the_same_weights(tmp_path):
-    """Two `medkeras fit` processes on 127.0.0.1 joined by TF_CONFIG train one model with medkeras' own loop."""
-    import json
+    """Two `medkeras fit` processes on 127.0.0.1 joined by TF_CONFIG train one model with medkeras' own loop, under
+    progressive resizing (the two together failed before: the schedule flag reached `train_model` as a tag)."""
     import os
 
     import keras
@@ -229,8 +230,9 @@ def test_multiworker_strategy_two_local_workers_train_the_same_weights(tmp_path)
 
     cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
     args = [sys.executable, "-m", "medkeras", "fit", "--out", str(tmp_path / "run"), "--set", "train.strategy=multiworker",
-            "--set", "train.epochs=1", "--set", "train.steps_per_epoch=3", "--set", "train.verbose=0",
-            "--set", "model.backbones=[cnn8_small]", "--set", "eval.bootstrap=0", "--set", "train.batch_size=16"]
+            "--set", "train.epochs=2", "--set", "train.steps_per_epoch=3", "--set", "train.verbose=0",
+            "--set", "model.backbones=[cnn8_small]", "--set", "eval.bootstrap=0", "--set", "train.batch_size=16",
+            "--set", "train.size_schedule=[[1, 16], [2, 28]]"]
     procs = []
     for index in range(2):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
@@ -243,20 +245,19 @@ def test_multiworker_strategy_two_local_workers_train_the_same_weights(tmp_path)
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
     run = tmp_path / "run"
     assert (run / "model.keras").is_file() and (run / "metrics.json").is_file()
-    assert len((run / "train_log.csv").read_text().splitlines()) == 2  # header + the one epoch, written once
+    rows = _rows(run / "train_log.csv")  # each epoch written once, at the size the schedule gives it
+    assert [r["image_size"] for r in rows] == ["16.0", "28.0"]
     scratch = outs[1][0].split("scratch: ")[1].split(")")[0]
     chief, _ = load_model(run / "checkpoints" / "best.keras")
     worker, _ = load_model(os.path.join(scratch, "checkpoints", "best.keras"))
     for a, b in zip(chief.trainable_weights, worker.trainable_weights):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-6)
-    header, row = (run / "train_log.csv").read_text().splitlines()
-    assert np.isfinite(float(row.split(",")[header.split(",").index("loss")]))
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
 
 
 def test_mlflow_tracking_logs_params_epochs_results_and_artifacts(tmp_path, monkeypatch):
 
     mlflow = pytest.importorskip("mlflow")
-    from conftest import run_cli
 
     uri = f"file:{tmp_path / 'mlruns'}"
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 wants a database; a file store is enough for a test
@@ -307,3 +308,18 @@ def test_weight_ema_is_what_validation_and_checkpoints_see(breast):
     for got, want, latest in zip(seen[-1], ema, raw[-1]):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
         assert not np.allclose(got, latest)  # the raw weights of the last step differ
+
+
+def test_dataset_normalization_in_the_graph(breast):
+    from medkeras.data.pipeline import make_tf_dataset
+    from medkeras.models.preprocessing import ImagePreprocessing
+    from medkeras.train.inputs import dataset_statistics
+
+    images = breast.splits["train"].images
+    cfg = DataConfig(source="breastmnist", image_size=28, augment=None)
+    mean, std = dataset_statistics(make_tf_dataset(images, breast.splits["train"].labels, cfg, 256))
+    pixels = images.astype(np.float64) / 255.0
+    assert mean[0] == pytest.approx(pixels.mean(), abs=1e-5) and std[0] == pytest.approx(pixels.std(), abs=1e-5)
+    layer = ImagePreprocessing("dataset", mean, std)
+    out = np.asarray(layer(np.repeat(images[:64, ..., None].astype("float32"), 3, axis=-1)))
+    np.testing.assert_allclose(out[..., 0], (images[:64] / 255.0 - mean[0]) / std[0], atol=1e-4)

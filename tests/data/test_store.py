@@ -5,12 +5,15 @@ import json
 
 import numpy as np
 import pytest
-from conftest import LUNG, run_cli
+from conftest import LUNG, data_cfg, run_cli
 
 from medkeras.config import DataConfig
-from medkeras.data.pipeline import split_arrays, stream_tf_dataset, to_model_pixels
-from medkeras.data.sources import load_dataset, read_image
-from medkeras.data.store import is_store, prepare
+from medkeras.data.pipeline import split_arrays, stream_tf_dataset
+from medkeras.data.prepare import prepare
+from medkeras.data.readers import read_image
+from medkeras.data.resize import to_model_pixels
+from medkeras.data.sources import load_dataset
+from medkeras.data.store import is_store
 from medkeras.errors import DataError, MedkerasError
 
 SLICES = {"1-01.dcm": "normal", "1-13.dcm": "tumour", "1-14.dcm": "tumour"}
@@ -31,13 +34,13 @@ def ct_manifest(tmp_path):
 
 @pytest.mark.parametrize("size", [None, 48])
 def test_store_reads_back_what_the_files_give(tmp_path, ct_manifest, size):
-    cfg = DataConfig(source=str(ct_manifest), window=["lung", "mediastinum", "bone"], image_size=48)
+    cfg = data_cfg(source=str(ct_manifest), window=["lung", "mediastinum", "bone"], image_size=48)
     summary = prepare(cfg, tmp_path / "store", size=size, verbose=False)
     assert summary["counts"] == {"train": 3, "val": 3, "test": 3} and summary["hu"] == (size is None)
     assert is_store(tmp_path / "store")
-    stored = load_dataset(DataConfig(source=str(tmp_path / "store"), window=cfg.window, image_size=48))
+    stored = load_dataset(data_cfg(source=str(tmp_path / "store"), window=cfg.window, image_size=48))
     assert stored.class_names == ["normal", "tumour"]
-    images, labels, names, _ = split_arrays(stored.splits["val"], stored_cfg := DataConfig(
+    images, labels, names, _ = split_arrays(stored.splits["val"], stored_cfg := data_cfg(
         source=str(tmp_path / "store"), window=cfg.window, image_size=48))
     windows = [(-600, 1500), (50, 350), (400, 1800)]
     for image, label, name in zip(images, labels, names):
@@ -53,16 +56,16 @@ def test_store_reads_back_what_the_files_give(tmp_path, ct_manifest, size):
 
 
 def test_hu_store_takes_any_window_and_sized_store_refuses_others(tmp_path, ct_manifest):
-    cfg = DataConfig(source=str(ct_manifest), window="lung", image_size=32)
+    cfg = data_cfg(source=str(ct_manifest), window="lung", image_size=32)
     prepare(cfg, tmp_path / "hu", verbose=False)
     prepare(cfg, tmp_path / "sized", size=32, verbose=False)
-    bone = DataConfig(source=str(tmp_path / "hu"), window="bone", image_size=32)
+    bone = data_cfg(source=str(tmp_path / "hu"), window="bone", image_size=32)
     images, _, names, _ = split_arrays(load_dataset(bone).splits["test"], bone)
     assert images.shape[1:] == (32, 32, 1)  # grayscale stays one channel until after augmentation
     expected = to_model_pixels(read_image(names[0], [(400, 1800)])[None], 32)[0]
     np.testing.assert_allclose(images[0], expected[..., :1], atol=1e-3)
     with pytest.raises(DataError, match="prepared at --size 32 with windows"):
-        load_dataset(DataConfig(source=str(tmp_path / "sized"), window="bone", image_size=32))
+        load_dataset(data_cfg(source=str(tmp_path / "sized"), window="bone", image_size=32))
     with pytest.raises(DataError, match="holds Hounsfield units"):
         load_dataset(DataConfig(source=str(tmp_path / "hu"), image_size=32))
 
@@ -71,7 +74,7 @@ def test_bad_files_fail_without_a_store_or_are_skipped_and_listed(tmp_path, ct_m
     (tmp_path / "broken.dcm").write_bytes((LUNG / "1-13.dcm").read_bytes()[:3000])  # truncated real DICOM
     with open(ct_manifest, "a", newline="") as fh:
         csv.writer(fh).writerow([tmp_path / "broken.dcm", "tumour", "train", "x"])
-    cfg = DataConfig(source=str(ct_manifest), window="lung", image_size=32)
+    cfg = data_cfg(source=str(ct_manifest), window="lung", image_size=32)
     with pytest.raises(DataError, match="broken.dcm"):
         prepare(cfg, tmp_path / "store", size=32, verbose=False)
     assert not (tmp_path / "store").exists() and not list(tmp_path.glob(".store.*"))  # nothing half-written

@@ -1,12 +1,15 @@
 """Evaluation: intervals, operating points, calibration, Grad-CAM, and the report on the bundled data."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
+from PIL import Image
+
 from medkeras.config import EvalConfig
+from medkeras.errors import ConfigError
 from medkeras.evaluate.calibration import (
     brier_score,
     expected_calibration_error,
@@ -57,7 +60,6 @@ def test_threshold_rules_on_constructed_cases():
     assert choose_threshold("specificity@0.8", positive, scores) == 0.35
     assert choose_threshold("specificity@1.0", positive, scores) == 0.6
     assert parse_rule("sensitivity@0.9") == ("sensitivity", 0.9)
-    from medkeras.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown threshold rule"):
         parse_rule("sensitivity@high")
@@ -134,7 +136,6 @@ def test_eval_threshold_rule_chosen_on_validation(tiny_run, tmp_path):
 
 
 def test_class_list_mismatch_is_one_line(tiny_run, tmp_path, png_folder):
-    import shutil
 
     shutil.move(str(png_folder / "malignant"), str(png_folder / "tumour"))
     result = run_cli("eval", tiny_run[0], "--data", png_folder)
@@ -176,7 +177,6 @@ def test_gradcam_peaks_where_the_evidence_is(breast):
 
 
 def test_gradcam_command_on_an_ensemble(tiny_run, tmp_path, breast):
-    from PIL import Image
 
     for i in range(2):
         Image.fromarray(breast.splits["test"].images[i]).save(tmp_path / f"t{i}.png")

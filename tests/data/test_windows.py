@@ -1,3 +1,6 @@
+"""HU windowing: exact values, presets, the forms `data.window` takes, stacked windows as channels."""
+
+
 import numpy as np
 import pytest
 
@@ -30,9 +33,10 @@ def test_presets_are_the_clinical_ones():
 
 
 def test_parse_windows_forms():
-    assert parse_windows("lung") == [(-600.0, 1500.0)]
-    assert parse_windows([40, 400]) == [(40.0, 400.0)]
-    assert parse_windows(["lung", "mediastinum", [400, 1800]]) == [(-600.0, 1500.0), (50.0, 350.0), (400.0, 1800.0)]
+    assert parse_windows("lung") == [[-600.0, 1500.0]]
+    assert parse_windows([40, 400]) == [[40.0, 400.0]]
+    assert parse_windows(["lung", "mediastinum", [400, 1800]]) == [[-600.0, 1500.0], [50.0, 350.0], [400.0, 1800.0]]
+    assert parse_windows(None) == [] and parse_windows(parse_windows("lung")) == [[-600.0, 1500.0]]  # idempotent
     with pytest.raises(ConfigError):
         parse_windows([40, -1])
     with pytest.raises(ConfigError):

@@ -1,13 +1,17 @@
 """Registry entries build small and give K logits; the ensemble is exactly the mean of its members' logits."""
 
+
 import numpy as np
 import pytest
 
+from medkeras.errors import ConfigError
 from medkeras.models.backbones import REGISTRY, build_backbone
 from medkeras.models.ensemble import build_ensemble, build_member, members_of
 from medkeras.models.preprocessing import ImagePreprocessing
 
 QUICK = [name for name, spec in REGISTRY.items() if not spec.slow]
+
+
 SLOW = [name for name, spec in REGISTRY.items() if spec.slow]
 
 
@@ -46,7 +50,6 @@ def test_own_architectures_have_the_published_sizes():
 
 
 def test_imagenet_weights_for_own_architectures_is_a_clear_error():
-    from medkeras.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no ImageNet weights for 'resnet18_small'"):
         build_backbone("resnet18_small", 32, "imagenet")
@@ -83,8 +86,34 @@ def test_weighted_ensemble(tmp_path):
     x = np.random.default_rng(3).uniform(0, 255, (3, 16, 16, 3)).astype("float32")
     expected = 0.75 * np.asarray(members[0](x)) + 0.25 * np.asarray(members[1](x))
     np.testing.assert_allclose(np.asarray(ensemble(x)), expected, rtol=1e-6, atol=1e-6)
-    path = save_model(ensemble, tmp_path / "m.keras", {"class_names": ["a", "b"]})
+    path = save_model(ensemble, tmp_path / "m.keras", {"class_names": ["a", "b"], "image_size": 16})
     again, meta = load_model(path)
-    assert meta == {"class_names": ["a", "b"]}
+    assert meta == {"class_names": ["a", "b"], "image_size": 16}
     np.testing.assert_allclose(np.asarray(again(x)), np.asarray(ensemble(x)), rtol=1e-6, atol=1e-6)
     assert isinstance(again, keras.Model)
+
+
+def test_one_door_for_saved_models(tmp_path, tiny_run, exported):
+    """`open_model` opens a run directory, its .keras file and its SavedModel export alike (same metadata and
+    config), and refuses anything else with one message naming the file."""
+    import keras
+
+    from medkeras.errors import MedkerasError
+    from medkeras.models.io import open_model
+
+    run, _ = tiny_run
+    by_dir, by_file, served = open_model(run), open_model(run / "model.keras"), open_model(exported[0].parent)
+    assert by_dir.kind == by_file.kind == "keras" and served.kind == "savedmodel"
+    assert by_dir.meta == by_file.meta == served.meta and served.path == exported[0]
+    assert served.config == by_dir.config and by_dir.config.name == "demo"
+    assert by_dir.positive_index == 0 and by_dir.class_names == ["malignant", "benign-or-normal"]
+    assert by_dir.threshold == by_dir.meta["threshold"] and by_dir.windows == []
+    with pytest.raises(MedkerasError, match="an exported SavedModel; export needs the Keras model"):
+        open_model(exported[0], keras_only=True, purpose="export")
+    plain = tmp_path / "plain.keras"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(plain)
+    with pytest.raises(MedkerasError, match=r"plain\.keras: not a medkeras model"):
+        open_model(plain)
+    with pytest.raises(MedkerasError, match="model not found"):
+        open_model(tmp_path)
+

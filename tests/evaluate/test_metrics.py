@@ -1,5 +1,6 @@
 """Metrics equal scikit-learn's on real-shaped predictions; undefined values are None, not a crash."""
 
+
 import numpy as np
 from sklearn import metrics as skm
 

@@ -1,0 +1,51 @@
+"""Readers: the only code that turns a file or encoded bytes into float32 pixels or Hounsfield units.
+
+Fit (in memory and tf.data), eval, predict, gradcam, `prepare` and the SavedModel's signatures all read through
+here: `read_image` / `read_raw` in Python (Pillow, pydicom, numpy), and their graph twins `decode_encoded` (PNG and
+JPEG bytes) and `decode_dicom_graph` (plain DICOM), which tests hold equal to the Python readers on real files.
+"""
+
+from medkeras.data.readers.dicom import (
+    hash_patient_id,
+    patient_key,
+    read_dicom_display,
+    read_dicom_hu,
+)
+from medkeras.data.readers.files import (
+    ARRAY_SUFFIXES,
+    DICOM_SUFFIXES,
+    PICTURE_SUFFIXES,
+    READABLE_SUFFIXES,
+    collect_inputs,
+    is_dicom,
+    read_image,
+    read_raw,
+)
+from medkeras.data.readers.graph import decode_dicom_graph, decode_encoded
+from medkeras.data.readers.pixels import (
+    hu_to_pixels,
+    minmax_pixels,
+    scale_uint16,
+    to_pixels,
+)
+
+__all__ = [
+    "ARRAY_SUFFIXES",
+    "DICOM_SUFFIXES",
+    "PICTURE_SUFFIXES",
+    "READABLE_SUFFIXES",
+    "collect_inputs",
+    "decode_dicom_graph",
+    "decode_encoded",
+    "hash_patient_id",
+    "hu_to_pixels",
+    "is_dicom",
+    "minmax_pixels",
+    "patient_key",
+    "read_dicom_display",
+    "read_dicom_hu",
+    "read_image",
+    "read_raw",
+    "scale_uint16",
+    "to_pixels",
+]

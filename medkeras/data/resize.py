@@ -1,0 +1,76 @@
+"""Pixels at any size -> the model's square size and three channels: one rule for training, predict and serving.
+
+Bilinear, antialiased; images already at the size pass through unresampled (the serving graph, whose shapes are
+only known at run time, decides that with a `tf.cond`). Grayscale is repeated to three channels last.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medkeras.errors import ConfigError
+
+
+def resize_images(images, size: int):
+    """Bilinear, antialiased resize of a (N, H, W, C) or (H, W, C) float tensor to `size` x `size`."""
+    import tensorflow as tf
+
+    images = tf.cast(images, tf.float32)
+    if images.shape[-3] == size and images.shape[-2] == size:
+        return images
+    return tf.image.resize(images, (size, size), method="bilinear", antialias=True)
+
+
+def resize_dynamic(images, size: int):
+    """`resize_images` with its same-size pass-through decided at run time, for tensors of unknown H, W."""
+    import tensorflow as tf
+
+    if any(d is not None and d != size for d in images.shape[-3:-1]):  # known to differ: always resampled
+        return resize_images(images, size)
+    same = tf.logical_and(tf.equal(tf.shape(images)[-3], size), tf.equal(tf.shape(images)[-2], size))
+    target = [size, size, images.shape[-1]] if images.shape.rank == 3 else [None, size, size, images.shape[-1]]
+    # The static shape is set after the cond: an EnsureShape inside the untaken branch ran anyway (and failed) for
+    # rank-3 inputs when the function was called directly rather than from tf.data.
+    resized = tf.cond(same, lambda: tf.cast(images, tf.float32), lambda: resize_images(images, size))
+    return tf.ensure_shape(resized, target)
+
+
+def to_model_channels(images, channels: int = 3):
+    """Repeat a single grayscale channel to `channels`; pass 3-channel images through."""
+    import tensorflow as tf
+
+    n = images.shape[-1]
+    if n == channels:
+        return images
+    if n == 1:
+        return tf.repeat(images, channels, axis=-1)
+    raise ConfigError(f"images have {n} channels; the model takes {channels} (use 1 or 3 windows)")
+
+
+def to_model_input(images, size: int):
+    """A graph batch (N, H, W, 1|3) of any size -> (N, size, size, 3): what the SavedModel's signatures feed.
+
+    Resized first, then grey repeated to three channels: the same operations, in the same order, as
+    `to_model_pixels` in Python, so both give the same pixels.
+    """
+    import tensorflow as tf
+
+    resized = resize_dynamic(tf.cast(images, tf.float32), size)
+    three = tf.cond(tf.shape(resized)[-1] == 1, lambda: tf.repeat(resized, 3, axis=-1), lambda: resized)
+    return tf.ensure_shape(three, [None, size, size, 3])
+
+
+def to_model_pixels(images, size: int) -> np.ndarray:
+    """A pixel batch (N, H, W[, C]) -> float32 numpy (N, size, size, 3): what the model takes, outside tf.data."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 3:
+        images = images[..., None]
+    return to_model_channels(resize_images(images, size)).numpy()
+
+
+def resized_array(images, size: int, chunk: int = 256) -> np.ndarray:
+    """(N, H, W, C) -> float32 (N, size, size, C) with `resize_images`, filled chunk by chunk into one array."""
+    out = np.empty((len(images), size, size, images.shape[-1]), np.float32)
+    for start in range(0, len(images), chunk):
+        out[start:start + chunk] = resize_images(images[start:start + chunk], size).numpy()
+    return out

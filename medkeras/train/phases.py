@@ -1,0 +1,161 @@
+"""Step 3 of a fit, training: the recipe's phases (frozen backbones, then fine-tuning) of one model, each a Keras
+`fit` with the run's callbacks (validation metrics, best checkpoint, CSV log, resume backup, TensorBoard).
+
+`train_model` is the same for the whole ensemble, a member trained apart, or a multi-worker run (medkeras' own
+loop, `loop.py`, drives the same callbacks).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from medkeras.config import Config
+from medkeras.train.rundir import Timer, backup_epoch, truncate_log
+
+
+@dataclass
+class Context:
+    """What every model trained in this run shares."""
+
+    cfg: Config
+    run_dir: Path
+    meta: dict
+    data: object  # inputs.RunData
+    timer: Timer
+    resume: bool
+    size_var: object = None  # progressive resizing: the training pipeline's current image size
+    multiworker: object = None  # a MultiWorkerMirroredStrategy: train with medkeras' own loop (train/loop.py)
+    tracker: object = None  # the mlflow module while an MLflow run is active (track.mlflow)
+
+
+def phases(tc) -> list[tuple[str, int, float, bool]]:
+    """(name, last epoch, learning rate, backbones frozen) per phase of the recipe."""
+    if tc.freeze_backbone:
+        return [("frozen", tc.epochs, tc.learning_rate, True)]
+    if tc.freeze_epochs:
+        finetune = tc.finetune_learning_rate or tc.learning_rate / 10.0
+        return [("frozen", tc.freeze_epochs, tc.learning_rate, True), ("finetune", tc.epochs, finetune, False)]
+    return [("train", tc.epochs, tc.learning_rate, False)]
+
+
+def set_backbones_trainable(model, trainable: bool) -> None:
+    """Freeze or unfreeze every member's backbone; a frozen BatchNorm runs in inference mode in Keras 3."""
+    import keras
+
+    from medkeras.models.ensemble import members_of
+
+    for member in members_of(model):
+        for layer in member.layers:
+            if isinstance(layer, keras.Model):
+                layer.trainable = trainable
+
+
+def steps_per_execution(wanted: int, steps: int) -> int:
+    """The largest count <= `wanted` that divides the epoch's `steps`: Keras runs whole executions, so 3 steps per
+    call over a repeated dataset of 4 steps an epoch trained 6 steps an epoch (measured), not 4."""
+    return max(d for d in range(1, max(1, min(wanted, steps)) + 1) if steps % d == 0)
+
+
+def _first_step_callback(timer):
+    import keras
+
+    class FirstStep(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            timer.mark("first_step_s", once=True)
+
+    return FirstStep()
+
+
+def train_model(ctx: Context, model, tag: str | None = None, sized: bool = False):
+    """Fit `model` through the recipe's phases; returns the best model (by `train.monitor`) and its record.
+
+    `sized`: train under `train.size_schedule` (progressive resizing); other models see `data.image_size`.
+    """
+    import keras
+
+    from medkeras.models.io import load_model, save_model
+    from medkeras.train.callbacks import (
+        BestCheckpoint,
+        ProgressiveResizing,
+        ValidationMetrics,
+        size_schedule,
+    )
+    from medkeras.train.losses import make_optimizer
+
+    tc, data = ctx.cfg.train, ctx.data
+    ckpt = ctx.run_dir / "checkpoints" / (tag or "")
+    log = ctx.run_dir / (f"train_log_{tag}.csv" if tag else "train_log.csv")
+    start = 0
+    plan = phases(tc)
+    for index, (name, end, rate, frozen) in enumerate(plan):
+        done = ckpt / f"{name}.weights.h5"
+        if ctx.resume and done.is_file() and index < len(plan) - 1:
+            set_backbones_trainable(model, not frozen)
+            model.load_weights(str(done))
+            start = end
+            continue
+        backup = ckpt / "backup" / name
+        if ctx.resume:
+            truncate_log(log, backup_epoch(backup) or start)
+        set_backbones_trainable(model, not frozen)
+        optimizer = make_optimizer(tc, data.steps, end - start, rate)
+        if ctx.multiworker is None:
+            model.compile(
+                optimizer=optimizer,
+                loss=data.loss,
+                metrics=["categorical_accuracy" if data.one_hot else "sparse_categorical_accuracy"],
+                jit_compile=tc.jit_compile,
+                run_eagerly=tc.run_eagerly,
+                steps_per_execution=steps_per_execution(tc.steps_per_execution, data.steps),
+            )
+        ctx.timer.mark("setup_s", once=True)
+        predict = None
+        if ctx.multiworker is not None:
+            from medkeras.train.loop import local_predict as predict
+        callbacks = [
+            ValidationMetrics(data.val_ds, data.arrays["val"][1], data.positive_index, predict),
+            BestCheckpoint(ckpt, tc.monitor, save=lambda m, p: save_model(m, p, ctx.meta)),
+            keras.callbacks.CSVLogger(str(log), append=ctx.resume or start > 0),
+            keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True),
+            keras.callbacks.TensorBoard(str(ctx.run_dir / "tensorboard" / (tag or "")), write_graph=False, profile_batch=0),
+            _first_step_callback(ctx.timer),
+        ]
+        if tc.ema and ctx.multiworker is None:  # first: every later callback sees the averaged weights
+            callbacks.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        if ctx.size_var is not None:
+            full = ctx.cfg.data.image_size
+            sizes = size_schedule(tc.size_schedule if sized else None, tc.epochs, full)
+            callbacks.insert(0, ProgressiveResizing(ctx.size_var, sizes, full))
+        if ctx.tracker is not None:
+            from medkeras.train.tracking import epoch_logger
+
+            callbacks.append(epoch_logger(ctx.tracker, tag))
+        if tc.early_stopping_patience:
+            callbacks.append(keras.callbacks.EarlyStopping(tc.monitor, patience=tc.early_stopping_patience, mode="max"))
+        if tc.schedule == "plateau":
+            callbacks.append(keras.callbacks.ReduceLROnPlateau(tc.monitor, factor=0.1, patience=3, mode="max"))
+        if tag:
+            print(f"medkeras: training member {tag}, phase {name} (epochs {start + 1}-{end})")
+        elif len(plan) > 1:
+            print(f"medkeras: phase {name} (epochs {start + 1}-{end}, learning rate {rate:g})")
+        if ctx.multiworker is not None:
+            from medkeras.train.loop import custom_fit
+
+            custom_fit(
+                model, data.train_ds, strategy=ctx.multiworker, loss=data.loss, optimizer=optimizer, epochs=end,
+                initial_epoch=start, steps=data.steps, callbacks=callbacks, verbose=tc.verbose,
+            )
+        else:
+            model.fit(
+                data.train_ds, initial_epoch=start, epochs=end, steps_per_epoch=data.steps, callbacks=callbacks,
+                verbose=tc.verbose,
+            )
+        if index < len(plan) - 1:
+            model.save_weights(str(done))
+        start = end
+    best = json.loads((ckpt / "best.json").read_text()) if (ckpt / "best.json").is_file() else {}
+    if (ckpt / "best.keras").is_file():
+        model, _ = load_model(ckpt / "best.keras")
+    return model, best

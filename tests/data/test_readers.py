@@ -1,0 +1,228 @@
+"""The readers on real files: exact HU from real DICOM (pydicom's CT_small, Lung-PET-CT-Dx slices), every picture
+kind Pillow reads, and the graph twins (PNG/JPEG bytes, plain DICOM) equal to the Python readers pixel for pixel."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import LUNG
+from PIL import Image
+
+from medkeras import DicomError, read_dicom_hu
+from medkeras.data.readers import hash_patient_id, patient_key, read_image
+
+
+def test_ct_small_exact_hu(ct_small_path):
+    hu = read_dicom_hu(ct_small_path)  # slope 1, intercept -1024
+    assert hu.dtype == np.float32 and hu.shape == (128, 128)
+    assert hu.min() == -896.0 and hu.max() == 1167.0
+    assert hu[64, 64] == 904.0 and hu[0, 0] == -849.0
+
+
+@pytest.mark.parametrize(
+    "name, hu_max, center, tumour",
+    [("1-01.dcm", 2609.0, 84.0, -99.0), ("1-13.dcm", 2143.0, 54.0, -73.0), ("1-14.dcm", 2197.0, 22.0, 75.0)],
+)
+def test_lung_ct_exact_hu(name, hu_max, center, tumour):
+    hu = read_dicom_hu(LUNG / name)
+    assert hu.shape == (512, 512)
+    assert hu.min() == -1024.0 and hu.max() == hu_max  # air outside the body is exactly -1024 HU
+    assert hu[256, 256] == center and hu[350, 325] == tumour
+
+
+def test_unreadable_files_raise_a_value_error_naming_the_file(tmp_path):
+    text = tmp_path / "notes.dcm"
+    text.write_text("this is not DICOM\n" * 20)
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    for path, cause in [(text, "DICOM"), (empty, "empty"), (tmp_path / "absent.dcm", "not found")]:
+        with pytest.raises(ValueError, match=cause) as info:
+            read_dicom_hu(path)
+        assert isinstance(info.value, DicomError)
+        assert str(path) in str(info.value)
+
+
+def test_truncated_dicom_is_refused(tmp_path):
+    data = (LUNG / "1-01.dcm").read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DicomError, match="cut.dcm"):
+        read_dicom_hu(cut)
+
+
+def test_patient_ids_are_only_hashed():
+    key = patient_key(LUNG / "1-01.dcm")
+    assert key == hash_patient_id("Lung_Dx-A0001")
+    assert "A0001" not in key and len(key) == 16
+
+
+def _pydicom_data(name):
+    pytest.importorskip("data_store", reason="pydicom-data (the test extra) holds this real file")
+    from pydicom.data import get_testdata_file
+
+    return get_testdata_file(name)
+
+
+def test_monochrome1_chest_xray_is_inverted():
+    """RG1_J2KI.dcm: a real chest CR, MONOCHROME1 (low = white), JPEG 2000 decoded by Pillow."""
+    path = _pydicom_data("RG1_J2KI.dcm")
+    hu = read_dicom_hu(path)  # no rescale tags: stored values, inverted so that higher is brighter
+    assert hu.shape == (1955, 1841)
+    assert hu[0, 0] == 26512 + 803 - 18876  # stored 18876 in a file whose values span 803..26512
+    assert hu[977, 920] == 26512 + 803 - 3342
+    from medkeras.data.readers import read_dicom_display
+
+    shown = read_dicom_display(path)  # its VOI window applied, then inverted
+    assert shown[977, 920] > shown[0, 0]
+
+
+def test_unsupported_compression_names_the_transfer_syntax():
+    path = _pydicom_data("bad_sequence.dcm")
+    with pytest.raises(DicomError, match="transfer syntax"):
+        read_dicom_hu(path)
+
+
+def test_dicom_without_pixel_data(tmp_path, ct_small_path):
+    import pydicom
+
+    ds = pydicom.dcmread(ct_small_path)
+    del ds.PixelData
+    ds.save_as(tmp_path / "nopixels.dcm")
+    with pytest.raises(DicomError, match="no pixel data"):
+        read_dicom_hu(tmp_path / "nopixels.dcm")
+
+
+def test_ct_without_rescale_tags_is_read_with_a_warning(tmp_path, ct_small_path):
+    import pydicom
+
+    ds = pydicom.dcmread(ct_small_path)
+    raw = ds.pixel_array.astype(np.float32)
+    del ds.RescaleSlope, ds.RescaleIntercept
+    ds.save_as(tmp_path / "norescale.dcm")
+    with pytest.warns(UserWarning, match="RescaleSlope"):
+        hu = read_dicom_hu(tmp_path / "norescale.dcm")
+    np.testing.assert_array_equal(hu, raw)
+
+
+def test_series_in_z_order():
+    from medkeras.data.readers.dicom import series_in_z_order
+
+    ordered = series_in_z_order([LUNG / "1-01.dcm", LUNG / "1-14.dcm", LUNG / "1-13.dcm"])
+    assert [p.name for p in ordered] == ["1-14.dcm", "1-13.dcm", "1-01.dcm"]  # z -189, -184, -124
+
+
+@pytest.mark.parametrize("window", ["lung", ["lung", "mediastinum", "bone"]])
+def test_graph_dicom_decode_equals_pydicom_exactly(dicom_variants, window):
+    """The tf.data DICOM reader (header by pydicom, pixels in the graph) gives the pydicom path's pixels exactly;
+    files it cannot read plainly are handed back, not guessed at."""
+    from medkeras.data.readers import decode_dicom_graph
+    from medkeras.data.resize import resize_dynamic, resize_images
+    from medkeras.data.windows import parse_windows
+
+    plain, other = dicom_variants
+    windows = parse_windows(window)
+    items, rest = decode_dicom_graph(plain + other, windows)
+    items = dict(items)
+    assert sorted(items) == list(range(len(plain))) and rest == list(range(len(plain), len(plain) + len(other)))
+    for i, path in enumerate(plain):
+        np.testing.assert_array_equal(items[i], read_image(path, windows))  # full size, before any resize
+    assert not np.array_equal(items[3], items[4])  # MONOCHROME1 really inverted
+    resized = dict(decode_dicom_graph(plain[:2], windows, then=lambda x: resize_dynamic(x, 64))[0])
+    for i, path in enumerate(plain[:2]):  # the resize fused into the same map: still the Python path's pixels
+        np.testing.assert_array_equal(resized[i], resize_images(read_image(path, windows), 64).numpy())
+
+
+def test_image_kinds_are_read_not_refused(tmp_path, breast):
+    base = breast.splits["train"].images[0]
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(np.dstack([base, base, base, np.full_like(base, 255)]), "RGBA").save(rgba)
+    assert read_image(rgba).shape == (28, 28, 3)
+    deep = tmp_path / "deep.png"
+    Image.fromarray(base.astype(np.uint16) * 257).save(deep)
+    np.testing.assert_allclose(read_image(deep)[..., 0], base.astype(np.float32), atol=1e-3)
+    one = tmp_path / "one.png"
+    Image.fromarray(np.array([[7]], np.uint8)).save(one)
+    assert read_image(one).shape == (1, 1, 1)
+    arr = tmp_path / "a.npy"
+    np.save(arr, base)
+    np.testing.assert_array_equal(read_image(arr)[..., 0], base.astype(np.float32))
+
+
+_DECODE = {}
+
+
+def _graph_decode(data: bytes) -> np.ndarray:
+    """The readers' graph twin, traced as the SavedModel traces it (one string in, pixels out)."""
+    import tensorflow as tf
+
+    from medkeras.data.readers import decode_encoded
+
+    if "fn" not in _DECODE:
+        _DECODE["fn"] = tf.function(decode_encoded, input_signature=[tf.TensorSpec([], tf.string)])
+    return _DECODE["fn"](tf.constant(data)).numpy()
+
+
+def test_encoded_graph_twin_equals_pillow_on_real_files(tmp_path, breast):
+    """Real CT and ultrasound images as users have them (JPEG q75/q95, PNG 8/16-bit, grey and RGB, 512 x 512 and
+    623 x 512): the graph decoder serve_encoded uses gives Pillow's pixels exactly."""
+    from conftest import write_real_encodings
+
+    paths = write_real_encodings(tmp_path, breast.splits["test"].images)
+    assert len(paths) == 19
+    for path in paths:
+        expected = read_image(path)
+        got = _graph_decode(path.read_bytes())
+        assert got.shape == expected.shape, path.name
+        np.testing.assert_array_equal(got, expected, err_msg=path.name)
+
+
+def test_tensorflows_default_jpeg_decoding_is_not_pillows(tmp_path):
+    """Why the twin names its DCT: TF's default (INTEGER_FAST) is up to ~20 grey levels off Pillow on a real CT JPEG."""
+    import tensorflow as tf
+    from conftest import ct_pixels
+    from PIL import Image
+
+    path = tmp_path / "ct.jpg"
+    Image.fromarray(ct_pixels()[..., 0]).save(path, quality=95)
+    default = tf.io.decode_jpeg(path.read_bytes()).numpy().astype(np.float32)
+    assert np.abs(default - read_image(path)).max() >= 5
+    np.testing.assert_array_equal(_graph_decode(path.read_bytes()), read_image(path))
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "P", "P+tRNS", "1", "I;16", "LA;16", "RGB;16", "RGBA;16"])
+def test_every_png_kind_reads_the_same_in_python_and_in_the_graph(tmp_path, breast, mode):
+    """Each PNG colour type and bit depth, made from a real ultrasound image: same pixels, same channel count."""
+    import tensorflow as tf
+
+    grey = breast.splits["test"].images[3]
+    rgb = np.dstack([grey, grey[::-1], grey[:, ::-1]])
+    path = tmp_path / "x.png"
+    if mode.endswith(";16") and mode != "I;16":  # 16-bit with colour or alpha: Pillow cannot write these, TF can
+        channels = {"LA;16": 2, "RGB;16": 3, "RGBA;16": 4}[mode]
+        deep = np.dstack([rgb, grey])[..., :channels] if channels > 2 else np.dstack([grey, grey[::-1]])
+        path.write_bytes(tf.io.encode_png(tf.constant(deep.astype(np.uint16) * 251)).numpy())
+    else:
+        picture = {
+            "L": lambda: Image.fromarray(grey),
+            "LA": lambda: Image.fromarray(np.dstack([grey, grey[::-1]]), "LA"),
+            "RGB": lambda: Image.fromarray(rgb),
+            "RGBA": lambda: Image.fromarray(np.dstack([rgb, grey]), "RGBA"),
+            "P": lambda: Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=32),
+            "P+tRNS": lambda: Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=32),
+            "1": lambda: Image.fromarray(grey > 100),
+            "I;16": lambda: Image.fromarray(grey.astype(np.uint16) * 257 + 3),
+        }[mode]()
+        options = {"transparency": 5} if mode == "P+tRNS" else {}
+        picture.save(path, format="PNG", **options)
+    expected = read_image(path)
+    got = _graph_decode(path.read_bytes())
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_graph_twin_refuses_what_is_not_png_or_jpeg(tmp_path, ct_small_path):
+    import tensorflow as tf
+
+    for data in (b"not an image at all", Path(ct_small_path).read_bytes()):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="not PNG or JPEG"):
+            _graph_decode(data)
