@@ -18,30 +18,25 @@ from medkeras.config import Config, load_config  # noqa: E402
 from medkeras.data.readers.dicom import read_dicom_hu  # noqa: E402
 from medkeras.data.windows import window_hu  # noqa: E402
 from medkeras.errors import ConfigError, DataError, DicomError, MedkerasError  # noqa: E402
+from medkeras.utils import lazy_getattr  # noqa: E402
 
-
-def __getattr__(name):
-    """Heavy steps (they import TensorFlow) load on first use, so `import medkeras` stays fast."""
-    lazy = {
-        "load_dataset": "medkeras.data.sources",
-        "make_tf_dataset": "medkeras.data.pipeline",
-        "build_backbone": "medkeras.models.backbones",
-        "build_member": "medkeras.models.ensemble",
-        "build_ensemble": "medkeras.models.ensemble",
-        "build_model": "medkeras.models.ensemble",
-        "load_model": "medkeras.models.io",
-        "open_model": "medkeras.models.io",
-        "save_model": "medkeras.models.io",
-        "fit": "medkeras.train.fit",
-        "evaluate": "medkeras.evaluate.evaluate",
-        "export_savedmodel": "medkeras.export.savedmodel",
-        "predict": "medkeras.export.predict",
-    }
-    if name in lazy:
-        import importlib
-
-        return getattr(importlib.import_module(lazy[name]), name)
-    raise AttributeError(f"module 'medkeras' has no attribute '{name}'")
+# Heavy steps (they import TensorFlow) load on first use, so `import medkeras` stays fast.
+_LAZY = {
+    "load_dataset": "medkeras.data.sources",
+    "make_tf_dataset": "medkeras.data.pipeline",
+    "build_backbone": "medkeras.models.backbones",
+    "build_member": "medkeras.models.ensemble",
+    "build_ensemble": "medkeras.models.ensemble",
+    "build_model": "medkeras.models.ensemble",
+    "load_model": "medkeras.models.io",
+    "open_model": "medkeras.models.io",
+    "save_model": "medkeras.models.io",
+    "fit": "medkeras.train.fit",
+    "evaluate": "medkeras.evaluate.evaluate",
+    "export_savedmodel": "medkeras.export.savedmodel",
+    "predict": "medkeras.export.predict",
+}
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [

@@ -4,6 +4,8 @@ Anything a user can cause (a config typo, a bad file, a missing dataset) is one 
 one line (`medkeras: error: <what>: <why>`) instead of a traceback.
 """
 
+import errno
+
 
 class MedkerasError(Exception):
     """A run-time or data error the user can fix (CLI exit status 1)."""
@@ -28,3 +30,20 @@ class DataError(MedkerasError, ValueError):
 
 class DicomError(DataError):
     """A DICOM file that cannot be turned into Hounsfield units or pixels."""
+
+
+class ResourceError(MedkerasError):
+    """The machine, not the file: out of memory, file handles or disk space while reading. Never a bad file, so
+    `data.on_bad_file: skip` does not skip it (skipping every file of a split under memory pressure emptied it)."""
+
+
+# errno values that describe the machine's state rather than the file's
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOSPC, errno.EAGAIN}
+
+
+def raise_if_resource(exc: BaseException, path) -> None:
+    """Re-raise `exc` as a `ResourceError` naming `path` when it is a machine limit, not a problem of the file."""
+    if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS):
+        what = "out of memory" if isinstance(exc, MemoryError) else str(exc).splitlines()[0]
+        raise ResourceError(f"{path}: cannot read it now: {what} (a limit of this machine, not a fault of the file)") from exc
+

@@ -1,7 +1,9 @@
-"""Small shared helpers: atomic writes (no half-written checkpoint, model or report), JSON that numpy can feed."""
+"""Small shared helpers: atomic writes (no half-written checkpoint, model or report), JSON that numpy can feed,
+and lazy package attributes (so `import medkeras` does not import TensorFlow)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import tempfile
@@ -51,3 +53,15 @@ def dumps_json(obj) -> str:
 
 def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, dumps_json(obj))
+
+
+def lazy_getattr(package: str, names: dict):
+    """A package's `__getattr__` (PEP 562) importing `names[name]` (a module path) on first use of `name`."""
+
+    def __getattr__(name):
+        if name in names:
+            return getattr(importlib.import_module(names[name]), name)
+        raise AttributeError(f"module '{package}' has no attribute '{name}'")
+
+    return __getattr__
+

@@ -5,7 +5,7 @@ bytes), `resize`, `augment` / `affine`, `splits`, `store` (reading a prepared st
 a store), `pipeline` (tf.data). Names load lazily, so `import medkeras` does not import TensorFlow.
 """
 
-import importlib
+from medkeras.utils import lazy_getattr
 
 _LAZY = {
     "Dataset": "medkeras.data.types",
@@ -21,11 +21,7 @@ _LAZY = {
     "split_arrays": "medkeras.data.pipeline",
 }
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'medkeras.data' has no attribute '{name}'")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)

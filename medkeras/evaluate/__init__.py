@@ -3,7 +3,7 @@
 Names load lazily (the config's checks read `thresholds` without importing the rest).
 """
 
-import importlib
+from medkeras.utils import lazy_getattr
 
 _LAZY = {
     "evaluate": "medkeras.evaluate.evaluate",
@@ -12,11 +12,7 @@ _LAZY = {
     "softmax": "medkeras.evaluate.metrics",
 }
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'medkeras.evaluate' has no attribute '{name}'")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)

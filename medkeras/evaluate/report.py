@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 
 from medkeras.evaluate import plots
+from medkeras.models.outputs import positive_index
 from medkeras.utils import atomic_write_text
 
 HEADLINE = ("auroc", "auprc", "accuracy", "balanced_accuracy", "f1", "f1_macro", "sensitivity", "specificity", "ppv",
@@ -137,7 +138,7 @@ def write_report(out_dir, scored, dataset, cfg, meta, model=None, history_csv=No
     plot_dir.mkdir(parents=True, exist_ok=True)
     m = scored["metrics"]
     class_names = dataset.class_names
-    pos = class_names.index(m["positive_class"]) if "positive_class" in m else None
+    pos = positive_index(class_names, dataset.positive_class)
     threshold = m.get("threshold", 0.5)
     scored = {**scored, "image_size": meta.get("image_size", cfg.data.image_size)}
     warnings = list(m.get("notes", []))

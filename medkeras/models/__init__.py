@@ -5,6 +5,8 @@ Names load lazily: reading the registry (config checks, `medkeras backbones`) do
 
 import importlib
 
+from medkeras.utils import lazy_getattr
+
 _LAZY = {
     "REGISTRY": "medkeras.models.backbones",
     "BackboneSpec": "medkeras.models.backbones",
@@ -23,11 +25,7 @@ _LAZY = {
     "ImagePreprocessing": "medkeras.models.preprocessing",
 }
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'medkeras.models' has no attribute '{name}'")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 def register_custom_objects():

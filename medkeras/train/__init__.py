@@ -3,13 +3,8 @@
 `fit` loads lazily, so importing a piece of training does not import the whole of it.
 """
 
+from medkeras.utils import lazy_getattr
 
-def __getattr__(name):
-    if name == "fit":
-        from medkeras.train.fit import fit
-
-        return fit
-    raise AttributeError(f"module 'medkeras.train' has no attribute '{name}'")
-
+__getattr__ = lazy_getattr(__name__, {"fit": "medkeras.train.fit"})
 
 __all__ = ["fit"]

@@ -62,6 +62,9 @@ def _decode_splits(cfg, dataset, run_dir):
     for split in ("train", "val"):
         if len(arrays[split][1]) == 0:
             raise MedkerasError(f"{cfg.data.source}: the {split} split is empty after reading")
+    if len(dataset.splits["test"]) and len(arrays["test"][1]) == 0:
+        print(f"medkeras: warning: every test file was skipped as unreadable ({run_dir / 'bad_files.csv'}): "
+              "the run ends without a test report")
     return arrays
 
 

@@ -226,3 +226,38 @@ def test_graph_twin_refuses_what_is_not_png_or_jpeg(tmp_path, ct_small_path):
     for data in (b"not an image at all", Path(ct_small_path).read_bytes()):
         with pytest.raises(tf.errors.InvalidArgumentError, match="not PNG or JPEG"):
             _graph_decode(data)
+
+
+def test_a_machine_limit_is_not_a_bad_file(monkeypatch, tmp_path, breast):
+    """Out of memory or file handles while reading says so and stops, even under `on_bad_file: skip`: skipping
+    every file of a split for the machine's sake once left a fit's validation split empty at evaluation."""
+    import errno
+
+    import pydicom
+    from PIL import Image
+
+    from medkeras.config import DataConfig
+    from medkeras.data.pipeline import decode_files
+    from medkeras.data.types import Split
+    from medkeras.errors import ResourceError
+
+    png = tmp_path / "x.png"
+    Image.fromarray(breast.splits["test"].images[0]).save(png)
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(pydicom, "dcmread", out_of_memory)
+    with pytest.raises(ResourceError, match="1-01.dcm: cannot read it now: out of memory"):
+        read_dicom_hu(LUNG / "1-01.dcm")
+    split = Split(labels=np.zeros(3, np.int64), paths=[LUNG / n for n in ("1-01.dcm", "1-13.dcm", "1-14.dcm")])
+    cfg = DataConfig(source="unused", image_size=32, window=[[-600.0, 1500.0]])
+    with pytest.raises(ResourceError):
+        decode_files(split, cfg, on_bad_file="skip", verbose=False)
+
+    def no_handles(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(Image, "open", no_handles)
+    with pytest.raises(ResourceError, match="Too many open files"):
+        read_image(png)

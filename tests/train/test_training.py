@@ -323,3 +323,25 @@ def test_dataset_normalization_in_the_graph(breast):
     layer = ImagePreprocessing("dataset", mean, std)
     out = np.asarray(layer(np.repeat(images[:64, ..., None].astype("float32"), 3, axis=-1)))
     np.testing.assert_allclose(out[..., 0], (images[:64] / 255.0 - mean[0]) / std[0], atol=1e-4)
+
+
+def test_fit_reads_each_split_once_and_scores_what_it_read(tmp_path, monkeypatch):
+    """The end of a fit scores the validation and test arrays decoded at its start; it never reads them again
+    (a second read under memory pressure once found the validation split empty after 3 epochs on it)."""
+    import medkeras
+    import medkeras.data.pipeline as pipeline
+
+    reads, original = [], pipeline.split_arrays
+
+    def counting(split, *args, **kwargs):
+        reads.append(len(split))
+        return original(split, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "split_arrays", counting)
+    cfg = medkeras.load_config("demo", ["train.epochs=1", "train.steps_per_epoch=1", "train.verbose=0",
+                                        "train.run_eagerly=true", "eval.bootstrap=0", "model.backbones=[cnn8_small]"])
+    run = medkeras.fit(cfg, out=tmp_path / "run")
+    assert reads == [546, 78, 156]  # train, val, test: once each
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val"]["n"] == 78 and metrics["test"]["n"] == 156
+

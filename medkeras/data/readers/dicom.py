@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medkeras.errors import DicomError
+from medkeras.errors import DicomError, ResourceError, raise_if_resource
 
 
 def _dcmread(path, stop_before_pixels=False, defer_size=None):
@@ -29,8 +29,10 @@ def _dcmread(path, stop_before_pixels=False, defer_size=None):
         try:  # files written without the 128-byte preamble are still DICOM
             return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels, defer_size=defer_size, force=True)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds for garbage
+            raise_if_resource(exc, path)
             raise DicomError(path, f"not a DICOM file ({type(exc).__name__})") from exc
     except Exception as exc:  # noqa: BLE001
+        raise_if_resource(exc, path)
         raise DicomError(path, f"cannot parse DICOM: {exc}") from exc
 
 
@@ -74,6 +76,7 @@ def _modality_values(path):
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - decoder errors come in many types
+        raise_if_resource(exc, path)
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))
         raise DicomError(path, f"cannot decode pixel data (transfer syntax {name}): {str(exc).splitlines()[0]}") from exc
@@ -115,7 +118,7 @@ def pixel_layout(path) -> dict | None:
     """
     try:
         ds = _dcmread(path, defer_size=1024)
-    except DicomError:
+    except (DicomError, ResourceError):  # the Python path reads it again and names the cause
         return None
     meta = getattr(ds, "file_meta", None)
     syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")

@@ -12,7 +12,7 @@ import numpy as np
 
 from medkeras.data.readers.dicom import read_dicom_display, read_dicom_hu
 from medkeras.data.readers.pixels import hu_to_pixels, to_pixels
-from medkeras.errors import DataError
+from medkeras.errors import DataError, raise_if_resource
 
 PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}
@@ -41,14 +41,16 @@ def _read_picture(path: Path) -> np.ndarray:
             return np.asarray(img, dtype=np.float32)
     except UnidentifiedImageError as exc:
         raise DataError(path, "not a readable image (unknown or corrupt format)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, MemoryError) as exc:
+        raise_if_resource(exc, path)
         raise DataError(path, f"cannot decode image: {str(exc).splitlines()[0]}") from exc
 
 
 def _read_array(path: Path, hu: bool) -> tuple[np.ndarray, bool]:
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, MemoryError) as exc:
+        raise_if_resource(exc, path)
         raise DataError(path, f"not a readable .npy array: {str(exc).splitlines()[0]}") from exc
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3)):
         raise DataError(path, f"expected an (H, W) or (H, W, 1|3) array, got shape {array.shape}")
