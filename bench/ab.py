@@ -2,7 +2,7 @@
 
 Each checkout runs its own `bench/pipeline.py` mode functions with its own `medkeras` (the child process starts in
 the checkout, so `.` comes first on its path), on the same manifest and the same prepared store (written once by
-the first checkout). Rounds alternate A, B, A, B, ... per mode, so drift on this noisy machine hits both alike.
+the checkout running this script). Rounds alternate A, B, A, B, ... per mode, so drift on this noisy machine hits both alike.
 
     git worktree add /tmp/before <commit>
     python -m bench.ab --a /tmp/before --b . --rounds 4
@@ -48,7 +48,7 @@ def main(argv=None):
     parser.add_argument("--name", default="ab-pipeline")
     args = parser.parse_args(argv)
     a, b = args.a.resolve(), args.b.resolve()
-    sys.path.insert(0, str(b))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout writes the shared inputs
     from bench.pipeline import LUNG, manifest
 
     from medkeras.config import DataConfig
