@@ -1,0 +1,139 @@
+"""Reading compressed DICOM: images/s of `read_dicom_hu` per transfer syntax against the uncompressed files, and the
+`prepare` time of a compressed series against the same series uncompressed.
+
+The real Lung-PET-CT-Dx series (512 x 512, 12-bit) is re-encoded once into each lossless syntax (pydicom's encoders;
+GDCM for the JPEG Lossless processes) and checked to read back the same HU; then every syntax is read in one
+process, in interleaved rounds: `read_dicom_hu` on one thread (a per-core figure; the uncompressed rows are read the
+same way), and the whole decoding step of `fit` and `prepare` (`decode_files`: lung window, 224 px, both cores;
+uncompressed files there go through the graph decoder, compressed ones through pydicom in threads).
+
+    python -m bench.dicom_syntaxes --source ../shared/data/lung_pet_ct_dx_A0001 --slices 32 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SYNTAXES = ["RLELossless", "JPEGLSLossless", "JPEG2000Lossless", "JPEGLossless", "JPEGLosslessSV1",
+            "DeflatedExplicitVRLittleEndian", "JPEGLSNearLossless", "JPEG2000"]
+
+
+def encode(src: Path, dst: Path, syntax: str) -> None:
+    import pydicom
+    from pydicom import uid
+
+    if syntax in ("JPEGLossless", "JPEGLosslessSV1"):
+        import gdcm
+
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(src))
+        reader.Read()
+        change = gdcm.ImageChangeTransferSyntax()
+        name = {"JPEGLossless": "JPEGLosslessProcess14", "JPEGLosslessSV1": "JPEGLosslessProcess14_1"}[syntax]
+        change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, name)))
+        change.SetInput(reader.GetImage())
+        change.Change()
+        writer = gdcm.ImageWriter()
+        writer.SetFileName(str(dst))
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        writer.Write()
+        return
+    ds = pydicom.dcmread(src)
+    if syntax == "DeflatedExplicitVRLittleEndian":
+        ds.file_meta.TransferSyntaxUID = uid.DeflatedExplicitVRLittleEndian
+    else:
+        options = {"jls_error": 2} if syntax == "JPEGLSNearLossless" else {"j2k_cr": [10]} if syntax == "JPEG2000" else {}
+        ds.compress(getattr(uid, syntax), **options)
+    ds.save_as(dst, enforce_file_format=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, default=Path("../shared/data/lung_pet_ct_dx_A0001"))
+    parser.add_argument("--slices", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--prepare-syntax", default="JPEGLosslessSV1")
+    args = parser.parse_args(argv)
+
+    from medkeras import read_dicom_hu
+
+    rows = list(csv.DictReader(open(args.source / "slices.csv")))[: args.slices]
+    originals = [(args.source / r["path"]).resolve() for r in rows]
+    work = Path(tempfile.mkdtemp(prefix="medkeras-syntaxes-"))
+    files = {"uncompressed": originals}
+    sizes = {"uncompressed": sum(p.stat().st_size for p in originals)}
+    for syntax in SYNTAXES:
+        folder = work / syntax
+        folder.mkdir()
+        files[syntax] = []
+        for i, src in enumerate(originals):
+            dst = folder / f"{i:03d}.dcm"
+            encode(src, dst, syntax)
+            files[syntax].append(dst)
+        sizes[syntax] = sum(p.stat().st_size for p in files[syntax])
+        lossy = syntax in ("JPEGLSNearLossless", "JPEG2000")
+        same = all(np.array_equal(read_dicom_hu(a), read_dicom_hu(b)) for a, b in zip(originals[:4], files[syntax][:4]))
+        assert same or lossy, f"{syntax} did not read back the original HU"
+    from medkeras.config import DataConfig
+    from medkeras.data.pipeline import decode_files
+    from medkeras.data.types import Split
+
+    cfg = DataConfig(source="unused", image_size=224, window=[[-600.0, 1500.0]])
+    decode_files(Split(labels=np.zeros(2, np.int64), paths=originals[:2]), cfg, verbose=False)  # graph traced once
+    rates = {name: [] for name in files}
+    pipeline = {name: [] for name in files}
+    for _ in range(args.rounds):  # interleaved: each round reads every syntax once
+        for name, paths in files.items():
+            t0 = time.perf_counter()
+            for path in paths:
+                read_dicom_hu(path)
+            rates[name].append(len(paths) / (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            decode_files(Split(labels=np.zeros(len(paths), np.int64), paths=paths), cfg, verbose=False)
+            pipeline[name].append(len(paths) / (time.perf_counter() - t0))
+    base, base_pipe = float(np.median(rates["uncompressed"])), float(np.median(pipeline["uncompressed"]))
+    table = {name: {"read_dicom_hu_images_per_s": round(float(np.median(r)), 1),
+                    "read_vs_uncompressed": round(float(np.median(r)) / base, 3),
+                    "decode_files_images_per_s": round(float(np.median(pipeline[name])), 1),
+                    "decode_files_vs_uncompressed": round(float(np.median(pipeline[name])) / base_pipe, 3),
+                    "bytes_vs_uncompressed": round(sizes[name] / sizes["uncompressed"], 3)} for name, r in rates.items()}
+    print(json.dumps(table, indent=1))
+
+    prepared = _prepare_times(work, originals, files[args.prepare_syntax], args.prepare_syntax)
+    print(json.dumps(prepared, indent=1))
+    from bench.common import save
+
+    print("wrote", save("dicom-syntaxes", {"slices": len(originals), "rounds": args.rounds, "read": table,
+                                           "prepare": prepared}))
+
+
+def _prepare_times(work: Path, originals, compressed, syntax: str) -> dict:
+    """`prepare --size 224 --window lung` of the series as stored, uncompressed then compressed, twice each."""
+    from medkeras.config import DataConfig
+    from medkeras.data.prepare import prepare
+
+    out = {}
+    for label, paths in (("uncompressed", originals), (syntax, compressed)) * 2:
+        manifest = work / f"{label}.csv"
+        with open(manifest, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "label", "split"])
+            for i, path in enumerate(paths):
+                writer.writerow([path, "a" if i % 2 else "b", "train" if i % 4 else "val"])
+        store = work / f"store-{label}-{len(out)}"
+        t0 = time.perf_counter()
+        prepare(DataConfig(source=str(manifest), window=[[-600.0, 1500.0]]), store, size=224, verbose=False)
+        out.setdefault(label, []).append(round(len(paths) / (time.perf_counter() - t0), 1))
+    return {"images_per_s": out}
+
+
+if __name__ == "__main__":
+    main()
