@@ -61,6 +61,7 @@ def main(argv=None):
     parser.add_argument("--slices", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--prepare-syntax", default="JPEGLosslessSV1")
+    parser.add_argument("--prepare-only", action="store_true", help="only the prepare rows")
     args = parser.parse_args(argv)
 
     from medkeras import read_dicom_hu
@@ -82,6 +83,13 @@ def main(argv=None):
         lossy = syntax in ("JPEGLSNearLossless", "JPEG2000")
         same = all(np.array_equal(read_dicom_hu(a), read_dicom_hu(b)) for a, b in zip(originals[:4], files[syntax][:4]))
         assert same or lossy, f"{syntax} did not read back the original HU"
+    if args.prepare_only:
+        prepared = _prepare_times(work, originals, files[args.prepare_syntax], args.prepare_syntax, args.rounds)
+        print(json.dumps(prepared, indent=1))
+        from bench.common import save
+
+        print("wrote", save("dicom-prepare", {"slices": len(originals), "prepare": prepared}))
+        return
     from medkeras.config import DataConfig
     from medkeras.data.pipeline import decode_files
     from medkeras.data.types import Split
@@ -90,20 +98,25 @@ def main(argv=None):
     decode_files(Split(labels=np.zeros(2, np.int64), paths=originals[:2]), cfg, verbose=False)  # graph traced once
     rates = {name: [] for name in files}
     pipeline = {name: [] for name in files}
+    per_cpu = {name: [] for name in files}  # images per CPU-second of this process: a per-core figure
     for _ in range(args.rounds):  # interleaved: each round reads every syntax once
         for name, paths in files.items():
             t0 = time.perf_counter()
             for path in paths:
                 read_dicom_hu(path)
             rates[name].append(len(paths) / (time.perf_counter() - t0))
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             decode_files(Split(labels=np.zeros(len(paths), np.int64), paths=paths), cfg, verbose=False)
             pipeline[name].append(len(paths) / (time.perf_counter() - t0))
+            per_cpu[name].append(len(paths) / (time.process_time() - c0))
     base, base_pipe = float(np.median(rates["uncompressed"])), float(np.median(pipeline["uncompressed"]))
+    base_cpu = float(np.median(per_cpu["uncompressed"]))
     table = {name: {"read_dicom_hu_images_per_s": round(float(np.median(r)), 1),
                     "read_vs_uncompressed": round(float(np.median(r)) / base, 3),
                     "decode_files_images_per_s": round(float(np.median(pipeline[name])), 1),
                     "decode_files_vs_uncompressed": round(float(np.median(pipeline[name])) / base_pipe, 3),
+                    "decode_files_images_per_cpu_s": round(float(np.median(per_cpu[name])), 1),
+                    "per_core_vs_uncompressed": round(float(np.median(per_cpu[name])) / base_cpu, 3),
                     "bytes_vs_uncompressed": round(sizes[name] / sizes["uncompressed"], 3)} for name, r in rates.items()}
     print(json.dumps(table, indent=1))
 
@@ -115,23 +128,30 @@ def main(argv=None):
                                            "prepare": prepared}))
 
 
-def _prepare_times(work: Path, originals, compressed, syntax: str) -> dict:
-    """`prepare --size 224 --window lung` of the series as stored, uncompressed then compressed, twice each."""
+def _prepare_times(work: Path, originals, compressed, syntax: str, rounds: int = 2) -> dict:
+    """`prepare --size 224 --window lung` of the series, uncompressed and compressed, reading in threads and in worker
+    processes (`prepare.PROCESS_POOL_MIN`), interleaved over `rounds` -> images/s per case."""
     from medkeras.config import DataConfig
-    from medkeras.data.prepare import prepare
+    from medkeras.data import prepare as prep
 
-    out = {}
-    for label, paths in (("uncompressed", originals), (syntax, compressed)) * 2:
-        manifest = work / f"{label}.csv"
-        with open(manifest, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["path", "label", "split"])
-            for i, path in enumerate(paths):
-                writer.writerow([path, "a" if i % 2 else "b", "train" if i % 4 else "val"])
-        store = work / f"store-{label}-{len(out)}"
-        t0 = time.perf_counter()
-        prepare(DataConfig(source=str(manifest), window=[[-600.0, 1500.0]]), store, size=224, verbose=False)
-        out.setdefault(label, []).append(round(len(paths) / (time.perf_counter() - t0), 1))
+    minimum = prep.PROCESS_POOL_MIN
+    out, n = {}, 0
+    for _ in range(rounds):
+        for label, paths in (("uncompressed", originals), (syntax, compressed)):
+            manifest = work / f"{label}.csv"
+            with open(manifest, "w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["path", "label", "split"])
+                for i, path in enumerate(paths):
+                    writer.writerow([path, "a" if i % 2 else "b", "train"])
+            for pool in ("threads", "processes"):
+                prep.PROCESS_POOL_MIN = minimum if pool == "processes" else 10**9
+                n += 1
+                t0 = time.perf_counter()
+                prep.prepare(DataConfig(source=str(manifest), window=[[-600.0, 1500.0]]), work / f"store-{n}", size=224,
+                             verbose=False)
+                out.setdefault(f"{label}, {pool}", []).append(round(len(paths) / (time.perf_counter() - t0), 1))
+    prep.PROCESS_POOL_MIN = minimum
     return {"images_per_s": out}
 
 

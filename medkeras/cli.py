@@ -161,12 +161,16 @@ def export(model, base, name, version, fmt):
 @click.option("--out", type=click.Path(dir_okay=False), help="CSV file (default: standard output).")
 @click.option("--on-bad-file", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-def predict_cmd(model, inputs, out, on_bad_file, batch_size):
-    """Score files or folders (DICOM, PNG, JPEG, NPY) with MODEL: a run dir, a .keras file or a SavedModel."""
+@click.option("--redact-paths", is_flag=True, help="Name rows by keyed patient and index, never by file name.")
+def predict_cmd(model, inputs, out, on_bad_file, batch_size, redact_paths):
+    """Score files or folders (DICOM, PNG, JPEG, NPY) with MODEL: a run dir, a .keras file or a SavedModel.
+
+    One row per image (per frame of a multi-frame DICOM), with the keyed patient and series of DICOM inputs.
+    """
     _tf()
     from medkeras.export.predict import predict
 
-    result = predict(model, inputs, out=out, on_bad_file=on_bad_file, batch_size=batch_size)
+    result = predict(model, inputs, out=out, on_bad_file=on_bad_file, batch_size=batch_size, redact_paths=redact_paths)
     for path, cause in result["skipped"]:
         click.echo(f"medkeras: skipped {path}: {cause}", err=True)
     if result["skipped"]:

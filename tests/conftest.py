@@ -2,9 +2,11 @@
 `fixtures/`), the files users have made from them (other sizes and encodings), and the runs and exports the
 CLI, evaluation and export tests share."""
 
+import csv
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,9 @@ import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The patient-key secret of this test session (the CLI subprocesses inherit it): nothing under ~/.config is touched
+os.environ["MEDKERAS_PATIENT_KEY_FILE"] = str(Path(tempfile.mkdtemp(prefix="medkeras-keys-")) / "patient.key")
+Path(os.environ["MEDKERAS_PATIENT_KEY_FILE"]).write_text("a-test-session-secret-" + os.urandom(8).hex() + "\n")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LUNG = FIXTURES / "lung_pet_ct_dx_A0001"
@@ -172,3 +177,107 @@ def test_pngs(tmp_path_factory, breast):
         Image.fromarray(split.images[i]).save(path)
         paths.append(path)
     return paths
+
+
+def raw_id_traces(patient_id: str) -> list[bytes]:
+    """What must never appear in anything medkeras writes: the raw ID and its unkeyed md5 / sha1 / sha256 (hex),
+    and the fixed-salt sha256 earlier versions wrote."""
+    import hashlib
+
+    out = [patient_id.encode()]
+    for name in ("md5", "sha1", "sha256"):
+        digest = hashlib.new(name, patient_id.encode()).hexdigest()
+        out += [digest.encode(), digest[:16].encode()]
+    out.append(hashlib.sha256(("medkeras:" + patient_id).encode()).hexdigest()[:16].encode())
+    return out
+
+
+def assert_no_raw_ids(folder, patient_id: str) -> int:
+    """Every file under `folder` is free of the raw ID and its unkeyed hashes; returns how many files were read."""
+    traces = raw_id_traces(patient_id)
+    files = [p for p in Path(folder).rglob("*") if p.is_file()]
+    for path in files:
+        data = path.read_bytes()
+        for trace in traces:
+            assert trace not in data, f"{path} holds {trace!r}"
+    return len(files)
+
+
+@pytest.fixture(scope="session")
+def lce_ct(tmp_path_factory):
+    """A real Legacy Converted Enhanced CT: the three Lung-PET-CT-Dx slices as one multi-frame file (highdicom), with
+    each frame's rescale moved into the per-frame functional groups (frame 2 stored +1024 with intercept -2048)."""
+    hd = pytest.importorskip("highdicom", reason="highdicom (the test extra) builds the multi-frame file")
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import generate_uid
+
+    sources = [pydicom.dcmread(LUNG / n) for n in ("1-01.dcm", "1-13.dcm", "1-14.dcm")]  # z -124, -184, -189
+    lce = hd.legacy.LegacyConvertedEnhancedCTImage(
+        legacy_datasets=sources, series_instance_uid=generate_uid(), series_number=99,
+        sop_instance_uid=generate_uid(), instance_number=1,
+    )
+    frames = lce.pixel_array.astype(np.uint16)
+    frames[1] += 1024
+    lce.BitsStored, lce.HighBit = 16, 15
+    lce.PixelData = frames.tobytes()
+    del lce.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+    for i, item in enumerate(lce.PerFrameFunctionalGroupsSequence):
+        transform = Dataset()
+        transform.RescaleSlope, transform.RescaleIntercept = 1, -2048 if i == 1 else -1024
+        transform.RescaleType = "HU"
+        item.PixelValueTransformationSequence = Sequence([transform])
+    path = tmp_path_factory.mktemp("lce") / "lce_ct.dcm"
+    lce.save_as(path, enforce_file_format=True)
+    return path
+
+
+
+def write_patients(folder, patients, series_per_patient=1):
+    """Copies of the three real Lung-PET-CT-Dx slices as other patients' series: PatientID `patients[i]`, new study,
+    series and frame-of-reference UIDs (two series of one patient share the frame of reference, as two
+    reconstructions of one scan do). Class folders `normal` / `tumour` by the slice's label. -> written paths."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    folder = Path(folder)
+    written = []
+    for patient in patients:
+        study, reference = generate_uid(), generate_uid()
+        for s in range(series_per_patient):
+            series = generate_uid()
+            for name, label in (("1-01.dcm", "normal"), ("1-13.dcm", "tumour"), ("1-14.dcm", "tumour")):
+                ds = pydicom.dcmread(LUNG / name)
+                ds.PatientID, ds.PatientName = patient, f"{patient}^Test"
+                ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, reference
+                ds.SOPInstanceUID = generate_uid()
+                path = folder / label / f"{patient}-s{s}-{name}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                ds.save_as(path, enforce_file_format=True)
+                written.append(path)
+    return written
+
+
+@pytest.fixture(scope="session")
+def ct_run(tmp_path_factory):
+    """A real CT model: `medkeras fit` on the three Lung-PET-CT-Dx slices (lung window, 32 px), then exported."""
+    root = tmp_path_factory.mktemp("ct")
+    manifest = root / "ct.csv"
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "split", "patient_id"])
+        for split in ("train", "val", "test"):
+            for name, label in (("1-01.dcm", "normal"), ("1-13.dcm", "tumour"), ("1-14.dcm", "tumour")):
+                writer.writerow([LUNG / name, label, split, f"P-{split}"])
+    run = root / "run"
+    result = run_cli(
+        "fit", "--out", run, "--set", f"data.source={manifest}", "--set", "data.window=lung",
+        "--set", "data.image_size=32", "--set", "model.backbones=[cnn8_small]", "--set", "train.epochs=1",
+        "--set", "train.steps_per_epoch=2", "--set", "train.batch_size=2", "--set", "train.run_eagerly=true",
+        "--set", "train.verbose=0", "--set", "eval.bootstrap=0",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_cli("export", run, "--out", root / "serving", "--name", "ct")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run, root / "serving" / "ct" / "1"

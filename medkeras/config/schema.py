@@ -49,6 +49,10 @@ class DataConfig:
     class_names: Optional[list] = None  # default: from the dataset
     positive_class: Optional[str] = None  # binary tasks: the class whose probability is scored
     on_bad_file: str = "fail"  # "fail" or "skip"
+    # The secret that keys patient IDs (an HMAC; see medkeras/data/keys.py): a file shared by a team, or null for
+    # this user's own (~/.config/medkeras/patient.key, created once). The secret itself is never stored in a run.
+    patient_key_file: Optional[str] = None
+    redact_paths: bool = False  # outputs name items by their keyed patient and an index, never by file name
     cache: str = "auto"  # "auto" (in memory when it fits), "memory" or "none"
     normalize: str = "backbone"  # "backbone" (its ImageNet statistics) or "dataset" (train mean/std, see below)
     mean: Optional[list] = None  # filled in by fit with normalize: dataset (per channel, pixels / 255)

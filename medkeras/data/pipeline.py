@@ -30,13 +30,14 @@ def decode_files(split: Split, data_cfg, on_bad_file: str = "fail", workers: int
     """Decode every file of a split to float32 (N, S, S, C) at `data_cfg.image_size`.
 
     With a window configured, plain DICOM files are decoded in the graph (`decode_dicom_graph`); the rest one by
-    one (pydicom, PIL, numpy) in a thread pool. Returns (images, labels, names, bad) where `bad` lists
-    (path, cause) of files skipped under `skip`. Under `fail` the first unreadable file raises `DataError`
+    one (pydicom, PIL, numpy) in a thread pool. Returns (images, labels, names, bad) where names are the split's
+    (`Split.names`: relative or redacted) and `bad` lists (name, cause) of files skipped under `skip`. Under `fail` the first unreadable file raises `DataError`
     naming it, before anything is trained or written.
     """
     size = data_cfg.image_size
     windows = data_cfg.window or []
     paths = [str(p) for p in split.paths]
+    shown = split.names()  # what outputs call them: relative to the source's folder, or redacted
 
     def load(path):
         try:
@@ -78,7 +79,7 @@ def decode_files(split: Split, data_cfg, on_bad_file: str = "fail", workers: int
         if error is not None:
             if on_bad_file == "fail":
                 raise error
-            bad.append((paths[i], error.cause))
+            bad.append((shown[i], error.cause))
         else:
             keep.append(i)
     channels = max((results[i][0].shape[-1] for i in keep), default=3)
@@ -89,7 +90,7 @@ def decode_files(split: Split, data_cfg, on_bad_file: str = "fail", workers: int
         image = results.pop(i)[0]
         stacked[k] = image if image.shape[-1] == channels else np.repeat(image, channels, axis=-1)
     keep = np.asarray(keep, dtype=np.int64)
-    return stacked, split.labels[keep], [paths[i] for i in keep], bad
+    return stacked, split.labels[keep], [shown[i] for i in keep], bad
 
 
 def split_arrays(split: Split, data_cfg, on_bad_file="fail", verbose=True):

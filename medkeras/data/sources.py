@@ -1,7 +1,8 @@
 """Data sources: a bundled dataset, a MedMNIST `.npz`, a folder per class, a CSV manifest or a prepared store.
 
 Every source ends as a `Dataset` (`types.py`): class names, and per split either in-memory images, file paths or
-store records, with integer labels. Files are not read here: `readers/` reads them, `pipeline.py` batches them.
+store records, with integer labels. Only DICOM headers are read here (frames, patients, series, positions);
+`readers/` decodes the images, `pipeline.py` batches them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medkeras.data.readers import READABLE_SUFFIXES, hash_patient_id
+from medkeras.data.keys import keyed
+from medkeras.data.readers import READABLE_SUFFIXES, dicom_items, is_dicom
 from medkeras.data.splits import split_indices
 from medkeras.data.store import is_store, load_store
 from medkeras.data.types import SPLITS, Dataset, Split
@@ -70,30 +72,76 @@ def load_npz(path, class_names=None, name=None) -> Dataset:
     return Dataset(name=stem, class_names=list(names), splits=splits)
 
 
-def _file_dataset(source, paths, label_names, split_col, groups, cfg, seed) -> Dataset:
+def _dicom_structure(paths, key_file):
+    """Each file's images from its DICOM header: [SliceInfo] per path ([None] for other files; a DICOM file whose
+    header cannot be read stays one item, named when it is decoded)."""
+    out = []
+    for path in paths:
+        if not is_dicom(path):
+            out.append([None])
+            continue
+        try:
+            out.append(dicom_items(path, key_file))
+        except DataError:
+            out.append([None])
+    return out
+
+
+def _split_groups(patients, series, names) -> list | None:
+    """What a split keeps together: the patient, else the series, else the file; None where nothing is known."""
+    if not any(patients) and not any(series):
+        return None
+    return [p or (f"series:{s}" if s else f"file:{n}") for p, s, n in zip(patients, series, names)]
+
+
+def _file_dataset(source, paths, label_names, split_col, patient_ids, cfg, seed, root=None) -> Dataset:
+    """Files (or manifest rows) -> `Dataset`. DICOM headers give multi-frame files as their frames (`FILE#N`),
+    patients (keyed; a manifest's `patient_id` column wins) and series; splits keep patients (else series) whole,
+    and list each split's slices by series and position."""
+    key_file = getattr(cfg, "patient_key_file", None)
     class_names = cfg.class_names or sorted({str(n) for n in label_names})
+    structure = _dicom_structure(paths, key_file)
+    rows = [(i, info) for i, infos in enumerate(structure) for info in infos]  # one row per image (frame)
+    names = [info.name if info is not None else str(paths[i]) for i, info in rows]
+    label_names = [label_names[i] for i, _ in rows]
     labels = _labels_from_names(source, label_names, class_names)
-    for i, c in enumerate(class_names):
-        if not (labels == i).any():
+    for k, c in enumerate(class_names):
+        if not (labels == k).any():
             raise DataError(source, f"class '{c}' has no images")
-    if split_col is not None:
-        index = {s: np.flatnonzero(np.asarray(split_col) == s) for s in SPLITS}
+    if patient_ids is not None:  # keyed here; the raw IDs go no further
+        patients = [keyed("patient", patient_ids[i], key_file) for i, _ in rows]
     else:
-        index = split_indices(labels, groups, cfg.split, seed)
-    splits = {
-        s: Split(
-            labels=labels[ix],
-            paths=[paths[i] for i in ix],
-            groups=[groups[i] for i in ix] if groups is not None else None,
+        patients = [info.patient if info is not None else None for _, info in rows]
+    series = [info.series if info is not None else None for _, info in rows]
+    positions = [(info.frame_of_reference, info.position) if info is not None and info.position is not None else None
+                 for _, info in rows]
+    groups = _split_groups(patients, series, names)
+    if split_col is not None:
+        column = np.asarray([split_col[i] for i, _ in rows])
+        index = {s: np.flatnonzero(column == s) for s in SPLITS}
+    else:
+        index = split_indices(labels, groups, cfg.split, seed, source=source)
+
+    def order(ix):  # each series along its slice normal; other files keep their order
+        return sorted(ix, key=lambda i: (series[i] or "", positions[i][1] if positions[i] else float("inf"), i))
+
+    known = any(patients)
+    splits = {}
+    for s, ix in index.items():
+        ix = order(ix)
+        splits[s] = Split(
+            labels=labels[ix], paths=[names[i] for i in ix],
+            groups=[patients[i] for i in ix] if known else None,
+            series=[series[i] for i in ix] if any(series) else None,
+            positions=[positions[i] for i in ix] if any(positions) else None,
+            root=str(root) if root is not None else None, redact=bool(getattr(cfg, "redact_paths", False)),
         )
-        for s, ix in index.items()
-    }
     return Dataset(name=Path(source).stem, class_names=list(class_names), splits=splits)
 
 
 def load_folder(path, cfg, seed=42) -> Dataset:
     """A folder with one sub-folder per class; files are split by `data.split` fractions, stratified."""
-    path = Path(path)
+    path = Path(path).resolve()
     class_dirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise DataError(path, "no class sub-folders (expected one folder per class holding the images)")
@@ -104,7 +152,7 @@ def load_folder(path, cfg, seed=42) -> Dataset:
             raise DataError(d, f"class '{d.name}' has no images (PNG, JPEG, DICOM or NPY)")
         paths += files
         names += [d.name] * len(files)
-    return _file_dataset(path, paths, names, None, None, cfg, seed)
+    return _file_dataset(path, paths, names, None, None, cfg, seed, root=path)
 
 
 def load_manifest(path, cfg, seed=42) -> Dataset:
@@ -128,11 +176,9 @@ def load_manifest(path, cfg, seed=42) -> Dataset:
         bad = sorted(set(split_col) - set(SPLITS))
         if bad:
             raise DataError(path, f"unknown split value(s) {bad}: use train, val or test")
-    groups = None
-    if "patient_id" in columns:
-        groups = [hash_patient_id(r["patient_id"]) for r in rows]  # the raw ID is dropped here
+    patient_ids = [r["patient_id"] for r in rows] if "patient_id" in columns else None
     names = [r["label"].strip() for r in rows]
-    return _file_dataset(path, paths, names, split_col, groups, cfg, seed)
+    return _file_dataset(path, paths, names, split_col, patient_ids, cfg, seed, root=path.parent.resolve())
 
 
 def load_dataset(cfg, seed=42) -> Dataset:

@@ -13,14 +13,23 @@ from pathlib import Path
 import numpy as np
 
 
-def split_indices(labels, groups, fractions, seed) -> dict:
+def split_indices(labels, groups, fractions, seed, source="data") -> dict:
     """Stratified train/val/test indices from `data.split` fractions; grouped (no patient in two splits) when
-    `groups` (keyed patient IDs) are known."""
+    `groups` (keyed patients, else series or files) are known."""
     from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+    from medkeras.errors import DataError
 
     labels = np.asarray(labels)
     idx = np.arange(len(labels))
     train_f, val_f, test_f = fractions
+    if groups is not None:
+        n = len(set(groups))
+        needed = 1 + (test_f > 0) + (val_f > 0)
+        if n < needed:
+            raise DataError(source, f"{n} patient(s) (or series) in all: splitting whole patients into "
+                                    f"train/val/test {fractions} needs at least {needed}; give a split column, "
+                                    "or more patients")
 
     def cut(sub, frac):
         if frac <= 0:
@@ -29,7 +38,10 @@ def split_indices(labels, groups, fractions, seed) -> dict:
             import warnings
 
             g = np.asarray(groups)[sub]
-            folds = StratifiedGroupKFold(n_splits=max(2, int(round(1 / frac))), shuffle=True, random_state=seed)
+            n_splits = min(max(2, int(round(1 / frac))), len(set(g)))
+            if n_splits < 2:
+                return sub, sub[:0]
+            folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # few members per class: sklearn warns, the split stays grouped
                 a, b = next(folds.split(sub, labels[sub], groups=g))
@@ -48,13 +60,19 @@ def _content_hashes(split) -> list[str]:
         return list(split.hashes)
     if split.images is not None:
         return [hashlib.sha1(image.tobytes()).hexdigest() for image in split.images]
-    hashes = []
-    for path in split.paths:
-        try:
-            hashes.append(hashlib.sha1(Path(path).read_bytes()).hexdigest())
-        except OSError:
-            hashes.append(f"unreadable:{path}")
-    return hashes
+    return [content_hash(path) for path in split.paths]
+
+
+def content_hash(path) -> str:
+    """sha1 of a file's bytes (and frame number, for `FILE#N`): what makes two items identical."""
+    base, mark, number = str(path).rpartition("#")
+    file, frame = (base, number) if mark and base and number.isdigit() else (str(path), "")
+    try:
+        digest = hashlib.sha1(Path(file).read_bytes())
+    except OSError:
+        return f"unreadable:{path}"
+    digest.update(frame.encode())
+    return digest.hexdigest()
 
 
 def duplicates_across_splits(dataset) -> dict:
@@ -76,8 +94,29 @@ def duplicates_across_splits(dataset) -> dict:
 
 def patients_per_split(dataset) -> dict | None:
     """{"counts": {split: patients}, "shared": {"train/test": n, ...}} where patient keys are known, else None."""
-    groups = {s: set(split.groups) for s, split in dataset.splits.items() if split.groups is not None}
+    groups = {s: set(split.groups) - {None} for s, split in dataset.splits.items() if split.groups is not None}
     if not groups:
         return None
     shared = {f"{a}/{b}": len(groups[a] & groups[b]) for a, b in combinations(groups, 2)}
     return {"counts": {s: len(g) for s, g in groups.items()}, "shared": shared}
+
+
+def near_duplicates_across_splits(dataset, tolerance_mm: float = 0.5) -> dict:
+    """{"counts": {"train/test": n, ...}, "pairs": [...]} of slices at the same position (within `tolerance_mm`) in
+    one frame of reference (one patient's scan), found in two splits: other reconstructions or series of the same
+    slice, which leak as surely as a copy. Grouping by patient prevents them; they appear where it could not."""
+    index = {}
+    for split_name, split in dataset.splits.items():
+        for name, where in zip(split.names(), split.positions or []):
+            if where is not None and where[0] is not None:
+                index.setdefault((where[0], round(where[1] / tolerance_mm)), []).append((split_name, name))
+    counts = {f"{a}/{b}": 0 for a, b in combinations(dataset.splits, 2)}
+    pairs = []
+    for items in index.values():
+        for (sa, na), (sb, nb) in combinations(items, 2):
+            if sa != sb:
+                key = f"{sa}/{sb}" if f"{sa}/{sb}" in counts else f"{sb}/{sa}"
+                counts[key] += 1
+                pairs.append((sa, na, sb, nb))
+    return {"counts": counts, "pairs": pairs}
+

@@ -54,10 +54,14 @@ def load_store(path, data_cfg) -> Dataset:
     splits = {}
     for name in SPLITS:
         entry = index["splits"].get(name, {"labels": [], "keys": [], "groups": [], "hashes": []})
-        groups = entry["groups"] if entry["groups"] and all(g is not None for g in entry["groups"]) else None
+        groups = entry["groups"] if any(g is not None for g in entry["groups"]) else None
+        series = entry.get("series") if any(v is not None for v in entry.get("series") or []) else None
+        positions = entry.get("positions") if any(v is not None for v in entry.get("positions") or []) else None
         splits[name] = Split(
             labels=np.asarray(entry["labels"], dtype=np.int64),
             groups=groups,
+            series=series,
+            positions=[tuple(v) if v is not None else None for v in positions] if positions else None,
             store=(str(path / STORE_NAME / STORE_VERSION), name),
             keys=list(entry["keys"]),
             hashes=list(entry["hashes"]),

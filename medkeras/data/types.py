@@ -6,6 +6,7 @@ A split holds its images in memory, as file paths, or as records of a prepared s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -19,20 +20,40 @@ class Split:
     labels: np.ndarray
     images: np.ndarray | None = None
     paths: list | None = None
-    groups: list | None = None  # keyed patient IDs, where known
+    groups: list | None = None  # keyed patient IDs, where known (None for an item without one)
+    series: list | None = None  # keyed series (SeriesInstanceUID) per item, where known
+    positions: list | None = None  # (keyed frame of reference, mm along the slice normal) per DICOM item, or None
     store: tuple | None = None  # (TFDS dataset directory, split name) of a `medkeras prepare` store
     keys: list | None = None  # item names inside a store
     hashes: list | None = None  # content hashes recorded by `prepare`
     channels: list | None = None  # channel counts a store's records end with (after windows)
+    root: str | None = None  # the data source's folder: outputs name files relative to it, never absolutely
+    redact: bool = False  # data.redact_paths: outputs name items by keyed patient and index only
 
     def __len__(self):
         return len(self.labels)
 
     def names(self) -> list[str]:
-        """What identifies each item in reports: its path, its name in a store, or its index in the split."""
+        """What identifies each item in outputs (CSV files, reports, stores): its path relative to the source's
+        folder, its name in a store, or its index in the split; with `redact`, its keyed patient and index."""
+        if self.redact:
+            patients = self.groups or [None] * len(self.labels)
+            return [f"{patient or 'item'}-{i:05d}" for i, patient in enumerate(patients)]
         if self.keys is not None:
             return list(self.keys)
-        return [str(p) for p in self.paths] if self.paths is not None else [str(i) for i in range(len(self.labels))]
+        if self.paths is None:
+            return [str(i) for i in range(len(self.labels))]
+        return [relative_name(p, self.root) for p in self.paths]
+
+
+def relative_name(path, root) -> str:
+    """`path` relative to `root` where it lies below it, else its file name: never an absolute path."""
+    text = str(path)
+    if root is not None:
+        base = str(root).rstrip("/") + "/"
+        if text.startswith(base):
+            return text[len(base):]
+    return Path(text).name if Path(text).is_absolute() else text
 
 
 @dataclass

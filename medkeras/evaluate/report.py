@@ -63,17 +63,24 @@ def _table(rows, header) -> str:
 
 
 def _data_section(dataset, warnings) -> str:
-    from medkeras.data.splits import duplicates_across_splits, patients_per_split
+    from medkeras.data.splits import (
+        duplicates_across_splits,
+        near_duplicates_across_splits,
+        patients_per_split,
+    )
 
     counts = dataset.counts()
     rows = [[html.escape(s), *[counts[s][c] for c in dataset.class_names], sum(counts[s].values())] for s in counts]
     parts = [_table(rows, ["split", *dataset.class_names, "total"])]
-    dups = duplicates_across_splits(dataset)
-    parts.append("<p>Exact duplicate images across splits: " + ", ".join(f"{k} {v}" for k, v in dups["counts"].items()) + "</p>")
-    leaks = {k: v for k, v in dups["counts"].items() if v and "train" in k}
-    if leaks:
-        warnings.append("identical images appear in train and in another split (" +
-                        ", ".join(f"{k}: {v}" for k, v in leaks.items()) + "): those metrics are optimistic")
+    for what, found in (("identical images", duplicates_across_splits(dataset)),
+                        ("slices at the same position of one scan (other series or reconstructions)",
+                         near_duplicates_across_splits(dataset))):
+        parts.append(f"<p>{what.capitalize()} across splits: " + ", ".join(f"{k} {v}" for k, v in found["counts"].items())
+                     + "</p>")
+        leaks = {k: v for k, v in found["counts"].items() if v and "train" in k}
+        if leaks:
+            warnings.append(f"{what} appear in train and in another split (" +
+                            ", ".join(f"{k}: {v}" for k, v in leaks.items()) + "): those metrics are optimistic")
     patients = patients_per_split(dataset)
     if patients:
         parts.append("<p>Patients per split: " + ", ".join(f"{k} {v}" for k, v in patients["counts"].items()) + "; shared: "

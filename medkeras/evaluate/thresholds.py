@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from sklearn.metrics import precision_recall_curve, roc_curve
 
 from medkeras.errors import ConfigError
 
@@ -40,6 +39,11 @@ def parse_rule(rule) -> tuple[str, float | None]:
 
 def choose_threshold(rule, positive: np.ndarray, scores: np.ndarray) -> float:
     """The threshold `rule` picks on (`positive` bool labels, `scores` = p(positive))."""
+    from sklearn.metrics import (  # here: config checks import this module
+        precision_recall_curve,
+        roc_curve,
+    )
+
     kind, target = parse_rule(rule)
     if kind == "fixed":
         return float(target)

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from medkeras.data.readers import collect_inputs, read_image
+from medkeras.data.readers import named_inputs, read_image
 from medkeras.data.resize import to_model_pixels
 from medkeras.errors import DataError
 from medkeras.models.io import open_model
@@ -41,38 +41,44 @@ class Scorer:
         return probs, predict_labels(probs, loaded.positive_index, loaded.threshold)
 
 
-def predict(model_path, inputs, out=None, on_bad_file="fail", batch_size=32, progress=True) -> dict:
-    """Score `inputs`; write CSV rows (path, p_<class>..., label) to `out` or stdout. Returns counts."""
-    files = collect_inputs(inputs)
+def predict(model_path, inputs, out=None, on_bad_file="fail", batch_size=32, progress=True, redact_paths=False) -> dict:
+    """Score `inputs`; write CSV rows to `out` or stdout: path (relative to a folder given; never absolute; with
+    `redact_paths` the keyed patient and an index instead), p_<class>..., label, and for DICOM the keyed patient
+    and series. A multi-frame file gives one row per frame (`FILE#N`). Returns counts."""
+    items = named_inputs(inputs)
     scorer = Scorer(model_path)
     rows, bad = [], []
     bar = None
-    if progress and len(files) > batch_size:
+    if progress and len(items) > batch_size:
         import keras
 
-        bar = keras.utils.Progbar(len(files), unit_name="file")
-    for start in range(0, len(files), batch_size):
+        bar = keras.utils.Progbar(len(items), unit_name="file")
+    for start in range(0, len(items), batch_size):
         chunk, images = [], []
-        for path in files[start : start + batch_size]:
+        for k, (path, name, info) in enumerate(items[start : start + batch_size], start):
+            if redact_paths:
+                name = f"{(info.patient if info else None) or 'item'}-{k:05d}"
             try:
                 image = read_image(path, scorer.windows)
             except DataError as exc:
                 if on_bad_file == "fail":
                     raise
-                bad.append((str(path), exc.cause))
+                bad.append((name, exc.cause))
                 continue
             images.append(to_model_pixels(image[None], scorer.image_size)[0])
-            chunk.append(path)
+            chunk.append((name, info))
         if images:
             probs, labels = scorer(np.stack(images))
-            rows += [(str(p), pr, int(lb)) for p, pr, lb in zip(chunk, probs, labels)]
+            rows += [(name, info, pr, int(lb)) for (name, info), pr, lb in zip(chunk, probs, labels)]
         if bar is not None:
-            bar.update(min(start + batch_size, len(files)))
+            bar.update(min(start + batch_size, len(items)))
+    keys = any(info is not None for _, info, _, _ in rows)
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["path", *[f"p_{c}" for c in scorer.class_names], "label"])
-    for path, probs, label in rows:
-        writer.writerow([path, *[f"{p:.6f}" for p in probs], scorer.class_names[label]])
+    writer.writerow(["path", *[f"p_{c}" for c in scorer.class_names], "label", *(["patient", "series"] if keys else [])])
+    for name, info, probs, label in rows:
+        extra = ([info.patient or "", info.series or ""] if info else ["", ""]) if keys else []
+        writer.writerow([name, *[f"{p:.6f}" for p in probs], scorer.class_names[label], *extra])
     if out is None:
         sys.stdout.write(buf.getvalue())
     else:

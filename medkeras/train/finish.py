@@ -11,14 +11,20 @@ from medkeras.utils import atomic_write_json
 
 
 def _write_duplicates(run_dir, dataset) -> None:
-    """`duplicates.csv`: identical images found in two splits (a leak that inflates test metrics)."""
-    from medkeras.data.splits import duplicates_across_splits
+    """`duplicates.csv`: identical images, and slices at one position of one scan, found in two splits (leaks
+    that inflate test metrics)."""
+    from medkeras.data.splits import (
+        duplicates_across_splits,
+        near_duplicates_across_splits,
+    )
     from medkeras.train.rundir import write_rows
 
-    dups = duplicates_across_splits(dataset)
-    if dups["pairs"]:
-        write_rows(run_dir / "duplicates.csv", ["split_a", "item_a", "split_b", "item_b"], dups["pairs"])
-        print(f"medkeras: warning: {len(dups['pairs'])} identical images across splits ({run_dir / 'duplicates.csv'})")
+    rows = [("identical", *pair) for pair in duplicates_across_splits(dataset)["pairs"]]
+    rows += [("same position", *pair) for pair in near_duplicates_across_splits(dataset)["pairs"]]
+    if rows:
+        write_rows(run_dir / "duplicates.csv", ["kind", "split_a", "item_a", "split_b", "item_b"], rows)
+        print(f"medkeras: warning: {len(rows)} identical or same-position images across splits "
+              f"({run_dir / 'duplicates.csv'})")
 
 
 def finish_run(ctx, model, best: dict) -> dict:

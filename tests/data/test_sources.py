@@ -1,10 +1,12 @@
-"""Sources on real data: the bundled BreastMNIST npz, PNG folders and CSV manifests made from it."""
+"""Sources on real data: the bundled BreastMNIST npz, PNG folders and CSV manifests made from it, and folders and
+manifests of real DICOM grouped by their tags (patients, series, frames)."""
 
 import csv
 import shutil
 
 import numpy as np
 import pytest
+from conftest import LUNG, data_cfg
 
 from medkeras.config import DataConfig
 from medkeras.data.pipeline import split_arrays
@@ -88,3 +90,101 @@ def test_missing_source_and_empty_class(tmp_path, png_folder):
     (png_folder / "empty_class").mkdir()
     with pytest.raises(DataError, match="no images"):
         load_dataset(DataConfig(source=str(png_folder)))
+
+
+def test_dicom_folder_splits_by_the_patient_id_tag_and_orders_slices(tmp_path):
+    """A folder of real DICOM slices from 8 patients (their PatientID tags, two series each): no patient in two
+    splits, keys keyed (never the raw ID), each split listed series by series along the slice normal."""
+    from conftest import write_patients
+
+    from medkeras.data.keys import patient_key
+    from medkeras.data.splits import near_duplicates_across_splits, patients_per_split
+
+    patients = [f"PAT-{i:03d}" for i in range(8)]
+    write_patients(tmp_path / "ct", patients, series_per_patient=2)
+    ds = load_dataset(DataConfig(source=str(tmp_path / "ct"), split=[0.5, 0.25, 0.25]))
+    assert sum(len(s) for s in ds.splits.values()) == 8 * 2 * 3
+    groups = {name: set(s.groups) for name, s in ds.splits.items()}
+    assert all(groups.values()) and not (groups["train"] & groups["test"]) and not (groups["train"] & groups["val"])
+    assert set().union(*groups.values()) == {patient_key(p) for p in patients}
+    assert patients_per_split(ds)["shared"] == {"train/val": 0, "train/test": 0, "val/test": 0}
+    assert near_duplicates_across_splits(ds)["pairs"] == []  # same positions, other series: never across splits
+    train = ds.splits["train"]
+    assert train.names()[0].startswith(("normal/", "tumour/"))  # relative to the source, never absolute
+    for series in set(train.series):
+        z = [where[1] for where, s in zip(train.positions, train.series) if s == series]
+        assert z == sorted(z) and len(z) == 3
+
+
+def test_manifest_without_patient_ids_groups_by_tag_and_warns_where_it_cannot(tmp_path):
+    """Two reconstructions of one patient's scan: a manifest without `patient_id` keeps them in one split; where an
+    explicit `split` column separates them, the leak check finds the same positions across splits."""
+    from conftest import write_patients
+
+    from medkeras.data.splits import near_duplicates_across_splits
+
+    files = write_patients(tmp_path / "ct", ["A", "B", "C"], series_per_patient=2)
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "split"])
+        for f in files:
+            writer.writerow([f.relative_to(tmp_path), f.parent.name, "train" if "-s0-" in f.name else "test"])
+    ds = load_dataset(DataConfig(source=str(manifest)))
+    near = near_duplicates_across_splits(ds)
+    assert near["counts"]["train/test"] == 9  # 3 patients x 3 positions, one reconstruction on each side
+    rows = [r for r in csv.reader(open(manifest))][1:]
+    with open(manifest, "w", newline="") as fh:  # no split, no patient_id: the tags group the two reconstructions
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label"])
+        writer.writerows(r[:2] for r in rows)
+    ds = load_dataset(DataConfig(source=str(manifest), split=[0.34, 0.33, 0.33]))
+    assert near_duplicates_across_splits(ds)["pairs"] == [] and all(len(s) == 6 for s in ds.splits.values())
+
+
+def test_too_few_patients_for_the_split_is_one_line(tmp_path):
+    from conftest import write_patients
+
+    write_patients(tmp_path / "ct", ["ONLY"])
+    with pytest.raises(DataError, match=r"1 patient\(s\) .* needs at least 3; give a split column, or more patients"):
+        load_dataset(DataConfig(source=str(tmp_path / "ct")))
+
+
+def test_a_multi_frame_file_is_one_sample_per_frame_grouped_by_its_patient(tmp_path, lce_ct):
+    """A manifest row naming a multi-frame CT becomes its frames, `FILE#N` in z order, each decoded to the HU of
+    the slice it came from."""
+    from medkeras.data.pipeline import split_arrays
+    from medkeras.data.readers import read_image
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label,split\n{lce_ct},tumour,train\n{LUNG / '1-01.dcm'},normal,train\n")
+    cfg = data_cfg(source=str(manifest), image_size=64, window="lung")
+    split = load_dataset(cfg).splits["train"]
+    assert split.names() == ["lce_ct.dcm#3", "lce_ct.dcm#2", "lce_ct.dcm#1", "1-01.dcm"] or \
+        split.names() == ["1-01.dcm", "lce_ct.dcm#3", "lce_ct.dcm#2", "lce_ct.dcm#1"]
+    assert len(set(split.groups)) == 1  # one patient: the frames' file's and the slice's
+    images, labels, names, _ = split_arrays(split, cfg)
+    by_name = dict(zip(names, images))
+    expected = read_image(LUNG / "1-14.dcm", cfg.window)  # frame 3 is the slice at z -189
+    from medkeras.data.resize import resize_images
+
+    np.testing.assert_array_equal(by_name["lce_ct.dcm#3"], resize_images(expected, 64).numpy())
+
+
+def test_redact_paths_names_items_by_keyed_patient_and_index_only(tmp_path):
+    """`data.redact_paths`: what outputs call each item (predictions, reports, stores) holds no file name."""
+    from conftest import write_patients
+
+    from medkeras.data.prepare import prepare
+
+    write_patients(tmp_path / "ct", ["SMITH-1", "JONES-2", "BROWN-3"])
+    cfg = data_cfg(source=str(tmp_path / "ct"), window="lung", image_size=32, redact_paths=True, split=[0.34, 0.33, 0.33])
+    ds = load_dataset(cfg)
+    for split in ds.splits.values():
+        for name, group in zip(split.names(), split.groups):
+            assert name.startswith(group + "-") and ".dcm" not in name
+    _, _, names, _ = split_arrays(ds.splits["test"], cfg)
+    assert names == ds.splits["test"].names()
+    prepare(cfg, tmp_path / "store", size=32, verbose=False)
+    index = (tmp_path / "store" / "index.json").read_text()
+    assert ".dcm" not in index and "SMITH" not in index

@@ -44,7 +44,7 @@ def test_store_reads_back_what_the_files_give(tmp_path, ct_manifest, size):
         source=str(tmp_path / "store"), window=cfg.window, image_size=48))
     windows = [(-600, 1500), (50, 350), (400, 1800)]
     for image, label, name in zip(images, labels, names):
-        expected = to_model_pixels(read_image(name, windows)[None], 48)[0]
+        expected = to_model_pixels(read_image(LUNG / name, windows)[None], 48)[0]
         np.testing.assert_allclose(image, expected, atol=1e-3)  # windows then resize, exactly like the file path
         assert stored.class_names[label] == SLICES[name.rsplit("/", 1)[-1]]
     # training streams batches of the right shape with every record once per epoch
@@ -62,7 +62,7 @@ def test_hu_store_takes_any_window_and_sized_store_refuses_others(tmp_path, ct_m
     bone = data_cfg(source=str(tmp_path / "hu"), window="bone", image_size=32)
     images, _, names, _ = split_arrays(load_dataset(bone).splits["test"], bone)
     assert images.shape[1:] == (32, 32, 1)  # grayscale stays one channel until after augmentation
-    expected = to_model_pixels(read_image(names[0], [(400, 1800)])[None], 32)[0]
+    expected = to_model_pixels(read_image(LUNG / names[0], [(400, 1800)])[None], 32)[0]
     np.testing.assert_allclose(images[0], expected[..., :1], atol=1e-3)
     with pytest.raises(DataError, match="prepared at --size 32 with windows"):
         load_dataset(data_cfg(source=str(tmp_path / "sized"), window="bone", image_size=32))
@@ -106,3 +106,38 @@ def test_prepare_cli_then_fit_from_the_store(tmp_path):
     # the same store twice is refused in one line, exit 1
     result = run_cli("prepare", "breastmnist", "--out", store)
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "exists and is not empty" in result.stderr
+
+
+def test_compressed_dicom_is_read_in_worker_processes_to_the_same_store(tmp_path, monkeypatch):
+    """Compressed DICOM (the real slices in RLE) is read in worker processes (the decoders hold the GIL): the store
+    holds what the files give, and a broken file still fails naming it, or is skipped and listed."""
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    from medkeras.data import prepare as prep
+
+    rows = []
+    for name, label in SLICES.items():
+        ds = pydicom.dcmread(LUNG / name)
+        ds.compress(RLELossless)
+        ds.save_as(tmp_path / f"rle-{name}")
+        rows += [(tmp_path / f"rle-{name}", label, split) for split in ("train", "val", "test")]
+    (tmp_path / "broken.dcm").write_bytes((tmp_path / "rle-1-13.dcm").read_bytes()[:4000])
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as fh:
+        csv.writer(fh).writerows([("path", "label", "split"), *rows])
+    monkeypatch.setattr(prep, "PROCESS_POOL_MIN", 2)
+    assert prep._compressed([r[0] for r in rows])
+    cfg = data_cfg(source=str(manifest), window="lung", image_size=32)
+    prepare(cfg, tmp_path / "store", size=32, verbose=False)
+    stored = data_cfg(source=str(tmp_path / "store"), window="lung", image_size=32)
+    images, labels, names, _ = split_arrays(load_dataset(stored).splits["train"], stored)
+    for image, name in zip(images, names):
+        expected = to_model_pixels(read_image(LUNG / name.replace("rle-", ""), cfg.window)[None], 32)[0]
+        np.testing.assert_allclose(image, expected[..., :1], atol=1e-3)
+    with open(manifest, "a", newline="") as fh:
+        csv.writer(fh).writerow([tmp_path / "broken.dcm", "tumour", "train"])
+    with pytest.raises(DataError, match="broken.dcm"):
+        prepare(cfg, tmp_path / "store2", size=32, verbose=False)
+    cfg.on_bad_file = "skip"
+    assert prepare(cfg, tmp_path / "store2", size=32, verbose=False)["skipped"] == 1

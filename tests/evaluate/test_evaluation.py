@@ -123,7 +123,7 @@ def test_report_has_every_section(tiny_run):
     auroc = metrics["test"]["intervals"]["auroc"]
     assert auroc["lower"] <= auroc["value"] <= auroc["upper"]
     assert {"ece", "ece_floor", "mce", "brier"} <= set(metrics["test"]["calibration"]["after"])
-    assert (run / "duplicates.csv").read_text().splitlines()[1] == "train,115,test,76"
+    assert (run / "duplicates.csv").read_text().splitlines()[1] == "identical,train,115,test,76"
 
 
 def test_eval_threshold_rule_chosen_on_validation(tiny_run, tmp_path):

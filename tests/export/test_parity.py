@@ -7,37 +7,12 @@ import json
 import shutil
 
 import numpy as np
-import pytest
 from conftest import LUNG, run_cli, write_real_encodings
 
 from medkeras import read_dicom_hu
 from medkeras.data.readers import is_dicom, read_image
 
 TOLERANCE = 1e-4
-
-
-@pytest.fixture(scope="session")
-def ct_run(tmp_path_factory):
-    """A real CT model: `medkeras fit` on the three Lung-PET-CT-Dx slices (lung window, 32 px), then exported."""
-    root = tmp_path_factory.mktemp("ct")
-    manifest = root / "ct.csv"
-    with open(manifest, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "label", "split", "patient_id"])
-        for split in ("train", "val", "test"):
-            for name, label in (("1-01.dcm", "normal"), ("1-13.dcm", "tumour"), ("1-14.dcm", "tumour")):
-                writer.writerow([LUNG / name, label, split, f"P-{split}"])
-    run = root / "run"
-    result = run_cli(
-        "fit", "--out", run, "--set", f"data.source={manifest}", "--set", "data.window=lung",
-        "--set", "data.image_size=32", "--set", "model.backbones=[cnn8_small]", "--set", "train.epochs=1",
-        "--set", "train.steps_per_epoch=2", "--set", "train.batch_size=2", "--set", "train.run_eagerly=true",
-        "--set", "train.verbose=0", "--set", "eval.bootstrap=0",
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    result = run_cli("export", run, "--out", root / "serving", "--name", "ct")
-    assert result.returncode == 0, result.stderr[-2000:]
-    return run, root / "serving" / "ct" / "1"
 
 
 def _csv(path) -> dict:

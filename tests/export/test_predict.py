@@ -39,3 +39,36 @@ def test_predict_input_kinds_and_bad_files(tiny_run, tmp_path, breast):
     rows = list(csv.DictReader(io.StringIO(skip.stdout)))
     assert [Path(r["path"]).name for r in rows] == ["a.npy", "1-01.dcm"]
     assert "skipped 1 unreadable files" in skip.stderr
+
+
+def test_predict_on_dicom_gives_a_row_per_frame_with_keyed_patient_and_series(ct_run, tmp_path, lce_ct):
+    """A folder holding a multi-frame CT and slices of two patients: one row per image (per frame, `FILE#N` in z
+    order), names relative to the folder, the keyed patient and series per row; `--redact-paths` shows neither
+    file names nor the raw ID."""
+    import shutil
+
+    from conftest import assert_no_raw_ids, write_patients
+
+    from medkeras.data.keys import patient_key
+
+    run, _ = ct_run
+    folder = tmp_path / "scans"
+    write_patients(folder, ["PAT-A", "PAT-B"])
+    shutil.copy(lce_ct, folder / "lce_ct.dcm")
+    out = tmp_path / "pred.csv"
+    result = run_cli("predict", run, folder, "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = _read_csv(out)
+    assert len(rows) == 6 + 3 and list(rows[0])[-2:] == ["patient", "series"]
+    assert [r["path"] for r in rows if r["path"].startswith("lce")] == ["lce_ct.dcm#3", "lce_ct.dcm#2", "lce_ct.dcm#1"]
+    assert not any(r["path"].startswith("/") for r in rows)
+    assert {r["patient"] for r in rows} == {patient_key("PAT-A"), patient_key("PAT-B"), patient_key("Lung_Dx-A0001")}
+    assert len({r["series"] for r in rows}) == 3
+    redacted = tmp_path / "redacted"
+    redacted.mkdir()
+    result = run_cli("predict", run, folder, "--out", redacted / "pred.csv", "--redact-paths")
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = (redacted / "pred.csv").read_text()
+    assert ".dcm" not in text and "PAT-" not in text
+    for patient in ("PAT-A", "PAT-B", "Lung_Dx-A0001"):
+        assert_no_raw_ids(redacted, patient)

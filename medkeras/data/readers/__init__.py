@@ -5,11 +5,13 @@ here: `read_image` / `read_raw` in Python (Pillow, pydicom, numpy), and their gr
 JPEG bytes) and `decode_dicom_graph` (plain DICOM), which tests hold equal to the Python readers on real files.
 """
 
-from medkeras.data.readers.dicom import (
-    hash_patient_id,
+from medkeras.data.readers.dicom import read_dicom_display, read_dicom_hu, split_frame
+from medkeras.data.readers.dicom_tags import (
+    SliceInfo,
+    dicom_items,
     patient_key,
-    read_dicom_display,
-    read_dicom_hu,
+    read_dicom_frames,
+    series_in_z_order,
 )
 from medkeras.data.readers.files import (
     ARRAY_SUFFIXES,
@@ -18,6 +20,7 @@ from medkeras.data.readers.files import (
     READABLE_SUFFIXES,
     collect_inputs,
     is_dicom,
+    named_inputs,
     read_image,
     read_raw,
 )
@@ -37,15 +40,20 @@ __all__ = [
     "collect_inputs",
     "decode_dicom_graph",
     "decode_encoded",
-    "hash_patient_id",
+    "SliceInfo",
+    "dicom_items",
     "hu_to_pixels",
     "is_dicom",
     "minmax_pixels",
+    "named_inputs",
     "patient_key",
     "read_dicom_display",
+    "read_dicom_frames",
     "read_dicom_hu",
     "read_image",
     "read_raw",
     "scale_uint16",
+    "series_in_z_order",
+    "split_frame",
     "to_pixels",
 ]

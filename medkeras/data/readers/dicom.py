@@ -1,11 +1,13 @@
-"""DICOM to Hounsfield units with pydicom: rescale slope/intercept, MONOCHROME1 inversion, one clear error.
+"""DICOM to Hounsfield units with pydicom: rescale slope/intercept (per frame where the file has functional groups),
+MONOCHROME1 inversion, single- and multi-frame files, the fastest installed decoder per transfer syntax, one error.
 
-Patient identifiers are never returned or logged here; grouping by patient uses `patient_key`, a one-way hash.
+A frame of a multi-frame file is named `FILE#N` (N its 1-based frame number); `read_dicom_frames` reads them all in
+z order (`dicom_tags.read_dicom_frames`). Patient identifiers are never returned here (`dicom_tags.py` keys them).
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import warnings
 from pathlib import Path
 
@@ -13,8 +15,51 @@ import numpy as np
 
 from medkeras.errors import DicomError, ResourceError, raise_if_resource
 
+FRAME_MARK = "#"
 
-def _dcmread(path, stop_before_pixels=False, defer_size=None):
+
+def split_frame(path) -> tuple[Path, int | None]:
+    """`scan.dcm#3` -> (Path("scan.dcm"), 3); a path without a frame number -> (path, None)."""
+    text = str(path)
+    base, mark, number = text.rpartition(FRAME_MARK)
+    if mark and base and number.isdigit():
+        return Path(base), int(number)
+    return Path(text), None
+
+
+def frame_name(path, number: int) -> str:
+    return f"{path}{FRAME_MARK}{number}"
+
+
+def decoder_failure(exc: BaseException) -> bool:
+    """Whether `exc` is a library refusing its input: any Exception, and the PanicException (a BaseException) that
+    decoders written in Rust raise on malformed data (pylibjpeg-rle on a corrupt RLE segment, found by fuzzing)."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
+def named_errors(read):
+    """Whatever else a malformed file makes pydicom or a decoder raise while `read(path, ...)` runs (a header value
+    of an unknown VR raises NotImplementedError when first read, found by fuzzing) becomes a `DicomError` naming
+    the file; machine limits stay `ResourceError`s."""
+
+    @functools.wraps(read)
+    def wrapper(path, *args, **kwargs):
+        try:
+            return read(path, *args, **kwargs)
+        except (DicomError, ResourceError):
+            raise
+        except BaseException as exc:  # noqa: BLE001
+            if not decoder_failure(exc):
+                raise
+            raise_if_resource(exc, path)
+            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise DicomError(split_frame(path)[0], f"unreadable DICOM ({type(exc).__name__}: {first})") from exc
+
+    return wrapper
+
+
+def dcmread(path, stop_before_pixels=False, defer_size=None):
+    """pydicom's `dcmread` with every failure as a `DicomError` naming the file (machine limits as `ResourceError`)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -33,15 +78,27 @@ def _dcmread(path, stop_before_pixels=False, defer_size=None):
             raise DicomError(path, f"not a DICOM file ({type(exc).__name__})") from exc
     except Exception as exc:  # noqa: BLE001
         raise_if_resource(exc, path)
-        raise DicomError(path, f"cannot parse DICOM: {exc}") from exc
+        raise DicomError(path, f"cannot parse DICOM: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
 
 
+def is_encapsulated(path) -> bool:
+    """Whether a DICOM file's pixels are compressed (an encapsulated transfer syntax: JPEG, JPEG-LS, JPEG 2000,
+    RLE); False for native files and anything unreadable (its reader names the cause)."""
+    try:
+        ds = dcmread(split_frame(path)[0], stop_before_pixels=True)
+        return bool(ds.file_meta.TransferSyntaxUID.is_encapsulated)
+    except Exception:  # noqa: BLE001 - not ours to report here
+        return False
+
+
+@named_errors
 def read_dicom_hu(path) -> np.ndarray:
-    """Read one DICOM image as float32 (H, W).
+    """Read one DICOM image (or one frame, `FILE#N`) as float32 (H, W).
 
-    CT: Hounsfield units, `pixel * RescaleSlope + RescaleIntercept` (slope 1 / intercept 0 with a warning where
-    the tags are missing). Other modalities: the stored values after any rescale, with MONOCHROME1 inverted so
-    that higher always means brighter. Raises `DicomError` (a `ValueError`) naming the file for anything unreadable.
+    CT: Hounsfield units, `pixel * RescaleSlope + RescaleIntercept` (the frame's own, from the per-frame or shared
+    functional groups of an enhanced file; slope 1 / intercept 0 with a warning where a CT has none). Other
+    modalities: the stored values after any rescale, with MONOCHROME1 inverted so that higher always means brighter.
+    Raises `DicomError` (a `ValueError`) naming the file for anything unreadable.
     """
     image, ds = _modality_values(path)
     if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
@@ -49,6 +106,7 @@ def read_dicom_hu(path) -> np.ndarray:
     return image
 
 
+@named_errors
 def read_dicom_display(path) -> np.ndarray:
     """A DICOM image as a radiologist's viewer shows it without a configured window, float32 (H, W).
 
@@ -68,137 +126,125 @@ def read_dicom_display(path) -> np.ndarray:
     return image
 
 
-# The fastest installed decoder per transfer syntax, measured here (`bench.dicom_syntaxes`: 512 px 12-bit CT, one
-# core, images/s): RLE pylibjpeg 657 / pydicom 159; JPEG-LS pyjpegls 191 / gdcm 129 / pylibjpeg 49; JPEG Lossless
-# (process 14, SV1) gdcm 190 / pylibjpeg 108; JPEG 2000 lossless gdcm 51 / pylibjpeg 33 / pillow 19; JPEG 2000
-# lossy pylibjpeg 142 / gdcm 122 / pillow 68. A file the preferred one cannot decode (GDCM and 12-bit JPEG Extended)
-# goes to pydicom's own order over every installed plugin.
-_PREFERRED = {
+# The decoders the reader uses per transfer syntax, in order; measured here (`bench.dicom_syntaxes`: 512 px 12-bit CT,
+# one core, images/s): RLE pylibjpeg 657 / pydicom 159; JPEG-LS pyjpegls 191 / pylibjpeg 49; JPEG Lossless (process
+# 14, SV1) pylibjpeg 108; JPEG 2000 lossless pylibjpeg 33 / pillow 19; lossy pylibjpeg 142 / pillow 68. GDCM is
+# faster on JPEG Lossless (190) and JPEG 2000 lossless (51) but is never used: fuzzing (`bench.fuzz_dicom`) found a
+# corrupt JPEG 2000 file that makes it abort the whole process (an uncaught C++ exception), where the others raise.
+# Only the plugins listed are tried, so an installed GDCM (the test extra has it) is not reached as a fallback.
+_PLUGINS = {
     "1.2.840.10008.1.2.5": ("pylibjpeg", "pydicom"),
-    "1.2.840.10008.1.2.4.80": ("pyjpegls", "gdcm", "pylibjpeg"),
-    "1.2.840.10008.1.2.4.81": ("pyjpegls", "gdcm", "pylibjpeg"),
-    "1.2.840.10008.1.2.4.57": ("gdcm", "pylibjpeg"),
-    "1.2.840.10008.1.2.4.70": ("gdcm", "pylibjpeg"),
-    "1.2.840.10008.1.2.4.90": ("gdcm", "pylibjpeg", "pillow"),
-    "1.2.840.10008.1.2.4.91": ("pylibjpeg", "gdcm", "pillow"),
+    "1.2.840.10008.1.2.4.50": ("pylibjpeg", "pillow"),
+    "1.2.840.10008.1.2.4.51": ("pylibjpeg", "pillow"),
+    "1.2.840.10008.1.2.4.57": ("pylibjpeg",),
+    "1.2.840.10008.1.2.4.70": ("pylibjpeg",),
+    "1.2.840.10008.1.2.4.80": ("pyjpegls", "pylibjpeg"),
+    "1.2.840.10008.1.2.4.81": ("pyjpegls", "pylibjpeg"),
+    "1.2.840.10008.1.2.4.90": ("pylibjpeg", "pillow"),
+    "1.2.840.10008.1.2.4.91": ("pylibjpeg", "pillow"),
+    "1.2.840.10008.1.2.4.201": ("pylibjpeg",),
+    "1.2.840.10008.1.2.4.202": ("pylibjpeg",),
+    "1.2.840.10008.1.2.4.203": ("pylibjpeg",),
 }
 
 
-def decode_pixels(ds, index=None):
-    """`ds`'s stored pixel values (one frame with `index`), decoded by the fastest installed plugin for its syntax."""
+def decode_pixels(ds, index=None, source=None):
+    """`ds`'s stored pixel values (frame `index`, 0-based, of a multi-frame file), decoded by the listed plugins
+    for its syntax in turn (`_PLUGINS`; pydicom's own choice for the rest). `source`: the file, so that one frame
+    is read without loading the others."""
     from pydicom.pixels import get_decoder, pixel_array
 
+    has_pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+    src = ds if has_pixels or source is None else str(source)
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
-    if syntax in _PREFERRED:
-        available = get_decoder(syntax).available_plugins
-        plugin = next((p for p in _PREFERRED[syntax] if p in available), None)
-        if plugin is not None:
-            try:
-                return pixel_array(ds, index=index, decoding_plugin=plugin)
-            except Exception as exc:  # noqa: BLE001 - e.g. GDCM and 12-bit JPEG Extended: let pydicom try the rest
-                raise_if_resource(exc, getattr(ds, "filename", ""))
-    return pixel_array(ds, index=index)
+    if syntax not in _PLUGINS:
+        return pixel_array(src, index=index)
+    available = get_decoder(syntax).available_plugins
+    plugins = [p for p in _PLUGINS[syntax] if p in available]
+    if not plugins:
+        raise RuntimeError(f"no decoder installed for it (medkeras reads it with {' or '.join(_PLUGINS[syntax])})")
+    for i, plugin in enumerate(plugins):
+        try:
+            return pixel_array(src, index=index, decoding_plugin=plugin)
+        except BaseException as exc:  # noqa: BLE001 - the next listed plugin may read what this one cannot
+            if not decoder_failure(exc) or i == len(plugins) - 1:
+                raise
+            raise_if_resource(exc, getattr(ds, "filename", ""))
+
+
+def _functional(ds, index, sequence):
+    """The item of `sequence` (e.g. PixelValueTransformationSequence) for frame `index`: the per-frame functional
+    groups first, then the shared ones; None where neither has it."""
+    for groups, i in (("PerFrameFunctionalGroupsSequence", index), ("SharedFunctionalGroupsSequence", 0)):
+        items = ds.get(groups)
+        if items is not None and i is not None and i < len(items):
+            inner = items[i].get(sequence)
+            if inner:
+                return inner[0]
+    return None
+
+
+def frame_count(ds, path) -> int:
+    """NumberOfFrames (1 where absent), refused where the file cannot hold that many: more frames than bytes, or
+    a count the per-frame functional groups contradict (fuzzing found 2**31 - 1 frames in a 7 KB file)."""
+    value = getattr(ds, "NumberOfFrames", None)
+    if value in (None, ""):
+        return 1
+    try:
+        frames = int(value)
+    except (TypeError, ValueError) as exc:
+        raise DicomError(path, f"NumberOfFrames is not a number ({value!r})") from exc
+    if frames < 1 or frames > Path(path).stat().st_size:
+        raise DicomError(path, f"NumberOfFrames {frames} is impossible for a file of {Path(path).stat().st_size} bytes")
+    groups = ds.get("PerFrameFunctionalGroupsSequence")
+    if frames > 1 and groups is not None and len(groups) != frames:
+        raise DicomError(path, f"NumberOfFrames {frames} but {len(groups)} per-frame functional groups")
+    return frames
+
+
+def _rescale(ds, index):
+    transform = _functional(ds, index, "PixelValueTransformationSequence")
+    source = transform if transform is not None else ds
+    return getattr(source, "RescaleSlope", None), getattr(source, "RescaleIntercept", None)
 
 
 def _modality_values(path):
     """(pixel data after the modality rescale as float32, dataset) with every failure as a `DicomError`."""
-    ds = _dcmread(path)
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    path, number = split_frame(path)
+    ds = dcmread(path, stop_before_pixels=number is not None)  # a frame: header here, that frame's bytes below
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds and number is None:
         raise DicomError(path, "no pixel data in this DICOM file")
+    frames = frame_count(ds, path)
+    if number is None and frames > 1:
+        raise DicomError(path, f"multi-frame DICOM ({frames} frames): read a frame as {path.name}#N (N = 1..{frames}), "
+                               "or all of them with read_dicom_frames")
+    if number is not None and not 1 <= number <= frames:
+        raise DicomError(path, f"frame {number} does not exist (the file has {frames})")
+    index = number - 1 if frames > 1 else None
     try:
-        pixels = decode_pixels(ds)
-    except Exception as exc:  # noqa: BLE001 - decoder errors come in many types
+        pixels = decode_pixels(ds, index, source=path)
+    except BaseException as exc:  # noqa: BLE001 - decoder errors come in many types
+        if not decoder_failure(exc):
+            raise
         raise_if_resource(exc, path)
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))
-        raise DicomError(path, f"cannot decode pixel data (transfer syntax {name}): {str(exc).splitlines()[0]}") from exc
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1 or pixels.ndim not in (2,):
-        if pixels.ndim == 3 and pixels.shape[-1] in (3, 4) and frames == 1:
-            pixels = pixels[..., :3].mean(axis=-1)  # colour (RGB) DICOM: luminance-like mean
-        else:
-            raise DicomError(path, f"multi-frame DICOM ({frames} frames) is not supported as one image")
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DicomError(path, f"cannot decode pixel data (transfer syntax {name}): {first}") from exc
+    if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
+        pixels = pixels[..., :3].mean(axis=-1)  # colour (RGB) DICOM: luminance-like mean
+    if pixels.ndim != 2:
+        raise DicomError(path, f"expected one 2-D image, got pixel data of shape {pixels.shape}")
     image = pixels.astype(np.float32)
-    modality = str(getattr(ds, "Modality", ""))
-    slope = getattr(ds, "RescaleSlope", None)
-    intercept = getattr(ds, "RescaleIntercept", None)
+    slope, intercept = _rescale(ds, index)
     if slope is None or intercept is None:
-        if modality == "CT":
-            warnings.warn(f"{Path(path).name}: CT without RescaleSlope/RescaleIntercept; assuming 1 and 0", stacklevel=2)
+        if str(getattr(ds, "Modality", "")) == "CT":
+            warnings.warn(f"{path.name}: CT without RescaleSlope/RescaleIntercept; assuming 1 and 0", stacklevel=2)
         slope, intercept = slope or 1.0, intercept or 0.0
-    image = image * np.float32(float(slope)) + np.float32(float(intercept))
+    try:
+        image = image * np.float32(float(slope)) + np.float32(float(intercept))
+    except (TypeError, ValueError) as exc:
+        raise DicomError(path, f"unreadable rescale slope/intercept ({slope!r}, {intercept!r})") from exc
     if not np.isfinite(image).all():
         raise DicomError(path, "pixel data contains NaN or infinite values")
     return image, ds
-
-
-# Uncompressed little-endian transfer syntaxes: pixel bytes lie in the file as stored (implicit / explicit VR).
-_NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
-# (BitsAllocated, PixelRepresentation) -> what tf.io.decode_raw reads (it has no uint32: those go through pydicom)
-_DTYPES = {(8, 0): "uint8", (8, 1): "int8", (16, 0): "uint16", (16, 1): "int16", (32, 1): "int32"}
-PIXEL_DTYPES = tuple(_DTYPES.values())
-
-
-def pixel_layout(path) -> dict | None:
-    """Where a plain DICOM keeps its pixels, so that the graph can read them without pydicom; None otherwise.
-
-    "Plain": uncompressed little-endian, one frame, one sample per pixel, 8/16/32-bit integers, with both
-    RescaleSlope and RescaleIntercept (or neither, outside CT). pydicom parses the header only (pixel data
-    deferred); `read_dicom_hu` on the same file gives exactly `stored * slope + intercept` (pydicom 3 returns
-    native pixels as stored, unused high bits uncorrected), MONOCHROME1 inverted. Every other file returns None
-    and goes through `read_dicom_hu`, which also names the cause of any failure.
-    """
-    try:
-        ds = _dcmread(path, defer_size=1024)
-    except (DicomError, ResourceError):  # the Python path reads it again and names the cause
-        return None
-    meta = getattr(ds, "file_meta", None)
-    syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
-    element = ds.get_item(0x7FE00010, keep_deferred=True)
-    if syntax not in _NATIVE_LITTLE_ENDIAN or element is None or not hasattr(element, "value_tell"):
-        return None
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        dtype = _DTYPES.get((int(ds.BitsAllocated), int(ds.PixelRepresentation)))
-        samples, frames = int(getattr(ds, "SamplesPerPixel", 1) or 1), int(getattr(ds, "NumberOfFrames", 1) or 1)
-        slope, intercept = getattr(ds, "RescaleSlope", None), getattr(ds, "RescaleIntercept", None)
-        photometric = str(getattr(ds, "PhotometricInterpretation", ""))
-    except (AttributeError, TypeError, ValueError):
-        return None
-    nbytes = rows * cols * int(ds.BitsAllocated) // 8
-    if dtype is None or samples != 1 or frames != 1 or rows < 1 or cols < 1 or element.length < nbytes:
-        return None
-    if photometric not in ("MONOCHROME1", "MONOCHROME2") or "ModalityLUTSequence" in ds:
-        return None
-    if (slope is None) != (intercept is None) or (slope is None and str(getattr(ds, "Modality", "")) == "CT"):
-        return None  # read_dicom_hu warns about the missing tags
-    if element.value_tell + element.length > Path(path).stat().st_size:
-        return None  # truncated: read_dicom_hu names the failure
-    return {
-        "offset": int(element.value_tell), "nbytes": nbytes, "rows": rows, "cols": cols, "dtype": dtype,
-        "slope": float(slope if slope is not None else 1.0), "intercept": float(intercept or 0.0),
-        "invert": photometric == "MONOCHROME1",
-    }
-
-
-def series_in_z_order(paths) -> list:
-    """DICOM slices of one series sorted along the patient z axis (ImagePositionPatient, then InstanceNumber)."""
-
-    def key(path):
-        ds = _dcmread(path, stop_before_pixels=True)
-        position = getattr(ds, "ImagePositionPatient", None)
-        z = float(position[2]) if position is not None and len(position) == 3 else float("inf")
-        return (z, int(getattr(ds, "InstanceNumber", 0) or 0), str(path))
-
-    return sorted(paths, key=key)
-
-
-def patient_key(path) -> str | None:
-    """A one-way hash of the file's PatientID (for grouping splits), or None. The raw ID never leaves here."""
-    ds = _dcmread(path, stop_before_pixels=True)
-    pid = str(getattr(ds, "PatientID", "") or "")
-    return hash_patient_id(pid) if pid else None
-
-
-def hash_patient_id(patient_id: str) -> str:
-    return hashlib.sha256(("medkeras:" + str(patient_id)).encode()).hexdigest()[:16]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medkeras.data.readers.dicom import read_dicom_display, read_dicom_hu
+from medkeras.data.readers.dicom import read_dicom_display, read_dicom_hu, split_frame
 from medkeras.data.readers.pixels import hu_to_pixels, to_pixels
 from medkeras.errors import DataError, raise_if_resource
 
@@ -21,7 +21,8 @@ READABLE_SUFFIXES = PICTURE_SUFFIXES | DICOM_SUFFIXES | ARRAY_SUFFIXES
 
 
 def is_dicom(path) -> bool:
-    return Path(path).suffix.lower() in DICOM_SUFFIXES
+    """A DICOM file by its name, or a frame of one (`scan.dcm#3`)."""
+    return split_frame(path)[0].suffix.lower() in DICOM_SUFFIXES
 
 
 def _read_picture(path: Path) -> np.ndarray:
@@ -68,12 +69,15 @@ def read_raw(path, hu: bool = False) -> tuple[np.ndarray, bool]:
     `hu_to_pixels`; otherwise DICOM is shown through its VOI LUT and every array is scaled to pixels [0, 255].
     `medkeras prepare` stores this array, so windows can still change after the data is prepared.
     """
+    name = path
     path = Path(path)
-    if not path.is_file():
+    if is_dicom(name):  # a file, or a frame of a multi-frame file (`scan.dcm#3`): the DICOM reader names the cause
+        path = name
+    elif not path.is_file():
         raise DataError(path, "file not found")
-    if path.stat().st_size == 0:
+    elif path.stat().st_size == 0:
         raise DataError(path, "empty file (0 bytes)")
-    suffix = path.suffix.lower()
+    suffix = split_frame(path)[0].suffix.lower()
     is_hu = False
     if suffix in DICOM_SUFFIXES:
         if hu:
@@ -105,10 +109,13 @@ def read_image(path, windows=()) -> np.ndarray:
     return image
 
 
-def collect_inputs(inputs) -> list[Path]:
-    """Files as given; folders searched recursively for PNG, JPEG, DICOM and NPY files (sorted), each folder's
-    DICOM slices along z (a series reads top to bottom)."""
-    from medkeras.data.readers.dicom import series_in_z_order
+def named_inputs(inputs, key_file=None) -> list[tuple]:
+    """(path, name, SliceInfo or None) of every image in `inputs`: files as given, folders searched recursively for PNG, JPEG, DICOM
+    and NPY files (sorted; each folder's DICOM slices along the slice normal), a multi-frame DICOM file as its
+    frames (`FILE#N`, in z order). Names are what outputs show: relative to a folder given, a file as typed (its
+    name alone when typed as an absolute path); never an absolute path. DICOM images come with their keyed patient
+    and series (`dicom_tags.SliceInfo`)."""
+    from medkeras.data.readers.dicom_tags import dicom_items, series_in_z_order
 
     files = []
     for item in inputs:
@@ -126,9 +133,24 @@ def collect_inputs(inputs) -> list[Path]:
                     dicom = series_in_z_order(dicom)
                 except DataError:
                     pass  # an unreadable slice is reported when it is read, in order of the file names
-                files += [f for f in items if not is_dicom(f)] + dicom
-        elif path.exists():
-            files.append(path)
+                files += [(f, str(f.relative_to(path))) for f in [f for f in items if not is_dicom(f)] + dicom]
+        elif path.exists() or is_dicom(item):
+            files.append((item, path.name if path.is_absolute() else str(item)))
         else:
             raise DataError(path, "file not found")
-    return files
+    out = []
+    for f, name in files:  # frames of multi-frame files, each an input of its own
+        try:
+            frames = dicom_items(f, key_file) if is_dicom(f) else None
+        except DataError:
+            frames = None  # unreadable: reported when it is read
+        if frames is None or len(frames) == 1:
+            out.append((f, name, frames[0] if frames else None))
+        else:
+            out += [(frame.name, name + frame.name[len(str(f)):], frame) for frame in frames]
+    return out
+
+
+def collect_inputs(inputs) -> list:
+    """The paths of `named_inputs`."""
+    return [path for path, _, _ in named_inputs(inputs)]

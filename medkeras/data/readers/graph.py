@@ -70,7 +70,7 @@ def dicom_decoder(windows):
         return _DICOM_DECODERS[key]
     import tensorflow as tf
 
-    from medkeras.data.readers.dicom import PIXEL_DTYPES
+    from medkeras.data.readers.dicom_layout import PIXEL_DTYPES
 
     types = [getattr(tf, name) for name in PIXEL_DTYPES]
     signature = [tf.TensorSpec((), kind) for kind in (tf.string, tf.int64, tf.int64, tf.int64, tf.int64, tf.int32,
@@ -99,7 +99,7 @@ def decode_dicom_graph(paths, windows, then=None):
     """
     import tensorflow as tf
 
-    from medkeras.data.readers.dicom import PIXEL_DTYPES, pixel_layout
+    from medkeras.data.readers.dicom_layout import PIXEL_DTYPES, pixel_layout
 
     rest = []
     kinds = (np.int64, str, np.int64, np.int64, np.int64, np.int64, np.int32, np.float32, np.float32, bool)

@@ -1,0 +1,64 @@
+"""Where a plain DICOM keeps its pixels, for the graph decoder (`graph.decode_dicom_graph`): pydicom parses the
+header only, TensorFlow reads the bytes. Everything that is not plain goes through `dicom.py`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medkeras.data.readers.dicom import dcmread
+from medkeras.errors import DicomError, ResourceError
+
+# Uncompressed little-endian transfer syntaxes: pixel bytes lie in the file as stored (implicit / explicit VR).
+_NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+# (BitsAllocated, PixelRepresentation) -> what tf.io.decode_raw reads (it has no uint32: those go through pydicom)
+_DTYPES = {(8, 0): "uint8", (8, 1): "int8", (16, 0): "uint16", (16, 1): "int16", (32, 1): "int32"}
+PIXEL_DTYPES = tuple(_DTYPES.values())
+
+
+def pixel_layout(path) -> dict | None:
+    """Where a plain DICOM keeps its pixels, so that the graph can read them without pydicom; None otherwise.
+
+    "Plain": uncompressed little-endian, one frame, one sample per pixel, 8/16/32-bit integers, with both
+    RescaleSlope and RescaleIntercept (or neither, outside CT). pydicom parses the header only (pixel data
+    deferred); `read_dicom_hu` on the same file gives exactly `stored * slope + intercept` (pydicom 3 returns
+    native pixels as stored, unused high bits uncorrected), MONOCHROME1 inverted. Every other file returns None
+    and goes through `read_dicom_hu`, which also names the cause of any failure.
+    """
+    try:
+        return _layout(path)
+    except Exception:  # noqa: BLE001 - anything odd in the header: the Python path reads it and names the cause
+        return None
+
+
+def _layout(path) -> dict | None:
+    try:
+        ds = dcmread(path, defer_size=1024)
+    except (DicomError, ResourceError):  # the Python path reads it again and names the cause
+        return None
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    element = ds.get_item(0x7FE00010, keep_deferred=True)
+    if syntax not in _NATIVE_LITTLE_ENDIAN or element is None or not hasattr(element, "value_tell"):
+        return None
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        dtype = _DTYPES.get((int(ds.BitsAllocated), int(ds.PixelRepresentation)))
+        samples, frames = int(getattr(ds, "SamplesPerPixel", 1) or 1), int(getattr(ds, "NumberOfFrames", 1) or 1)
+        slope, intercept = getattr(ds, "RescaleSlope", None), getattr(ds, "RescaleIntercept", None)
+        photometric = str(getattr(ds, "PhotometricInterpretation", ""))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    nbytes = rows * cols * int(ds.BitsAllocated) // 8
+    if dtype is None or samples != 1 or frames != 1 or rows < 1 or cols < 1 or element.length < nbytes:
+        return None
+    if photometric not in ("MONOCHROME1", "MONOCHROME2") or "ModalityLUTSequence" in ds:
+        return None
+    if (slope is None) != (intercept is None) or (slope is None and str(getattr(ds, "Modality", "")) == "CT"):
+        return None  # read_dicom_hu warns about the missing tags
+    if element.value_tell + element.length > Path(path).stat().st_size:
+        return None  # truncated: read_dicom_hu names the failure
+    return {
+        "offset": int(element.value_tell), "nbytes": nbytes, "rows": rows, "cols": cols, "dtype": dtype,
+        "slope": float(slope if slope is not None else 1.0), "intercept": float(intercept or 0.0),
+        "invert": photometric == "MONOCHROME1",
+    }
