@@ -37,18 +37,36 @@ def cli(debug):
 @click.argument("config", required=False, default="demo")
 @click.option("--out", "out", type=click.Path(file_okay=False), help="Run directory (default runs/<config>-<time>).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
-@click.option("--resume", is_flag=True, help="Continue the killed run in --out at the epoch it reached.")
-def fit(config, out, overrides, resume):
-    """Train CONFIG (a YAML file or a bundled config name; default: demo)."""
-    from medkeras.config import load_config
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch (with --set "
+              "train.epochs=N, continue a finished run to N epochs).")
+@click.option("--overwrite", is_flag=True, help="Replace the run in --out (kept aside until the new one finishes).")
+def fit(config, out, overrides, resume, overwrite):
+    """Train CONFIG (a YAML file or a bundled config name; default: demo).
+
+    \b
+    Examples:
+      medkeras fit                                   # the bundled demo, on bundled BreastMNIST
+      medkeras fit lung-ct-ensemble --set data.source=ct.csv --out runs/ct
+      medkeras fit --out runs/ct --resume --set train.epochs=20   # continue a run to 20 epochs
+    """
+    from medkeras.config import load_config, parse_override
 
     if resume and not out:
         raise click.UsageError("--resume needs --out RUN_DIR (the run to continue)")
-    cfg = load_config(config, overrides)  # config errors come before the slow TensorFlow import
+    epochs = None
+    if resume:
+        pairs = [parse_override(o) for o in overrides]
+        others = [k for k, _ in pairs if k != "train.epochs"]
+        if others:
+            raise click.UsageError(f"--resume continues the run's own config; only train.epochs can change, not {others[0]}")
+        epochs = next((v for k, v in pairs if k == "train.epochs"), None)
+        cfg = None
+    else:
+        cfg = load_config(config, overrides)  # config errors come before the slow TensorFlow import
     _tf()
     from medkeras.train.fit import fit as run_fit
 
-    run_dir = run_fit(cfg, out=out, resume=resume)
+    run_dir = run_fit(cfg, out=out, resume=resume, overwrite=overwrite, epochs=epochs)
     if not (run_dir / "metrics.json").is_file():  # a multi-worker run's non-chief worker
         click.echo(f"medkeras: this worker's part is done (scratch: {run_dir}); the chief writes the run directory")
         return
@@ -82,6 +100,11 @@ def prepare(data, out, config, overrides, window, size, on_bad_file, workers, ov
     """Decode DATA (folder, CSV manifest, .npz or bundled name) once into a streamable store at --out.
 
     Train from it with `data.source: OUT`. DICOM is stored in HU when a window is set, so windows can change later.
+
+    \b
+    Examples:
+      medkeras prepare ct_manifest.csv --out stores/ct --window lung
+      medkeras prepare ct_manifest.csv --out stores/ct224 --window lung --size 224
     """
     from medkeras.config import load_config
 
@@ -116,7 +139,14 @@ def prepare(data, out, config, overrides, window, size, on_bad_file, workers, ov
     "validation split (default: the model's saved threshold).",
 )
 def eval_cmd(model, data, split, out, tta, threshold):
-    """Evaluate MODEL (a run directory or a .keras file)."""
+    """Evaluate MODEL (a run directory or a .keras file).
+
+    \b
+    Examples:
+      medkeras eval runs/demo-20261123-101500
+      medkeras eval runs/ct --split val --threshold youden --tta
+      medkeras eval runs/ct/model.keras --data other_hospital.csv --out eval-other
+    """
     _tf()
     from medkeras.evaluate.evaluate import evaluate
 
@@ -133,7 +163,15 @@ def eval_cmd(model, data, split, out, tta, threshold):
 @click.option("--version", "version", type=click.IntRange(min=1), help="Version number (default: the next one).")
 @click.option("--format", "fmt", type=click.Choice(["savedmodel", "onnx"]), default="savedmodel", show_default=True)
 def export(model, base, name, version, fmt):
-    """Export MODEL (a run directory or .keras file) as a TF Serving SavedModel: BASE/NAME/VERSION/."""
+    """Export MODEL (a run directory or .keras file) as a TF Serving SavedModel: BASE/NAME/VERSION/.
+
+    Every signature is checked against the Keras model in a fresh process before the version appears.
+
+    \b
+    Examples:
+      medkeras export runs/demo-20261123-101500 --out serving --name breast
+      medkeras export runs/ct/model.keras --out serving --name ct --version 3
+    """
     _tf()
     if fmt == "onnx":
         from medkeras.export.onnx import export_onnx
@@ -166,6 +204,11 @@ def predict_cmd(model, inputs, out, on_bad_file, batch_size, redact_paths):
     """Score files or folders (DICOM, PNG, JPEG, NPY) with MODEL: a run dir, a .keras file or a SavedModel.
 
     One row per image (per frame of a multi-frame DICOM), with the keyed patient and series of DICOM inputs.
+
+    \b
+    Examples:
+      medkeras predict runs/ct scans/ --out predictions.csv
+      medkeras predict serving/ct slice.dcm slice2.png       # the exported SavedModel
     """
     _tf()
     from medkeras.export.predict import predict
@@ -184,7 +227,12 @@ def predict_cmd(model, inputs, out, on_bad_file, batch_size, redact_paths):
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the overlays.")
 def gradcam(model, inputs, out):
-    """Grad-CAM overlays of MODEL's predicted class for each input (one PNG per input)."""
+    """Grad-CAM overlays of MODEL's predicted class for each input (one PNG per input).
+
+    \b
+    Examples:
+      medkeras gradcam runs/ct scans/case1/ --out cams/
+    """
     _tf()
     from medkeras.evaluate.gradcam import write_overlays
     from medkeras.models.io import open_model
@@ -198,7 +246,13 @@ def gradcam(model, inputs, out):
 @click.option("--params", is_flag=True, help="Build each backbone to count its parameters (with a 1000-class "
               "head, as published; about two minutes for all of them on 2 CPU cores).")
 def backbones(params):
-    """List every backbone name with its default input size, preprocessing and (--params) parameter count."""
+    """List every backbone name with its default input size, preprocessing and (--params) parameter count.
+
+    \b
+    Examples:
+      medkeras backbones
+      medkeras fit demo --set "model.backbones=[resnet34, efficientnetb0]"   # names from this list
+    """
     from medkeras.models.backbones import REGISTRY
 
     if params:
@@ -223,9 +277,42 @@ def _count_params(spec) -> int:
     return count
 
 
+@cli.command("config")
+@click.argument("keys", nargs=-1)
+@click.option("--markdown", is_flag=True, help="The table as Markdown (the README's table is this output).")
+def config_cmd(keys, markdown):
+    """Every config key (or those starting with KEYS) with its type, default and meaning.
+
+    \b
+    Examples:
+      medkeras config                  # all of them
+      medkeras config train.epochs data.window
+      medkeras config data.augment     # a whole section
+    """
+    from medkeras.config.keys import describe_keys, keys_markdown
+
+    if markdown:
+        click.echo(keys_markdown(), nl=False)
+        return
+    rows = [r for r in describe_keys() if not keys or any(r[0] == k or r[0].startswith(k + ".") for k in keys)]
+    if not rows:
+        from medkeras.config.load import _unknown_key
+
+        raise _unknown_key(keys[0])
+    width = max(len(r[0]) for r in rows)
+    for key, kind, default, meaning in rows:
+        click.echo(f"{key:<{width}}  {kind:<13} {default:<14} {meaning}")
+
+
 @cli.command()
 def configs():
-    """List the bundled configs with their one-line descriptions."""
+    """List the bundled configs with their one-line descriptions (`medkeras config` lists every key).
+
+    \b
+    Examples:
+      medkeras configs
+      medkeras fit lung-ct-ensemble --set data.source=ct.csv
+    """
     import yaml
 
     from medkeras.config import bundled_configs

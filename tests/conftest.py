@@ -51,6 +51,9 @@ def png_folder(tmp_path, breast):
     return root
 
 
+CLI_CWD = Path(tempfile.mkdtemp(prefix="medkeras-cli-"))  # what a command writes by default lands here, not in the checkout
+
+
 def run_cli(*args, timeout=600):
     """Run the real `medkeras` entry point in a subprocess: exit status, stdout and stderr as a user sees them."""
     return subprocess.run(
@@ -58,8 +61,20 @@ def run_cli(*args, timeout=600):
         capture_output=True,
         text=True,
         timeout=timeout,
+        cwd=CLI_CWD,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_into_the_checkout():
+    """Tests write only under temporary directories: the checkout holds no new files when they end."""
+    root = Path(__file__).resolve().parents[1]
+    before = {p for p in root.iterdir()}
+    yield
+    new = sorted(p.name for p in set(root.iterdir()) - before)
+    assert new == [], f"tests wrote into the checkout: {new}"
+    assert not list(CLI_CWD.glob("runs/*")), "a failed command left a run directory behind"
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ def test_fit_writes_the_run_directory(tiny_run):
     assert metrics["test"]["n"] == 156 and metrics["best_epoch"] in (1, 2)
     with open(out / "train_log.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["epoch"] for r in rows] == ["0", "1"] and "val_auroc" in rows[0]
+    assert [r["epoch"] for r in rows] == ["1", "2"] and "val_auroc" in rows[0]  # epochs count from 1 everywhere
     assert "class_names:\n  - malignant\n  - benign-or-normal" in (out / "config.yaml").read_text()
     assert "Traceback" not in result.stderr
 
@@ -94,3 +94,12 @@ def test_backbones_with_parameter_counts():
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
     assert "21.8M" in rows["resnet34"] and "25.6M" in rows["resnet50"] and "143.7M" in rows["vgg19_bn"]
+
+
+def test_every_command_helps_with_an_example():
+    commands = ["fit", "prepare", "eval", "export", "predict", "gradcam", "backbones", "configs", "config"]
+    for command in commands:
+        result = run_cli(command, "--help")
+        assert result.returncode == 0, command
+        examples = result.stdout.split("Examples:", 1)
+        assert len(examples) == 2 and (f"medkeras {command}" in examples[1] or "medkeras fit" in examples[1]), command

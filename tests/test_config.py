@@ -82,3 +82,28 @@ def test_yaml_file_and_missing_file(tmp_path):
     path.write_text("trian:\n  epochs: 4\n")
     with pytest.raises(ConfigError, match="did you mean 'train'"):
         load_config(str(path))
+
+
+def test_every_key_is_listed_with_its_meaning_and_the_readme_table_is_that_list():
+    from pathlib import Path
+
+    from medkeras.config.keys import describe_keys, keys_markdown
+
+    rows = describe_keys()
+    assert len(rows) > 70 and all(meaning for _, _, _, meaning in rows)
+    assert ("train.epochs", "int", "10", "epochs in all (both phases of two-phase training)") in rows
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    generated = readme.split("tests/test_config.py checks it -->\n", 1)[1].split("<!-- /config-keys -->", 1)[0]
+    assert generated == keys_markdown(), "README's key table is stale: paste `medkeras config --markdown`"
+
+
+def test_a_yaml_syntax_error_names_line_and_column(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("train:\n  epochs: 3\nmodel:\n  backbones: [resnet18_small, cnn8_small\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml:5:1: not valid YAML: expected ',' or '\]'"):
+        load_config(str(path))
+
+
+def test_a_recipe_on_other_data_is_named_after_the_data():
+    cfg = load_config("demo", ["data.source=/data/ct/manifest.csv"])
+    assert cfg.name == "demo-manifest" and "BreastMNIST" not in cfg.description

@@ -49,7 +49,7 @@ def test_lung_ct_ensemble_on_real_ct(tmp_path):
     assert metrics["test"]["n"] == 2
     assert [r["model"] for r in metrics["ensemble"]][:3] == ["vgg19_bn alone", "efficientnetb0 alone", "resnet101 alone"]
     log = (out / "train_log.csv").read_text().splitlines()
-    assert [line.split(",")[0] for line in log[1:]] == ["0", "1"]  # phase 1 then phase 2, one row per epoch
+    assert [line.split(",")[0] for line in log[1:]] == ["1", "2"]  # phase 1 then phase 2, one row per epoch
 
 
 def test_cancer_resnet34_frozen(tmp_path, breast):

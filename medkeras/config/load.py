@@ -147,18 +147,42 @@ def load_config(name_or_path="demo", overrides=()) -> Config:
     cfg = Config()
     if name_or_path is not None:
         path = resolve_config_path(name_or_path)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read config: {str(exc).splitlines()[0]}") from exc
+        values = read_yaml(path)
         _apply(cfg, values)
         if "name" not in values:
             cfg.name = path.stem
+    source = cfg.data.source
     for item in overrides:
         key, value = parse_override(item) if isinstance(item, str) else item
         set_key(cfg, key, value)
+    if cfg.data.source != source and not any(str(k).startswith("name") for k in _keys(overrides)):
+        # the recipe on other data: named after the data, not described as the recipe's own data
+        cfg.description = f"the {cfg.name} recipe on {cfg.data.source}"
+        cfg.name = f"{cfg.name}-{Path(str(cfg.data.source)).stem or 'data'}"
     validate(cfg)
     return cfg
+
+
+def _keys(overrides) -> list:
+    return [(parse_override(o)[0] if isinstance(o, str) else o[0]) for o in overrides]
+
+
+def read_yaml(path) -> dict:
+    """A YAML file's mapping; a syntax error names the file, line and column."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from exc
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config is a mapping of sections (data:, model:, train:, ...), got "
+                          f"{type(values).__name__}")
+    return values or {}
 
 
 def from_dict(values: dict) -> Config:

@@ -25,14 +25,14 @@ class AugmentConfig:
     translation: float = 0.0  # fraction of the side
     fill_mode: str = "reflect"  # what rotation/zoom/translation fill with: reflect, constant (black: CT air), nearest
     brightness: float = 0.1  # fraction of the value range
-    contrast: float = 0.1
+    contrast: float = 0.1  # RandomContrast factor (0: off)
     noise: float = 0.0  # Gaussian noise standard deviation, in pixel units (0-255)
     blur: float = 0.0  # probability-like factor of RandomGaussianBlur (0: off)
-    blur_sigma: float = 1.0
+    blur_sigma: float = 1.0  # RandomGaussianBlur's largest sigma, in pixels
     clahe: float = 0.0  # probability of applying CLAHE (Keras' ContrastLimitedAdaptiveHistogramEqualization)
-    clahe_clip_limit: float = 2.0
+    clahe_clip_limit: float = 2.0  # CLAHE's contrast clip limit
     randaugment: int = 0  # RandAugment operations per image (0: off)
-    randaugment_factor: float = 0.3
+    randaugment_factor: float = 0.3  # RandAugment's magnitude, 0-1
     erasing: float = 0.0  # RandomErasing factor (a GridMask-like occlusion from Keras core; 0: off)
 
 
@@ -41,7 +41,7 @@ class DataConfig:
     """Where the images come from and how they become model inputs."""
 
     source: str = "breastmnist"  # bundled name, .npz, class-folder or CSV manifest
-    image_size: int = 224
+    image_size: int = 224  # square training size: images are resized bilinearly, antialiased
     # CT only: a preset name, [level, width], or a list of them (one per channel). Validation resolves it once to
     # [[level, width], ...] (or null): the form every module, the saved model and the SavedModel assets carry.
     window: Any = None
@@ -56,7 +56,7 @@ class DataConfig:
     cache: str = "auto"  # "auto" (in memory when it fits), "memory" or "none"
     normalize: str = "backbone"  # "backbone" (its ImageNet statistics) or "dataset" (train mean/std, see below)
     mean: Optional[list] = None  # filled in by fit with normalize: dataset (per channel, pixels / 255)
-    std: Optional[list] = None
+    std: Optional[list] = None  # filled in by fit with normalize: dataset (per channel, pixels / 255)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -64,6 +64,7 @@ class DataConfig:
 class ModelConfig:
     """What to build: one backbone or an ensemble of several, each with a replaced class head."""
 
+    # names from `medkeras backbones`; several make an ensemble averaging their logits
     backbones: list = field(default_factory=lambda: ["resnet50"])
     weights: Any = "none"  # "imagenet", "none", a .weights.h5 path, or {backbone: one of those, default: ...}
     head: str = "linear"  # "linear" (Dense K) or "mlp" (Dropout .5, Dense 128 ReLU, Dropout .3, Dense K)
@@ -76,26 +77,26 @@ class ModelConfig:
 class TrainConfig:
     """How to fit."""
 
-    epochs: int = 10
-    batch_size: int = 32
-    seed: int = 42
+    epochs: int = 10  # epochs in all (both phases of two-phase training)
+    batch_size: int = 32  # the global batch (split across replicas and workers)
+    seed: int = 42  # seeds splits, shuffling, augmentation and initialisation
     optimizer: str = "adamw"  # "adam", "adamw" or "sgd"
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
+    learning_rate: float = 1e-3  # the (phase 1) learning rate
+    weight_decay: float = 1e-4  # AdamW / SGD weight decay
     schedule: str = "cosine"  # "cosine" (with warmup), "step", "plateau" (reduce on plateau) or "constant"
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 0.0  # linear warm-up of the cosine schedule, in epochs
     step_epochs: int = 10  # "step": multiply the rate by step_gamma every step_epochs
-    step_gamma: float = 0.1
-    label_smoothing: float = 0.0
+    step_gamma: float = 0.1  # "step": the factor
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
     loss: str = "cross_entropy"  # "cross_entropy", "focal" (Keras' CategoricalFocalCrossentropy) or "bce"
-    focal_gamma: float = 2.0
+    focal_gamma: float = 2.0  # focal loss' gamma
     pos_weight: Optional[float] = None  # binary: weight of positive-class images (BCE pos_weight)
     class_weight: Any = None  # None, "balanced", or {class name: weight}; applied as sample weights
     freeze_backbone: bool = False  # train the head only, every epoch (backbones frozen, BatchNorm in inference)
     freeze_epochs: int = 0  # two-phase transfer learning: phase 1 (frozen) epochs; phase 2 fine-tunes the rest
     finetune_learning_rate: Optional[float] = None  # phase 2 rate (default learning_rate / 10)
     early_stopping_patience: int = 0  # 0: off
-    gradient_accumulation_steps: int = 1
+    gradient_accumulation_steps: int = 1  # optimizer steps every N batches (Keras' own accumulation)
     # Exponential moving average of the weights (e.g. 0.99; 0: off): validated, checkpointed and saved with the
     # averaged weights (Keras' optimizer EMA + SwapEMAWeights at every epoch's end). Helps small datasets.
     ema: float = 0.0
@@ -106,11 +107,11 @@ class TrainConfig:
     # Progressive resizing (EfficientNetV2): [[first epoch, size], ...], e.g. [[1, 128], [4, 256], [7, 384]];
     # validation, evaluation and export stay at data.image_size. Members: only these (default: all).
     size_schedule: Optional[list] = None
-    size_schedule_members: Optional[list] = None
+    size_schedule_members: Optional[list] = None  # with train.ensemble: separate, the members trained under it
     steps_per_epoch: Optional[int] = None  # default: the whole training split
     monitor: str = "val_auroc"  # best checkpoint by this validation metric (higher is better)
     jit_compile: Any = False  # XLA: true, false or "auto" (measure first: it slows EfficientNet on CPU)
-    run_eagerly: bool = False
+    run_eagerly: bool = False  # Keras' run_eagerly (debugging; tiny test fits build faster)
     # Train steps per compiled call (Keras' compile(steps_per_execution)): fewer Python round trips for small
     # models; batch-level callbacks then run every N steps. Lowered to a divisor of the epoch's steps (Keras runs
     # whole executions). Ignored by the multi-worker loop.
@@ -122,13 +123,13 @@ class TrainConfig:
 class EvalConfig:
     """How to evaluate."""
 
-    split: str = "test"
-    batch_size: int = 64
+    split: str = "test"  # the split `medkeras eval` scores by default
+    batch_size: int = 64  # evaluation batch size
     threshold: str = "0.5"  # binary operating point: a number, youden, f1, sensitivity@0.95, specificity@0.9
     calibrate: str = "temperature"  # "temperature" (fitted on validation logits) or "none"
     bootstrap: int = 1000  # resamples for the 95% intervals (0: none)
-    ci_level: float = 0.95
-    ece_bins: int = 15
+    ci_level: float = 0.95  # the intervals' level
+    ece_bins: int = 15  # bins of the reliability diagram and ECE
     tta: bool = False  # average logits over the flips below
     tta_flips: list = field(default_factory=lambda: ["horizontal"])  # "horizontal", "vertical", "both"
     gradcam_examples: int = 4  # true positives and worst false negatives shown in the report
@@ -147,15 +148,15 @@ class TrackConfig:
 class ExportConfig:
     """How to export for TF Serving."""
 
-    name: str = "medkeras"
+    name: str = "medkeras"  # the TF Serving model name (BASE/NAME/VERSION)
 
 
 @dataclass
 class Config:
     """The whole run. `Config()` is a valid config; YAML files and `--set` only change what they name."""
 
-    name: str = "run"
-    description: str = ""
+    name: str = "run"  # the run's name (its default directory: runs/NAME-TIME); a YAML file's name by default
+    description: str = ""  # one line shown by `medkeras configs` and in the report
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

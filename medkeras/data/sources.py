@@ -208,6 +208,8 @@ def load_dataset(cfg, seed=42) -> Dataset:
         ds.positive_class = cfg.positive_class
     if ds.num_classes < 2:
         raise DataError(source, f"need at least 2 classes, found {ds.class_names}")
+    if ds.num_classes == 2 and ds.positive_class is None:  # said once, here, and carried into every output
+        ds.positive_class = ds.class_names[-1]
     train = ds.splits["train"]
     if len(train) == 0:
         raise DataError(source, "the train split is empty")

@@ -176,7 +176,7 @@ def write_report(out_dir, scored, dataset, cfg, meta, model=None, history_csv=No
     warn_html = "".join(f"<p class='warn'>{html.escape(w)}</p>" for w in warnings)
     config_dict = cfg.to_dict()
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>medkeras report: {html.escape(str(cfg.name))}</title>
+<html><head><meta charset="utf-8"><title>medkeras report: {html.escape(str(dataset.name))}, {html.escape(str(cfg.name))}</title>
 <style>
 body{{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:0.5em 0}} th,td{{border:1px solid #ccc;padding:3px 10px;text-align:right}}
@@ -185,8 +185,9 @@ img{{max-width:520px}} .thumb img{{width:112px;image-rendering:pixelated}} figca
 .warn{{background:#fff3cd;padding:6px 10px;border-left:4px solid #e0a800}} .op{{font-size:1.1em}}
 pre{{background:#f7f7f7;padding:10px;overflow:auto}}
 </style></head><body>
-<h1>medkeras evaluation: {html.escape(str(cfg.name))} ({html.escape(scored['split'])} split)</h1>
-<p>Model: {html.escape(', '.join(meta.get('backbones', [])))} &middot; data: {html.escape(str(dataset.name))}
+<h1>medkeras evaluation: {html.escape(str(dataset.name))} ({html.escape(scored['split'])} split)</h1>
+<p>Model: {html.escape(', '.join(meta.get('backbones', [])))} (config {html.escape(str(cfg.name))}) &middot; data:
+{html.escape(str(cfg.data.source))}
 &middot; image size {meta.get('image_size')} &middot; TTA {'on' if scored.get('tta') else 'off'}
 &middot; medkeras {html.escape(str(meta.get('medkeras_version')))}</p>
 {warn_html}

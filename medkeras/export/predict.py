@@ -43,7 +43,7 @@ class Scorer:
 
 def predict(model_path, inputs, out=None, on_bad_file="fail", batch_size=32, progress=True, redact_paths=False) -> dict:
     """Score `inputs`; write CSV rows to `out` or stdout: path (relative to a folder given; never absolute; with
-    `redact_paths` the keyed patient and an index instead), p_<class>..., label, and for DICOM the keyed patient
+    `redact_paths` the keyed patient and an index instead), p_<class>..., predicted, and for DICOM the keyed patient
     and series. A multi-frame file gives one row per frame (`FILE#N`). Returns counts."""
     items = named_inputs(inputs)
     scorer = Scorer(model_path)
@@ -75,7 +75,9 @@ def predict(model_path, inputs, out=None, on_bad_file="fail", batch_size=32, pro
     keys = any(info is not None for _, info, _, _ in rows)
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["path", *[f"p_{c}" for c in scorer.class_names], "label", *(["patient", "series"] if keys else [])])
+    # `predicted`, as in predictions.csv of fit and eval (where `label` is the ground truth)
+    writer.writerow(["path", *[f"p_{c}" for c in scorer.class_names], "predicted",
+                     *(["patient", "series"] if keys else [])])
     for name, info, probs, label in rows:
         extra = ([info.patient or "", info.series or ""] if info else ["", ""]) if keys else []
         writer.writerow([name, *[f"{p:.6f}" for p in probs], scorer.class_names[label], *extra])

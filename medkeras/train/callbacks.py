@@ -1,4 +1,5 @@
-"""Callbacks fit relies on: validation metrics computed like `eval` does, and an atomic best checkpoint.
+"""Callbacks fit relies on: validation metrics computed like `eval` does, an atomic best checkpoint, progressive
+resizing, and Keras' CSV log and TensorBoard counting epochs from 1.
 
 `ValidationMetrics` runs one predict pass over the validation split per epoch and puts `val_loss`,
 `val_accuracy` and `val_auroc` into the epoch logs, before the checkpoint, CSV logger and TensorBoard read them.
@@ -72,6 +73,20 @@ class BestCheckpoint(keras.callbacks.Callback):
             self.directory / "best.json",
             {"epoch": epoch + 1, "monitor": self.monitor, "value": self.best, "logs": {k: float(v) for k, v in logs.items()}},
         )
+
+
+class EpochLog(keras.callbacks.CSVLogger):
+    """Keras' CSVLogger with epochs counted from 1, as the console, `best.json` and the report count them."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch + 1, logs)
+
+
+class EpochBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard with epochs counted from 1."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch + 1, logs)
 
 
 def size_schedule(schedule, epochs: int, image_size: int) -> list[int]:

@@ -9,12 +9,14 @@ import contextlib
 from pathlib import Path
 
 import medkeras
-from medkeras.config import Config
+from medkeras.config import Config, validate
+from medkeras.errors import MedkerasError
 from medkeras.train.rundir import (
     Timer,
     default_run_dir,
     load_run_config,
-    prepare_run_dir,
+    run_failed,
+    run_finished,
 )
 
 
@@ -60,19 +62,45 @@ def _set_precision(tc):
         tf.config.experimental.enable_op_determinism()
 
 
-def fit(cfg: Config, out=None, resume: bool = False) -> Path:
-    """Train what `cfg` describes; returns the run directory. `resume` continues a killed run in `out`.
+def fit(cfg: Config | None = None, out=None, resume: bool = False, overwrite: bool = False, epochs=None) -> Path:
+    """Train what `cfg` describes; returns the run directory.
+
+    A run is never lost: `out` holding a run is refused unless `overwrite` (the old run is kept aside until the new
+    one finishes); `resume` continues the run in `out` from its last epoch (`cfg` is not needed: the run's own
+    config is used), and with `epochs` above what it has, continues a finished run (its outputs kept in
+    `before-epoch-N/`); a finished run asked for no more epochs is left as it is. A fit that fails before any
+    epoch leaves no directory behind; after some, the run stays resumable with a `FAILED` file saying why.
 
     Under `train.strategy: multiworker` every worker runs this with the same arguments and its own TF_CONFIG;
     the chief writes `out`, the others train alongside with a scratch directory and return it.
     """
-    import keras
-
     from medkeras.train.loop import is_chief
-    from medkeras.train.tracking import mlflow_run
+    from medkeras.train.rundir import (
+        epochs_done,
+        is_finished,
+        keep_finished_outputs,
+        open_run_dir,
+    )
 
+    if resume and out is None:
+        raise MedkerasError("resume needs the run directory (out=RUN)")
     timer = Timer()
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
+    if resume and (run_dir / "config.yaml").is_file():
+        cfg = load_run_config(run_dir)
+        if epochs is not None:
+            if int(epochs) < epochs_done(run_dir):
+                raise MedkerasError(f"{run_dir}: has {epochs_done(run_dir)} epochs already; train.epochs={epochs} "
+                                    "would shorten it")
+            cfg.train.epochs = int(epochs)
+            validate(cfg)
+        if is_finished(run_dir):
+            if cfg.train.epochs <= epochs_done(run_dir):
+                print(f"medkeras: {run_dir} is finished ({epochs_done(run_dir)} epochs): nothing to resume "
+                      "(--set train.epochs=N continues it to N)")
+                return run_dir
+            print(f"medkeras: continuing {run_dir} from epoch {epochs_done(run_dir)} to {cfg.train.epochs}; its "
+                  f"finished outputs are kept in {keep_finished_outputs(run_dir)}")
     multiworker = None
     if cfg.train.strategy == "multiworker":
         import tempfile
@@ -81,12 +109,26 @@ def fit(cfg: Config, out=None, resume: bool = False) -> Path:
 
         multiworker = make_multiworker_strategy()
         if not is_chief(multiworker):
-            run_dir = Path(tempfile.mkdtemp(prefix="medkeras-worker-"))
-            if resume and out is not None and (Path(out) / "config.yaml").is_file():
-                (run_dir / "config.yaml").write_text((Path(out) / "config.yaml").read_text())
-    prepare_run_dir(run_dir, resume)
-    if resume:
-        cfg = load_run_config(run_dir)
+            scratch = Path(tempfile.mkdtemp(prefix="medkeras-worker-"))
+            if resume and (run_dir / "config.yaml").is_file():
+                (scratch / "config.yaml").write_text((run_dir / "config.yaml").read_text())
+            run_dir = scratch
+    state = open_run_dir(run_dir, resume, overwrite)
+    try:
+        result = _in_scope(cfg, run_dir, resume, timer, multiworker)
+    except BaseException as exc:
+        run_failed(state, exc)
+        raise
+    run_finished(state)
+    return result
+
+
+def _in_scope(cfg, run_dir, resume, timer, multiworker) -> Path:
+    import keras
+
+    from medkeras.train.loop import is_chief
+    from medkeras.train.tracking import mlflow_run
+
     _set_precision(cfg.train)
     size_var = None
     if cfg.train.size_schedule:  # created outside the strategy scope: the input pipeline reads it, not a replica

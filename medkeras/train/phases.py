@@ -78,6 +78,8 @@ def train_model(ctx: Context, model, tag: str | None = None, sized: bool = False
     from medkeras.models.io import load_model, save_model
     from medkeras.train.callbacks import (
         BestCheckpoint,
+        EpochBoard,
+        EpochLog,
         ProgressiveResizing,
         ValidationMetrics,
         size_schedule,
@@ -117,9 +119,10 @@ def train_model(ctx: Context, model, tag: str | None = None, sized: bool = False
         callbacks = [
             ValidationMetrics(data.val_ds, data.arrays["val"][1], data.positive_index, predict),
             BestCheckpoint(ckpt, tc.monitor, save=lambda m, p: save_model(m, p, ctx.meta)),
-            keras.callbacks.CSVLogger(str(log), append=ctx.resume or start > 0),
-            keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True),
-            keras.callbacks.TensorBoard(str(ctx.run_dir / "tensorboard" / (tag or "")), write_graph=False, profile_batch=0),
+            EpochLog(str(log), append=ctx.resume or start > 0),
+            # kept after training (delete_checkpoint=False): `--resume` with more epochs continues a finished run
+            keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True, delete_checkpoint=False),
+            EpochBoard(str(ctx.run_dir / "tensorboard" / (tag or "")), write_graph=False, profile_batch=0),
             _first_step_callback(ctx.timer),
         ]
         if tc.ema and ctx.multiworker is None:  # first: every later callback sees the averaged weights

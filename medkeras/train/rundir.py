@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from medkeras.config import Config, from_dict
 from medkeras.errors import MedkerasError
-from medkeras.utils import atomic_path
+from medkeras.utils import atomic_path, atomic_write_text
 
 
 class Timer:
@@ -33,14 +35,82 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+@dataclass
+class RunState:
+    """The run directory a `fit` writes, and what it found there."""
+
+    path: Path
+    created: bool  # this command made the directory: a failure before any training leaves nothing behind
+    replaced: Path | None = None  # --overwrite: the previous run, kept aside until the new one is finished
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (run_dir / "model.keras").is_file() and (run_dir / "metrics.json").is_file()
+
+
+def epochs_done(run_dir: Path) -> int:
+    """Epochs the run's `train_log.csv` records (counted from 1)."""
+    log = run_dir / "train_log.csv"
+    if not log.is_file():
+        return 0
+    with open(log, newline="") as fh:
+        return max((int(float(r["epoch"])) for r in csv.DictReader(fh) if r.get("epoch")), default=0)
+
+
+def open_run_dir(run_dir: Path, resume: bool, overwrite: bool = False) -> RunState:
+    """Check `run_dir` for what the command asks: a new run (an existing run is replaced only with `overwrite`,
+    and kept aside until the new one finishes), or `resume` of one that is there."""
+    run_dir = Path(run_dir)
     if resume:
         if not (run_dir / "config.yaml").is_file():
             raise MedkerasError(f"{run_dir}: nothing to resume (no config.yaml in this run directory)")
-        return
+        return RunState(run_dir, created=False)
+    replaced = None
     if run_dir.exists() and any(run_dir.iterdir()):
-        raise MedkerasError(f"{run_dir}: run directory exists and is not empty (use --resume, or another --out)")
+        if not overwrite:
+            what = ("a finished run" if is_finished(run_dir) else "an unfinished run (--resume continues it)"
+                    if (run_dir / "config.yaml").is_file() else "a directory that is not empty")
+            raise MedkerasError(f"{run_dir}: holds {what}: use --overwrite to replace it, or another --out")
+        replaced = run_dir.with_name(f".{run_dir.name}.replaced-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(replaced)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    return RunState(run_dir, created=created, replaced=replaced)
+
+
+def run_failed(state: RunState, error: BaseException) -> None:
+    """A fit that stopped on an error: nothing trained yet -> its new directory is removed (an overwritten run is
+    put back); otherwise it is kept for --resume, with a FAILED file saying why."""
+    run_dir = state.path
+    trained = epochs_done(run_dir) > 0 or (run_dir / "checkpoints").is_dir()
+    if not trained and (state.created or state.replaced is not None):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if state.replaced is not None:
+            state.replaced.rename(run_dir)
+        return
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    atomic_write_text(run_dir / "FAILED", f"{type(error).__name__}: {reason}\n"
+                      "The epochs done are kept: `medkeras fit --out RUN --resume` continues from the last one.\n")
+    if state.replaced is not None:
+        print(f"medkeras: the run this one was replacing is kept in {state.replaced}")
+
+
+def run_finished(state: RunState) -> None:
+    (state.path / "FAILED").unlink(missing_ok=True)
+    if state.replaced is not None:
+        shutil.rmtree(state.replaced, ignore_errors=True)
+
+
+def keep_finished_outputs(run_dir: Path) -> Path:
+    """Before a finished run trains further: its model, metrics and report copied to `before-epoch-N/`."""
+    keep = run_dir / f"before-epoch-{epochs_done(run_dir) + 1}"
+    keep.mkdir(exist_ok=True)
+    for name in ("model.keras", "metrics.json", "report.html", "predictions.csv", "duplicates.csv"):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, keep / name)
+    if (run_dir / "plots").is_dir():
+        shutil.copytree(run_dir / "plots", keep / "plots", dirs_exist_ok=True)
+    return keep
 
 
 def load_run_config(run_dir) -> Config:
@@ -65,7 +135,7 @@ def truncate_log(path: Path, epochs_done: int) -> None:
         rows = list(csv.reader(fh))
     if not rows:
         return
-    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < epochs_done]
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= epochs_done]  # epochs count from 1
     write_rows(path, kept[0], kept[1:])
 
 

@@ -68,6 +68,8 @@ def test_every_path_agrees_on_real_ct(ct_run, tmp_path, breast, ct_small_path):
     """A CT model (lung window) on real DICOM slices (512 px, and CT_small at 128 px) read as HU, and on the same
     slices as users export them: windowed JPEG and PNG pictures."""
     run, path = ct_run
+    facts = json.loads((path / "assets" / "preprocessing.json").read_text())
+    assert facts["positive_class"] == "tumour" and facts["windows"] == [[-600.0, 1500.0]]  # said, never null
     folder = tmp_path / "inputs"
     write_real_encodings(folder, breast.splits["test"].images)
     for name in ("1-01.dcm", "1-13.dcm", "1-14.dcm"):

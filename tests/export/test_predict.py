@@ -21,9 +21,9 @@ def test_predict_keras_and_savedmodel_agree(exported, test_pngs, tmp_path):
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     rows_a, rows_b = _read_csv(tmp_path / "keras.csv"), _read_csv(tmp_path / "served.csv")
     assert len(rows_a) == len(rows_b) == 6
-    assert list(rows_a[0]) == ["path", "p_malignant", "p_benign-or-normal", "label"]
+    assert list(rows_a[0]) == ["path", "p_malignant", "p_benign-or-normal", "predicted"]  # `label` is ground truth
     for ra, rb in zip(rows_a, rows_b):
-        assert Path(ra["path"]).name == Path(rb["path"]).name and ra["label"] == rb["label"]
+        assert Path(ra["path"]).name == Path(rb["path"]).name and ra["predicted"] == rb["predicted"]
         assert abs(float(ra["p_malignant"]) - float(rb["p_malignant"])) <= 1e-4
 
 

@@ -124,8 +124,18 @@ def test_resume_after_kill_continues_at_the_epoch_reached(tmp_path):
     assert not (out / "model.keras").exists()
     result = subprocess.run([*args[:6], "--resume"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert [r["epoch"] for r in _rows(log)] == ["0", "1", "2", "3", "4"]
-    assert (out / "model.keras").is_file() and not (out / "checkpoints" / "backup" / "train").exists()
+    assert [r["epoch"] for r in _rows(log)] == ["1", "2", "3", "4", "5"]
+    assert (out / "model.keras").is_file() and not (out / "FAILED").exists()
+    # finished: --resume says so and leaves it as it is; more epochs continue it, keeping what it had
+    model_time = (out / "model.keras").stat().st_mtime_ns
+    again = subprocess.run([*args[:6], "--resume"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "is finished (5 epochs): nothing to resume" in again.stdout
+    assert (out / "model.keras").stat().st_mtime_ns == model_time
+    more = subprocess.run([*args[:6], "--resume", "--set", "train.epochs=6"], capture_output=True, text=True,
+                          timeout=600)
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert [r["epoch"] for r in _rows(log)] == ["1", "2", "3", "4", "5", "6"]
+    assert (out / "before-epoch-6" / "model.keras").is_file() and (out / "model.keras").stat().st_mtime_ns != model_time
 
 
 def test_steps_per_execution_runs_every_step(tmp_path, monkeypatch):
@@ -151,7 +161,7 @@ def test_steps_per_execution_runs_every_step(tmp_path, monkeypatch):
                                         "train.verbose=0", "train.run_eagerly=true", "eval.bootstrap=0",
                                         "model.backbones=[cnn8_small]"])
     run = medkeras.fit(cfg, out=tmp_path / "run")
-    assert [r["epoch"] for r in _rows(run / "train_log.csv")] == ["0", "1"]
+    assert [r["epoch"] for r in _rows(run / "train_log.csv")] == ["1", "2"]
     assert counted == [8]
 
 
@@ -344,4 +354,30 @@ def test_fit_reads_each_split_once_and_scores_what_it_read(tmp_path, monkeypatch
     assert reads == [546, 78, 156]  # train, val, test: once each
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["val"]["n"] == 78 and metrics["test"]["n"] == 156
+
+
+def test_a_run_is_never_replaced_without_overwrite_and_a_failed_fit_leaves_nothing(tmp_path, tiny_run):
+    """A finished run in --out is refused (one line, exit 1) unless --overwrite; a fit that fails before training
+    (bad data) leaves no directory behind, and with --overwrite puts the run it was replacing back."""
+    import shutil
+
+    from conftest import run_cli
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run)
+    before = (run / "model.keras").read_bytes()
+    refused = run_cli("fit", "--out", run, "--set", "train.epochs=1")
+    assert refused.returncode == 1 and "holds a finished run: use --overwrite to replace it" in refused.stderr
+    failing = ["--set", "data.source=" + str(tmp_path / "nowhere")]
+    result = run_cli("fit", "--out", tmp_path / "new", *failing)
+    assert result.returncode == 1 and not (tmp_path / "new").exists()
+    result = run_cli("fit", "--out", run, "--overwrite", *failing)
+    assert result.returncode == 1 and (run / "model.keras").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing left aside
+    result = run_cli("fit", "--out", run, "--overwrite", "--set", "train.epochs=1", "--set", "train.steps_per_epoch=1",
+                     "--set", "train.run_eagerly=true", "--set", "model.backbones=[cnn8_small]", "--set",
+                     "eval.bootstrap=0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (run / "model.keras").read_bytes() != before and len(_rows(run / "train_log.csv")) == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
