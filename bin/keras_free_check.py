@@ -6,10 +6,15 @@
 
 `images.npy`: float32 pixels [N, H, W, C]. Prints the probabilities as JSON (tests compare them with Keras).
 """
-import importlib.util, json, sys
+import importlib.util
+import json
+import sys
+
 import numpy as np
+
 assert importlib.util.find_spec("keras") is None and importlib.util.find_spec("medkeras") is None, "keras or medkeras importable"
 import tensorflow as tf
+
 path = sys.argv[1]
 loaded = tf.saved_model.load(path)
 x = np.load(sys.argv[2])

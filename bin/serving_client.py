@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
-"""Turn image files into a TF Serving request for a medkeras export (REST JSON, or gRPC when installed).
+"""Send images to a medkeras export served by TF Serving, each kind to the signature made for it (REST or gRPC).
 
-    python bin/serving_client.py scan1.png scan2.jpg --json request.json
-    python bin/serving_client.py scan1.png --url http://localhost:8501/v1/models/medkeras:predict
-    python bin/serving_client.py scan1.png --grpc request.pb      # needs tensorflow-serving-api
+    python bin/serving_client.py scan.png slice.jpg --json request.json        # write the REST body
+    python bin/serving_client.py slice.dcm --url http://localhost:8501/v1/models/ct:predict
+    python bin/serving_client.py scan.png --grpc request.pb                    # a serialized PredictRequest
+    python bin/serving_client.py scan.png --grpc-target localhost:8500 --model-name ct
 
-`serve_encoded` (default) sends the PNG/JPEG bytes base64-encoded, as TF Serving's REST API expects
-(`{"b64": ...}`); `serving_default` sends float32 pixels [H, W, C] in [0, 255]. Needs numpy and Pillow only.
+- PNG / JPEG -> `serve_encoded`: the file's bytes, base64 in REST JSON (`{"b64": ...}`), decoded in the graph.
+- DICOM -> `serve_hu`: Hounsfield units read here (medkeras' reader when installed, else pydicom's modality LUT);
+  a multi-frame file sends one instance per frame. Needs pydicom (and its decoders for compressed files).
+- NPY -> `serving_default`: uint8 or uint16 pixels (H, W[, C]), sent as float32 [0, 255] (uint16 scaled by
+  255/65535, as medkeras reads them); with --npy-hu, a 2-D array of Hounsfield units goes to `serve_hu`.
+Instances of one signature and shape go in one request; others in their own. Needs numpy only for PNG/JPEG; errors
+(a missing file or package, no server listening) are one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -15,70 +21,177 @@ import argparse
 import base64
 import json
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+PICTURES = {".png", ".jpg", ".jpeg"}
+DICOM = {".dcm", ".dicom"}
+
+
+class ClientError(Exception):
+    """One line for the user."""
+
+
+def read_hu(path: Path):
+    """float32 (F, H, W) Hounsfield units of a DICOM file (F frames), as medkeras reads them where installed."""
+    try:
+        import numpy as np
+        import pydicom
+    except ImportError as exc:
+        raise ClientError(f"{path}: reading DICOM needs {exc.name} (pip install pydicom numpy)") from exc
+    try:
+        from medkeras.data.readers import dicom_items, read_dicom_hu
+    except ImportError:  # plain pydicom: the modality LUT (rescale slope / intercept), every frame
+        from pydicom.pixels import apply_modality_lut
+
+        try:
+            ds = pydicom.dcmread(str(path))
+            pixels = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds
+            raise ClientError(f"{path}: cannot read DICOM: {str(exc).splitlines()[0]}") from exc
+        return pixels if pixels.ndim == 3 else pixels[None]
+    try:
+        return np.stack([read_dicom_hu(item.name) for item in dicom_items(path)])
+    except ValueError as exc:  # medkeras' DicomError
+        raise ClientError(str(exc)) from exc
+
+
+def instances(paths, npy_hu: bool = False) -> list[tuple[str, tuple, dict]]:
+    """(signature, shape, instance) per image, in the row format TF Serving's REST API takes."""
+    out = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise ClientError(f"{path}: file not found")
+        suffix = path.suffix.lower()
+        if suffix in PICTURES:
+            out.append(("serve_encoded", (), {"image_bytes": {"b64": base64.b64encode(path.read_bytes()).decode()}}))
+        elif suffix in DICOM:
+            for frame in read_hu(path):
+                out.append(("serve_hu", frame.shape, {"hu": frame.tolist()}))
+        elif suffix == ".npy":
+            import numpy as np
+
+            array = np.load(path, allow_pickle=False)
+            if npy_hu and array.ndim == 2:
+                out.append(("serve_hu", array.shape, {"hu": array.astype(np.float32).tolist()}))
+                continue
+            if array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3):
+                raise ClientError(f"{path}: send pixels as a uint8 or uint16 (H, W[, C]) array, or HU with --npy-hu "
+                                  f"(got {array.dtype} {array.shape})")
+            scale = 255.0 / 65535.0 if array.dtype == np.uint16 else 1.0
+            pixels = array.astype(np.float32) * np.float32(scale)
+            pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+            out.append(("serving_default", pixels.shape, {"image": pixels.tolist()}))
+        else:
+            raise ClientError(f"{path}: not PNG, JPEG, DICOM or NPY (the signatures take those)")
+    return out
+
+
+def rest_requests(paths, npy_hu: bool = False) -> list[dict]:
+    """REST bodies for `:predict`: one per signature and shape, in the order the files first need them."""
+    groups: dict = {}
+    for signature, shape, instance in instances(paths, npy_hu):
+        groups.setdefault((signature, shape), []).append(instance)
+    return [{"signature_name": signature, "instances": rows} for (signature, _), rows in groups.items()]
+
 
 def rest_request(paths, signature: str = "serve_encoded") -> dict:
-    """The REST body for `:predict`: one instance per file, in the signature's named-input row format."""
-    instances = []
-    for path in paths:
-        data = Path(path).read_bytes()
-        if signature == "serve_encoded":
-            instances.append({"image_bytes": {"b64": base64.b64encode(data).decode("ascii")}})
-        elif signature == "serving_default":
-            import io
-
-            import numpy as np
-            from PIL import Image
-
-            with Image.open(io.BytesIO(data)) as img:
-                pixels = np.asarray(img.convert("RGB"), dtype=np.float32)
-            instances.append({"image": pixels.tolist()})
-        else:
-            raise SystemExit(f"serving_client: unsupported signature '{signature}' (serve_encoded or serving_default)")
-    return {"signature_name": signature, "instances": instances}
+    """The single REST body for PNG/JPEG files (kept for scripts that build one request)."""
+    bodies = rest_requests(paths)
+    if len(bodies) != 1 or bodies[0]["signature_name"] != signature:
+        raise ClientError(f"these files need {len(bodies)} requests ({[b['signature_name'] for b in bodies]})")
+    return bodies[0]
 
 
-def grpc_request(paths, model_name: str = "medkeras"):
-    """A `PredictRequest` for `serve_encoded` (needs `pip install tensorflow-serving-api`)."""
+def grpc_requests(paths, model_name: str = "medkeras", npy_hu: bool = False) -> list:
+    """`PredictRequest`s for the same groups (needs `pip install tensorflow-serving-api`)."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("tensorflow_serving") is None:  # before TensorFlow's start-up chatter
+        raise ClientError("gRPC needs tensorflow_serving (pip install tensorflow-serving-api)")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import numpy as np
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model_name
-    request.model_spec.signature_name = "serve_encoded"
-    data = [Path(p).read_bytes() for p in paths]
-    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(data, dtype=tf.string, shape=[len(data)]))
-    return request
+    out = []
+    for body in rest_requests(paths, npy_hu):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = body["signature_name"]
+        name = next(iter(body["instances"][0]))
+        rows = [row[name] for row in body["instances"]]
+        if name == "image_bytes":
+            value = tf.make_tensor_proto([base64.b64decode(r["b64"]) for r in rows], dtype=tf.string)
+        else:
+            value = tf.make_tensor_proto(np.asarray(rows, dtype=np.float32))
+        request.inputs[name].CopyFrom(value)
+        out.append(request)
+    return out
 
 
-def main(argv=None):
+def post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - the user's own server
+            return json.loads(response.read().decode())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace").strip().replace("\n", " ")[:300]
+        raise ClientError(f"{url}: the server answered {exc.code}: {detail}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ClientError(f"{url}: cannot reach TF Serving ({reason})") from exc
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("images", nargs="+", help="PNG or JPEG files")
-    parser.add_argument("--signature", default="serve_encoded", choices=["serve_encoded", "serving_default"])
-    parser.add_argument("--json", help="write the REST request body here (default: standard output)")
-    parser.add_argument("--url", help="POST the request to this TF Serving :predict URL and print the answer")
-    parser.add_argument("--grpc", help="write a serialized gRPC PredictRequest here")
+    parser.add_argument("images", nargs="+", help="PNG, JPEG, DICOM or NPY files")
+    parser.add_argument("--json", help="write the REST request bodies here (a list; default: standard output)")
+    parser.add_argument("--url", help="POST them to this TF Serving :predict URL and print the answers")
+    parser.add_argument("--grpc", help="write the serialized gRPC PredictRequests here (length-prefixed)")
+    parser.add_argument("--grpc-target", help="send them over gRPC to HOST:PORT and print the answers")
     parser.add_argument("--model-name", default="medkeras")
+    parser.add_argument("--npy-hu", action="store_true", help="2-D NPY arrays are Hounsfield units: send to serve_hu")
     args = parser.parse_args(argv)
-    missing = [p for p in args.images if not Path(p).is_file()]
-    if missing:
-        print(f"serving_client: error: {missing[0]}: file not found", file=sys.stderr)
+    try:
+        if args.grpc or args.grpc_target:
+            requests = grpc_requests(args.images, args.model_name, args.npy_hu)
+            if args.grpc:
+                with open(args.grpc, "wb") as fh:
+                    for request in requests:
+                        data = request.SerializeToString()
+                        fh.write(len(data).to_bytes(4, "little") + data)
+            if args.grpc_target:
+                _send_grpc(args.grpc_target, requests)
+            return 0
+        bodies = rest_requests(args.images, args.npy_hu)
+        if args.url:
+            for body in bodies:
+                print(json.dumps(post(args.url, body)))
+        elif args.json:
+            Path(args.json).write_text(json.dumps(bodies))
+        else:
+            print(json.dumps(bodies))
+    except ClientError as exc:
+        print(f"serving_client: error: {exc}", file=sys.stderr)
         return 1
-    if args.grpc:
-        Path(args.grpc).write_bytes(grpc_request(args.images, args.model_name).SerializeToString())
-        return 0
-    body = rest_request(args.images, args.signature)
-    if args.url:
-        req = urllib.request.Request(args.url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as response:  # noqa: S310 - the user's own server
-            print(response.read().decode())
-    elif args.json:
-        Path(args.json).write_text(json.dumps(body))
-    else:
-        print(json.dumps(body))
     return 0
+
+
+def _send_grpc(target: str, requests) -> None:
+    try:
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+    except ImportError as exc:
+        raise ClientError(f"gRPC needs {exc.name} (pip install grpcio tensorflow-serving-api)") from exc
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(target))
+    for request in requests:
+        try:
+            print(stub.Predict(request, timeout=60))
+        except grpc.RpcError as exc:
+            raise ClientError(f"{target}: gRPC failed ({exc.code().name}: {exc.details()})") from exc
 
 
 if __name__ == "__main__":

@@ -1,7 +1,5 @@
 """Export: layout, signatures, parity with the Keras model on real images, the REST request format, atomicity."""
 
-import base64
-import importlib.util
 import json
 import signal
 import subprocess
@@ -86,25 +84,6 @@ def test_serve_encoded_equals_pixels(exported, test_pngs):
     np.testing.assert_allclose(by_bytes, by_pixels, atol=1e-6)
     with pytest.raises(Exception, match="not PNG or JPEG"):
         loaded.signatures["serve_encoded"](image_bytes=tf.constant([b"not an image"]))
-
-
-def test_rest_request_matches_the_signature(exported, test_pngs):
-    import tensorflow as tf
-
-    spec = importlib.util.spec_from_file_location("serving_client", ROOT / "bin" / "serving_client.py")
-    client = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(client)
-    body = client.rest_request(test_pngs[:2])
-    loaded = _loaded(exported[0])
-    assert body["signature_name"] in loaded.signatures
-    fn = loaded.signatures[body["signature_name"]]
-    assert set(body["instances"][0]) == set(fn.structured_input_signature[1])
-    # what TF Serving does with {"b64": ...}: decode to bytes and feed the string tensor
-    data = [base64.b64decode(i["image_bytes"]["b64"]) for i in body["instances"]]
-    assert data[0] == test_pngs[0].read_bytes()
-    out = fn(image_bytes=tf.constant(data))
-    assert out["probabilities"].shape == (2, 2)
-    json.dumps(body)  # serializable as sent
 
 
 def test_saved_model_cli_runs_a_real_image(exported, tmp_path, breast):
