@@ -181,7 +181,6 @@ def export(model, base, name, version, fmt):
     else:
         from medkeras.export.savedmodel import export_savedmodel
 
-        click.echo("exporting (tracing three signatures and verifying in a fresh process takes a while)...", err=True)
         result = export_savedmodel(model, base, name=name, version=version)
         what = "probabilities"
     check = result["verification"]

@@ -22,6 +22,7 @@ from medkeras.data.resize import (
 from medkeras.data.store import store_arrays, store_examples
 from medkeras.data.types import Split
 from medkeras.errors import DataError
+from medkeras.progress import Progress
 
 AUTOTUNE = -1  # tf.data.AUTOTUNE, without importing TF at module load
 
@@ -46,18 +47,11 @@ def decode_files(split: Split, data_cfg, on_bad_file: str = "fail", workers: int
             return None, exc
         return resize_images(image, size).numpy(), None
 
-    progbar = None
-    if verbose and len(paths) > 200:
-        import keras
-
-        progbar = keras.utils.Progbar(len(paths), unit_name="file")
-    done = 0
+    bar = Progress(len(paths), "decoding files", "file") if verbose and len(paths) > 200 else None
 
     def tick():
-        nonlocal done
-        done += 1
-        if progbar is not None:
-            progbar.update(done)
+        if bar is not None:
+            bar.tick()
 
     results = {}
     pending = list(range(len(paths)))

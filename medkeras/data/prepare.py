@@ -35,6 +35,7 @@ from medkeras.data.splits import content_hash
 from medkeras.data.store import INDEX, STORE_VERSION, is_store
 from medkeras.data.types import SPLITS, Dataset
 from medkeras.errors import DataError, MedkerasError
+from medkeras.progress import Progress
 
 # Compressed DICOM files in a split from which reading goes to worker processes: the decoders hold the GIL (threads
 # gave 32 JPEG Lossless slices 1.2x on 2 cores, processes 1.9x), and starting the workers costs ~0.5 s. Native files
@@ -195,16 +196,13 @@ def prepare(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        import keras
         import tensorflow_datasets as tfds
 
         tfds.display_progress_bar(False)
-        bar = keras.utils.Progbar(sum(len(s) for s in dataset.splits.values()), unit_name="image") if verbose else None
-        done = [0]
+        bar = Progress(sum(len(s) for s in dataset.splits.values()), "preparing", "image") if verbose else None
 
         def progress():
-            done[0] += 1
-            bar.update(done[0])
+            bar.tick()
 
         builder = _builder(dataset, str(tmp), windows, size, data_cfg.on_bad_file, workers, progress if bar else None)
         builder.download_and_prepare()

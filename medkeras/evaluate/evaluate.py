@@ -23,6 +23,7 @@ from medkeras.evaluate.metrics import (
     softmax,
 )
 from medkeras.evaluate.thresholds import choose_threshold, parse_rule
+from medkeras.progress import step
 from medkeras.utils import atomic_path, atomic_write_json
 
 FLIPS = {"horizontal": [2], "vertical": [1], "both": [1, 2]}
@@ -227,12 +228,14 @@ def evaluate(model_path, data=None, split="test", out=None, tta=None, threshold=
             temperature = float(meta.get("temperature", 1.0))
             thr = operating_point(labels, logits, dataset.class_names, dataset.positive_class, temperature, threshold)
         cfg.eval.threshold = str(threshold)
-    scored = score_split(model, meta, split, dataset, cfg, tta=tta, threshold=thr, on_bad_file=cfg.data.on_bad_file)
+    with step(f"reading and scoring the {split} split"):
+        scored = score_split(model, meta, split, dataset, cfg, tta=tta, threshold=thr, on_bad_file=cfg.data.on_bad_file)
     if out is None:
         out = (model_path / f"eval-{split}") if model_path.is_dir() else model_path.with_name(f"{model_path.stem}-eval-{split}")
     out = Path(out)
     history = model_path / "train_log.csv" if model_path.is_dir() else None
-    metrics = write_outputs(out, scored, dataset, cfg, meta, model=model, history_csv=history)
+    with step("writing the report"):
+        metrics = write_outputs(out, scored, dataset, cfg, meta, model=model, history_csv=history)
     result = {
         "model": str(model_path),
         "data": str(cfg.data.source),

@@ -18,6 +18,7 @@ from medkeras.data.resize import to_model_pixels
 from medkeras.errors import DataError
 from medkeras.models.io import open_model
 from medkeras.models.outputs import predict_labels, softmax
+from medkeras.progress import Progress
 from medkeras.utils import atomic_path
 
 
@@ -48,11 +49,7 @@ def predict(model_path, inputs, out=None, on_bad_file="fail", batch_size=32, pro
     items = named_inputs(inputs)
     scorer = Scorer(model_path)
     rows, bad = [], []
-    bar = None
-    if progress and len(items) > batch_size:
-        import keras
-
-        bar = keras.utils.Progbar(len(items), unit_name="file")
+    bar = Progress(len(items), "scoring", "file") if progress and len(items) > batch_size else None
     for start in range(0, len(items), batch_size):
         chunk, images = [], []
         for k, (path, name, info) in enumerate(items[start : start + batch_size], start):

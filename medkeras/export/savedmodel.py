@@ -21,6 +21,7 @@ import medkeras
 from medkeras.errors import MedkerasError
 from medkeras.models.io import META_NAME, open_model
 from medkeras.models.outputs import positive_index, predict_labels
+from medkeras.progress import step
 from medkeras.utils import dumps_json
 
 SIGNATURES = ("serving_default", "serve_encoded", "serve_hu")
@@ -125,15 +126,17 @@ def export_savedmodel(model_path, base, name=None, version=None, verify=True) ->
     loaded, model_dir, version, target = open_export(model_path, base, name, version)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=model_dir))
     try:
-        archive = build_archive(loaded.model, loaded.meta)
-        archive.write_out(str(tmp / "export"), verbose=False)
+        with step("tracing the three signatures"):
+            archive = build_archive(loaded.model, loaded.meta)
+            archive.write_out(str(tmp / "export"), verbose=False)
         export = tmp / "export"
         assets = export / "assets"
         assets.mkdir(exist_ok=True)
         (assets / "labels.txt").write_text("\n".join(loaded.class_names) + "\n")
         (assets / "preprocessing.json").write_text(dumps_json(preprocessing_facts(loaded.meta)))
         (assets / META_NAME).write_text(dumps_json(loaded.meta))  # what `open_model` reads back
-        check = verify_export(export, loaded, target) if verify else None
+        with step("verifying every signature in a fresh process", verbose=verify):
+            check = verify_export(export, loaded, target) if verify else None
         os.rename(export, target)  # atomic on one file system: the version appears complete or not at all
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -7,6 +7,7 @@ never read again, so it can never be found empty at the end.
 
 from __future__ import annotations
 
+from medkeras.progress import step
 from medkeras.utils import atomic_write_json
 
 
@@ -48,18 +49,22 @@ def finish_run(ctx, model, best: dict) -> dict:
         model = build_ensemble(members_of(model), cfg.data.image_size, fusion)
         meta["fusion_weights"] = dict(zip(logits, fusion))
     # Temperature and operating point are fitted on validation only, then saved with the model.
-    val_logits = predict_logits(model, val_images, cfg.data, cfg.eval.batch_size, cfg.eval.tta, cfg.eval.tta_flips)
-    meta.update(calibrate_on_validation(val_labels, val_logits, dataset.class_names, dataset.positive_class, cfg.eval))
-    save_model(model, run_dir / "model.keras", meta)
+    with step("calibrating on the validation split and saving the model"):
+        val_logits = predict_logits(model, val_images, cfg.data, cfg.eval.batch_size, cfg.eval.tta, cfg.eval.tta_flips)
+        meta.update(calibrate_on_validation(val_labels, val_logits, dataset.class_names, dataset.positive_class,
+                                            cfg.eval))
+        save_model(model, run_dir / "model.keras", meta)
 
     results = {}
     for split in ("val", "test"):
         if len(data.arrays[split][1]) == 0:
             continue
         held = data.arrays[split]  # decoded once, at the start of the run
-        scored = score_split(model, meta, split, dataset, cfg, analysis=split == "test", arrays=held)
+        with step(f"evaluating the {split} split"):
+            scored = score_split(model, meta, split, dataset, cfg, analysis=split == "test", arrays=held)
         if split == "test":
-            write_outputs(run_dir, scored, dataset, cfg, meta, model=model, history_csv=run_dir / "train_log.csv")
+            with step("writing the report"):
+                write_outputs(run_dir, scored, dataset, cfg, meta, model=model, history_csv=run_dir / "train_log.csv")
             results["ensemble"] = scored["ensemble"]
         results[split] = scored["metrics"]
     _write_duplicates(run_dir, dataset)

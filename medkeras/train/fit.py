@@ -11,6 +11,7 @@ from pathlib import Path
 import medkeras
 from medkeras.config import Config, validate
 from medkeras.errors import MedkerasError
+from medkeras.progress import step
 from medkeras.train.rundir import (
     Timer,
     default_run_dir,
@@ -152,7 +153,8 @@ def _run(cfg, run_dir, resume, timer, size_var, multiworker, tracker) -> Path:
     from medkeras.train.phases import Context
 
     keras.utils.set_random_seed(cfg.train.seed)
-    data = read_data(cfg, run_dir, size_var)  # step 1
+    with step(f"reading the data ({cfg.data.source})"):
+        data = read_data(cfg, run_dir, size_var)  # step 1
     if not resume:
         cfg.save(run_dir / "config.yaml")
     ctx = Context(cfg, run_dir, model_meta(cfg, data.dataset), data, timer, resume, size_var, multiworker, tracker)

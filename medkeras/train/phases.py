@@ -52,18 +52,43 @@ def set_backbones_trainable(model, trainable: bool) -> None:
                 layer.trainable = trainable
 
 
+def _verbose(verbose: int) -> int:
+    """Keras' bar on a terminal; one line per epoch in a file or pipe, where a bar is a long line of control codes."""
+    from medkeras.progress import interactive
+
+    return 2 if verbose == 1 and not interactive() else verbose
+
+
 def steps_per_execution(wanted: int, steps: int) -> int:
     """The largest count <= `wanted` that divides the epoch's `steps`: Keras runs whole executions, so 3 steps per
     call over a repeated dataset of 4 steps an epoch trained 6 steps an epoch (measured), not 4."""
     return max(d for d in range(1, max(1, min(wanted, steps)) + 1) if steps % d == 0)
 
 
-def _first_step_callback(timer):
+def _first_step_callback(timer, what: str = "building the graph"):
+    """Marks the first step's time, and says every ~10 s that the graph is being built until that step ends
+    (the lung ensemble spends minutes there on a CPU, which Keras' bar does not show)."""
     import keras
 
+    from medkeras.progress import Heartbeat, say
+
     class FirstStep(keras.callbacks.Callback):
+        beat = None
+
+        def on_train_begin(self, logs=None):
+            say(f"{what} (the first step takes longest)...")
+            self.beat = Heartbeat(what).start()
+
         def on_train_batch_end(self, batch, logs=None):
+            if self.beat is not None:
+                say(f"{what}: done in {self.beat.stop():.1f} s")
+                self.beat = None
             timer.mark("first_step_s", once=True)
+
+        def on_train_end(self, logs=None):
+            if self.beat is not None:
+                self.beat.stop()
+                self.beat = None
 
     return FirstStep()
 
@@ -123,7 +148,7 @@ def train_model(ctx: Context, model, tag: str | None = None, sized: bool = False
             # kept after training (delete_checkpoint=False): `--resume` with more epochs continues a finished run
             keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True, delete_checkpoint=False),
             EpochBoard(str(ctx.run_dir / "tensorboard" / (tag or "")), write_graph=False, profile_batch=0),
-            _first_step_callback(ctx.timer),
+            _first_step_callback(ctx.timer, f"phase {name}{f' of {tag}' if tag else ''}: building the graph"),
         ]
         if tc.ema and ctx.multiworker is None:  # first: every later callback sees the averaged weights
             callbacks.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
@@ -148,12 +173,12 @@ def train_model(ctx: Context, model, tag: str | None = None, sized: bool = False
 
             custom_fit(
                 model, data.train_ds, strategy=ctx.multiworker, loss=data.loss, optimizer=optimizer, epochs=end,
-                initial_epoch=start, steps=data.steps, callbacks=callbacks, verbose=tc.verbose,
+                initial_epoch=start, steps=data.steps, callbacks=callbacks, verbose=_verbose(tc.verbose),
             )
         else:
             model.fit(
                 data.train_ds, initial_epoch=start, epochs=end, steps_per_epoch=data.steps, callbacks=callbacks,
-                verbose=tc.verbose,
+                verbose=_verbose(tc.verbose),
             )
         if index < len(plan) - 1:
             model.save_weights(str(done))
