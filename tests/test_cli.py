@@ -103,3 +103,18 @@ def test_every_command_helps_with_an_example():
         assert result.returncode == 0, command
         examples = result.stdout.split("Examples:", 1)
         assert len(examples) == 2 and (f"medkeras {command}" in examples[1] or "medkeras fit" in examples[1]), command
+
+
+def test_kill_9_at_a_random_moment_never_leaves_a_half_written_output():
+    """A seeded sample of `bench.kills` (which runs 10 per command): fit, prepare and export killed at a random moment
+    leave only whole files in place, and running them again (fit --resume) finishes with whole outputs."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("kills", Path(__file__).resolve().parents[1] / "bench" / "kills.py")
+    kills = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kills)
+    result = kills.run(kills=1, seed=5, save_as=None)
+    assert result["landed"] >= 2, result  # the kills landed while the commands ran
+    for case in result["cases"]:
+        assert case["ok"], case

@@ -147,8 +147,8 @@ def test_steps_per_execution_runs_every_step(tmp_path, monkeypatch):
     fit_module = importlib.import_module("medkeras.train.phases")
     counted, original = [], fit_module._first_step_callback
 
-    def counting(timer):  # medkeras' own first-step callback, also reading the optimizer's step count at the end
-        first = original(timer)
+    def counting(timer, *args):  # medkeras' own first-step callback, also reading the optimizer's step count
+        first = original(timer, *args)
 
         class Counting(type(first)):
             def on_train_end(self, logs=None):
