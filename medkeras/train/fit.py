@@ -85,6 +85,9 @@ def fit(cfg: Config | None = None, out=None, resume: bool = False, overwrite: bo
 
     if resume and out is None:
         raise MedkerasError("resume needs the run directory (out=RUN)")
+    if resume and not (Path(out) / "config.yaml").is_file():
+        raise MedkerasError(f"{out}: nothing to resume (no config.yaml: the run stopped before it began; "
+                            "start it again with --overwrite)")
     timer = Timer()
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
     if resume and (run_dir / "config.yaml").is_file():
