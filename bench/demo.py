@@ -24,6 +24,8 @@ VARIANTS = {
     "xla": ["--set", "train.jit_compile=true"],
     "spe8": ["--set", "train.steps_per_execution=8"],
     "eager": ["--set", "train.run_eagerly=true"],
+    "parallel": ["--set", "train.deterministic=false"],  # augmentation in parallel: not reproducible
+    "opdet": ["--set", "train.op_determinism=true"],
 }
 
 

@@ -64,6 +64,10 @@ def validate(cfg: Config) -> None:
     if cfg.train.strategy == "multiworker" and cfg.train.ensemble == "separate":
         raise ConfigError("train.strategy multiworker trains the ensemble jointly (set train.ensemble: joint)")
     _one_of("model.fusion", cfg.model.fusion, ("mean", "fitted"))
+    _one_of("train.sampling", cfg.train.sampling, ("shuffle", "balanced"))
+    if cfg.train.sampling == "balanced" and (cfg.train.class_weight is not None or cfg.train.pos_weight is not None):
+        raise ConfigError("train.sampling: balanced already balances the classes; set train.class_weight and "
+                          "train.pos_weight to null (they would count the imbalance twice)")
     if cfg.train.class_weight not in (None, "balanced") and not isinstance(cfg.train.class_weight, dict):
         raise ConfigError("config key 'train.class_weight' must be null, balanced or a mapping {class: weight}")
     if cfg.train.freeze_epochs >= cfg.train.epochs and cfg.train.freeze_epochs:

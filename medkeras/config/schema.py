@@ -92,6 +92,9 @@ class TrainConfig:
     focal_gamma: float = 2.0  # focal loss' gamma
     pos_weight: Optional[float] = None  # binary: weight of positive-class images (BCE pos_weight)
     class_weight: Any = None  # None, "balanced", or {class name: weight}; applied as sample weights
+    # "shuffle" (every image once an epoch) or "balanced": each image drawn from a class chosen uniformly, the loss left
+    # unweighted (an epoch draws as many images as the split has)
+    sampling: str = "shuffle"
     freeze_backbone: bool = False  # train the head only, every epoch (backbones frozen, BatchNorm in inference)
     freeze_epochs: int = 0  # two-phase transfer learning: phase 1 (frozen) epochs; phase 2 fine-tunes the rest
     finetune_learning_rate: Optional[float] = None  # phase 2 rate (default learning_rate / 10)
@@ -101,7 +104,10 @@ class TrainConfig:
     # averaged weights (Keras' optimizer EMA + SwapEMAWeights at every epoch's end). Helps small datasets.
     ema: float = 0.0
     precision: str = "float32"  # "float32", "mixed_float16" or "mixed_bfloat16" (measure first on CPU)
-    deterministic: bool = False  # TF op determinism (slower)
+    # Same config and seed, same run on this machine (train_log.csv, predictions): augmentation draws in batch order
+    # and prepared stores streamed in a fixed order (parallel augmentation drew in whatever order batches ran)
+    deterministic: bool = True
+    op_determinism: bool = False  # TensorFlow op determinism too: what GPUs need; not needed on CPU
     ensemble: str = "joint"  # "joint" (one fit of the whole graph) or "separate" (each member, then assembled)
     strategy: str = "auto"  # tf.distribute: "auto" (mirrored over >1 GPU), "one_device", "mirrored", "multiworker"
     # Progressive resizing (EfficientNetV2): [[first epoch, size], ...], e.g. [[1, 128], [4, 256], [7, 384]];

@@ -105,6 +105,8 @@ def make_tf_dataset(
     seed: int = 42,
     augment: bool = True,
     size_var=None,
+    deterministic: bool = True,
+    balanced: bool = False,
 ):
     """Arrays -> a batched, prefetched tf.data.Dataset of (float32 [B, S, S, 3] in [0, 255], int labels).
 
@@ -121,17 +123,19 @@ def make_tf_dataset(
     nbytes = len(images) * size * size * images.shape[-1] * 4
     if resize and (data_cfg.cache == "memory" or (data_cfg.cache == "auto" and nbytes < 4 * 2**30)):
         images, resize = resized_array(images, size), False
-    ds = gather_batches(images, labels, batch_size, shuffle=training, seed=seed)
+    ds = gather_batches(images, labels, batch_size, shuffle=training, seed=seed, balanced=training and balanced)
     if resize:
         ds = ds.map(lambda x, y: (resize_images(x, size), y), num_parallel_calls=AUTOTUNE)
-    return augment_batches(ds, data_cfg, training and augment, seed, size_var)
+    return augment_batches(ds, data_cfg, training and augment, seed, size_var, deterministic)
 
 
-def gather_batches(images: np.ndarray, labels, batch_size: int, shuffle: bool = False, seed: int = 42):
+def gather_batches(images: np.ndarray, labels, batch_size: int, shuffle: bool = False, seed: int = 42,
+                   balanced: bool = False):
     """Batches (images[idx], labels[idx]) taken from numpy arrays by index; float32 images (uint8 cast per batch).
 
     Only indices go through tf.data (shuffled in full each epoch when `shuffle`); one `numpy_function` per batch
-    copies the batch out, so nothing but the batches in flight exists besides the arrays themselves.
+    copies the batch out, so nothing but the batches in flight exists besides the arrays themselves. `balanced`
+    (`train.sampling: balanced`): each index drawn from a class chosen uniformly, an epoch as many as the split has.
     """
     import tensorflow as tf
 
@@ -146,13 +150,26 @@ def gather_batches(images: np.ndarray, labels, batch_size: int, shuffle: bool = 
         x = tf.cast(tf.ensure_shape(x, (None, *images.shape[1:])), tf.float32)
         return x, tf.ensure_shape(y, (None,))
 
-    ds = tf.data.Dataset.range(n)
-    if shuffle:
-        ds = ds.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
+    if balanced:
+        ds = balanced_draws([tf.data.Dataset.from_tensor_slices(np.flatnonzero(labels == k).astype(np.int64))
+                             for k in np.unique(labels)], seed).take(n)
+    else:
+        ds = tf.data.Dataset.range(n)
+        if shuffle:
+            ds = ds.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).map(gather, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
-def augment_batches(ds, data_cfg, augment: bool = False, seed: int = 42, size_var=None):
+def balanced_draws(per_class: list, seed: int):
+    """An endless stream drawing each element from a class chosen uniformly (each class reshuffled as it repeats)."""
+    import tensorflow as tf
+
+    streams = [ds.shuffle(4096, seed=seed + k, reshuffle_each_iteration=True).repeat() for k, ds in enumerate(per_class)]
+    return tf.data.Dataset.sample_from_datasets(streams, weights=[1.0 / len(streams)] * len(streams), seed=seed,
+                                                rerandomize_each_iteration=True)
+
+
+def augment_batches(ds, data_cfg, augment: bool = False, seed: int = 42, size_var=None, deterministic: bool = True):
     """Batches -> augmented on the batch with Keras layers when `augment`, clipped to [0, 255], 3 channels, prefetched.
 
     `size_var` (a tf.Variable, progressive resizing): batches are resized to its current value when it differs
@@ -177,15 +194,23 @@ def augment_batches(ds, data_cfg, augment: bool = False, seed: int = 42, size_va
         def augment_batch(x, y):
             return to_model_channels(tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0)), y
 
-        return ds.map(augment_batch, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+        # `deterministic`: one batch at a time, so the layers' random draws follow the batch order: the same seed
+        # gives the same run (in parallel, batches drew from the shared generators in whatever order they ran)
+        return ds.map(augment_batch, num_parallel_calls=None if deterministic else AUTOTUNE).prefetch(AUTOTUNE)
     return ds.map(lambda x, y: (to_model_channels(x), y)).prefetch(AUTOTUNE)
 
 
-def stream_tf_dataset(split: Split, data_cfg, batch_size: int, training=False, seed=42, augment=True, size_var=None):
+def stream_tf_dataset(split: Split, data_cfg, batch_size: int, training=False, seed=42, augment=True, size_var=None,
+                      deterministic: bool = True, balanced: bool = False):
     """A prepared-store split streamed as batches (never held in memory): files shuffled, then a bounded buffer."""
-    ds = store_examples(split, data_cfg, data_cfg.image_size, shuffle=training, seed=seed)
+    import tensorflow as tf
+
+    ds = store_examples(split, data_cfg, data_cfg.image_size, shuffle=training, seed=seed, deterministic=deterministic)
+    if training and balanced:  # one filtered stream per class, drawn uniformly
+        classes = np.unique(split.labels)
+        ds = balanced_draws([ds.filter(lambda x, y, k=int(k): tf.equal(y, k)) for k in classes], seed).take(len(split))
     if training:
         # Files are shuffled each epoch; the example buffer is capped at ~64 MiB so memory stays flat as data grows.
         per_image = data_cfg.image_size**2 * max(split.channels or [3]) * 4
         ds = ds.shuffle(min(len(split), max(256, 64 * 2**20 // per_image)), seed=seed, reshuffle_each_iteration=True)
-    return augment_batches(ds.batch(batch_size), data_cfg, training and augment, seed, size_var)
+    return augment_batches(ds.batch(batch_size), data_cfg, training and augment, seed, size_var, deterministic)

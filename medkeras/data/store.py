@@ -70,7 +70,8 @@ def load_store(path, data_cfg) -> Dataset:
     return Dataset(name=path.name, class_names=list(class_names), splits=splits, positive_class=index["positive_class"])
 
 
-def store_examples(split: Split, data_cfg, size: int, shuffle: bool = False, seed: int = 42, with_keys=False):
+def store_examples(split: Split, data_cfg, size: int, shuffle: bool = False, seed: int = 42, with_keys=False,
+                   deterministic: bool = True):
     """A tf.data.Dataset of (float32 [size, size, C] pixels in [0, 255], label) streamed from a store split.
 
     Windows are applied in the graph to HU records, pixel records pass through; then the same resize rule as
@@ -101,7 +102,7 @@ def store_examples(split: Split, data_cfg, size: int, shuffle: bool = False, see
         pixels = resize_dynamic(tf.ensure_shape(image, (None, None, out)), size)
         return (pixels, example["label"], example["key"]) if with_keys else (pixels, example["label"])
 
-    return ds.map(to_pixels, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    return ds.map(to_pixels, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not shuffle)
 
 
 def store_arrays(split: Split, data_cfg, batch_size: int = 256):

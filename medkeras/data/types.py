@@ -46,6 +46,15 @@ class Split:
         return [relative_name(p, self.root) for p in self.paths]
 
 
+    def keys_of(self, names) -> tuple[list, list]:
+        """(keyed patients, keyed series) of the items called `names` (as `names()` calls them); None where unknown."""
+        index = {name: i for i, name in enumerate(self.names())}
+        rows = [index.get(str(name)) for name in names]
+        patients = [self.groups[i] if self.groups is not None and i is not None else None for i in rows]
+        series = [self.series[i] if self.series is not None and i is not None else None for i in rows]
+        return patients, series
+
+
 def relative_name(path, root) -> str:
     """`path` relative to `root` where it lies below it, else its file name: never an absolute path."""
     text = str(path)

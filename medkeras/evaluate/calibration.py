@@ -81,10 +81,19 @@ def nll(labels, logits, temperature: float = 1.0) -> float:
     return float(-np.log(np.clip(probs[np.arange(len(labels)), np.asarray(labels)], 1e-12, 1.0)).mean())
 
 
+LOG_T_BOUNDS = (-3.0, 3.0)
+
+
+def at_search_bound(temperature: float) -> bool:
+    """A fitted temperature at its search bound (e^-3 or e^3 = 20.09): the validation logits are degenerate (one
+    class predicted throughout, or no signal), so scaling by it would only hide that."""
+    return any(abs(np.log(temperature) - b) < 1e-2 for b in LOG_T_BOUNDS)
+
+
 def fit_temperature(labels, logits) -> float:
     """The T > 0 minimizing validation NLL of softmax(logits / T) (searched over log T in [-3, 3])."""
     labels = np.asarray(labels)
-    result = minimize_scalar(lambda log_t: nll(labels, logits, float(np.exp(log_t))), bounds=(-3.0, 3.0), method="bounded")
+    result = minimize_scalar(lambda log_t: nll(labels, logits, float(np.exp(log_t))), bounds=LOG_T_BOUNDS, method="bounded")
     temperature = float(np.exp(result.x))
     return temperature if nll(labels, logits, temperature) <= nll(labels, logits, 1.0) else 1.0
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from medkeras.errors import DataError, MedkerasError
-from medkeras.evaluate.calibration import calibration_summary, fit_temperature
+from medkeras.evaluate.calibration import at_search_bound, calibration_summary, fit_temperature
+from medkeras.evaluate.intervals import Draws, auroc_interval, bootstrap_intervals
 from medkeras.evaluate.metrics import (
-    bootstrap_intervals,
     classification_metrics,
     positive_index,
     predict_labels,
@@ -67,21 +67,30 @@ def operating_point(val_labels, val_logits, class_names, positive_class, tempera
 def calibrate_on_validation(val_labels, val_logits, class_names, positive_class, eval_cfg) -> dict:
     """Temperature (if configured), then the configured threshold rule at that temperature, fitted on validation."""
     temperature = fit_temperature(val_labels, val_logits) if eval_cfg.calibrate == "temperature" else 1.0
+    flags = {}
+    if at_search_bound(temperature):  # a degenerate model: said, and its temperature not used
+        flags = {"temperature_fitted": float(temperature), "temperature_note": (
+            f"the fitted temperature {temperature:.3f} is at its search bound: the validation predictions are "
+            "degenerate (one class throughout, or no signal); temperature scaling is not applied")}
+        print(f"medkeras: warning: {flags['temperature_note']}")
+        temperature = 1.0
     rule = eval_cfg.threshold
     threshold = operating_point(val_labels, val_logits, class_names, positive_class, temperature, rule)
-    return {"temperature": float(temperature), "threshold": threshold, "threshold_rule": str(rule)}
+    return {"temperature": float(temperature), "threshold": threshold, "threshold_rule": str(rule), **flags}
 
 
-def score_logits(labels, logits, class_names, positive_class, temperature, threshold, eval_cfg, bootstrap=None) -> dict:
-    """Metrics, intervals and calibration (before and after the temperature) for one split's logits."""
+def score_logits(labels, logits, class_names, positive_class, temperature, threshold, eval_cfg, draws=None) -> dict:
+    """Metrics, intervals (from `draws`: shared by everything scored on the split) and calibration (before and after
+    the temperature) for one split's logits."""
     probs = softmax(logits, temperature)
     metrics = classification_metrics(labels, probs, class_names, positive_class, threshold)
-    n_boot = eval_cfg.bootstrap if bootstrap is None else bootstrap
-    if n_boot and len(labels):
-        metrics["intervals"] = bootstrap_intervals(
-            labels, probs, class_names, positive_class, threshold, n=n_boot, seed=0, level=eval_cfg.ci_level
-        )
+    if draws is None:
+        draws = Draws(len(labels), eval_cfg.bootstrap, seed=0)
+    if draws.indices and len(labels):
+        metrics["intervals"] = bootstrap_intervals(labels, probs, class_names, positive_class, threshold,
+                                                   level=eval_cfg.ci_level, draws=draws, n_bins=eval_cfg.ece_bins)
         metrics["ci_level"] = eval_cfg.ci_level
+        metrics["resampling"] = draws.method
     if len(labels):
         metrics["calibration"] = {
             "temperature": float(temperature),
@@ -91,11 +100,12 @@ def score_logits(labels, logits, class_names, positive_class, temperature, thres
     return metrics
 
 
-def ensemble_table(labels, members: dict, ensemble_logits, class_names, positive_class, threshold, eval_cfg) -> list:
-    """Rows: each member alone, each leave-one-out average, the plain average and the model's own combination."""
+def ensemble_table(labels, members: dict, ensemble_logits, class_names, positive_class, threshold, eval_cfg,
+                   draws=None) -> list:
+    """Rows: each member alone, each leave-one-out average, the plain average and the model's own combination;
+    AUROC intervals from the split's shared `draws` (the saved model's row equals the metrics table's)."""
     if not members:
         return []
-    n_boot = max(200, eval_cfg.bootstrap // 5) if eval_cfg.bootstrap else 0
     names = list(members)
     combos = [(f"{n} alone", [n]) for n in names]
     if len(names) > 2:
@@ -104,22 +114,23 @@ def ensemble_table(labels, members: dict, ensemble_logits, class_names, positive
     rows = []
     for title, parts in combos:
         logits = np.mean([members[p] for p in parts], axis=0)
-        rows.append(_row(title, labels, logits, class_names, positive_class, threshold, eval_cfg, n_boot))
-    rows.append(_row("model as saved", labels, ensemble_logits, class_names, positive_class, threshold, eval_cfg, n_boot))
+        rows.append(_row(title, labels, logits, class_names, positive_class, threshold, eval_cfg, draws))
+    rows.append(_row("model as saved", labels, ensemble_logits, class_names, positive_class, threshold, eval_cfg, draws))
     return rows
 
 
-def _row(title, labels, logits, class_names, positive_class, threshold, eval_cfg, n_boot):
-    m = score_logits(labels, logits, class_names, positive_class, 1.0, threshold, eval_cfg, bootstrap=n_boot)
-    ci = m.get("intervals", {}).get("auroc", {})
+def _row(title, labels, logits, class_names, positive_class, threshold, eval_cfg, draws):
+    probs = softmax(logits, 1.0)
+    point = classification_metrics(labels, probs, class_names, positive_class, threshold)
+    ci = auroc_interval(labels, probs, class_names, positive_class, draws, eval_cfg.ci_level) if draws else {}
     return {
         "model": title,
-        "auroc": m.get("auroc"),
+        "auroc": point.get("auroc"),
         "auroc_lower": ci.get("lower"),
         "auroc_upper": ci.get("upper"),
-        "auprc": m.get("auprc"),
-        "accuracy": m.get("accuracy"),
-        "ece": m.get("calibration", {}).get("after", {}).get("ece"),
+        "auprc": point.get("auprc"),
+        "accuracy": point.get("accuracy"),
+        "ece": calibration_summary(labels, probs, eval_cfg.ece_bins)["ece"] if len(labels) else None,
     }
 
 
@@ -154,7 +165,10 @@ def score_split(model, meta, split_name, dataset, cfg, tta=None, threshold=None,
     temperature = float(meta.get("temperature", 1.0))
     thr = float(meta.get("threshold", 0.5)) if threshold is None else float(threshold)
     class_names = dataset.class_names
-    metrics = score_logits(labels, logits, class_names, dataset.positive_class, temperature, thr, eval_cfg)
+    patients, series = dataset.splits[split_name].keys_of(names)
+    known = all(p is not None for p in patients) and len(patients) > 0
+    draws = Draws(len(labels), eval_cfg.bootstrap, seed=0, groups=patients if known else None)
+    metrics = score_logits(labels, logits, class_names, dataset.positive_class, temperature, thr, eval_cfg, draws)
     probs = softmax(logits, temperature)
     pos = positive_index(class_names, dataset.positive_class)
     members = member_logits(model, images, cfg.data, eval_cfg.batch_size, tta, eval_cfg.tta_flips) if analysis else {}
@@ -167,7 +181,9 @@ def score_split(model, meta, split_name, dataset, cfg, tta=None, threshold=None,
         "probs": probs,
         "pred": predict_labels(probs, pos, thr),
         "metrics": metrics,
-        "ensemble": ensemble_table(labels, members, logits, class_names, dataset.positive_class, thr, eval_cfg),
+        "ensemble": ensemble_table(labels, members, logits, class_names, dataset.positive_class, thr, eval_cfg, draws),
+        "patients": patients,
+        "series": series,
         "bad_files": bad,
         "tta": bool(tta),
     }

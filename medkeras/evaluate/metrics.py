@@ -11,7 +11,7 @@ from sklearn import metrics as skm
 
 from medkeras.models.outputs import positive_index, predict_labels, softmax
 
-__all__ = ["auroc", "bootstrap_intervals", "classification_metrics", "positive_index", "predict_labels", "softmax"]
+__all__ = ["auroc", "classification_metrics", "positive_index", "predict_labels", "softmax"]
 
 
 def _safe(fn, *args, **kwargs):
@@ -80,78 +80,4 @@ def classification_metrics(labels, probs, class_names, positive_class=None, thre
         )
     if notes:
         out["notes"] = notes
-    return out
-
-
-SCALARS = ("auroc", "auprc", "accuracy", "balanced_accuracy", "f1", "f1_macro", "sensitivity", "specificity", "ppv",
-           "npv", "auroc_micro")
-
-
-def bootstrap_intervals(labels, probs, class_names, positive_class=None, threshold=0.5, n: int = 1000, seed: int = 0,
-                        level: float = 0.95) -> dict:
-    """Percentile bootstrap intervals for every scalar metric: {name: {"value", "lower", "upper"}}.
-
-    Images are resampled with replacement `n` times (seeded); resamples where a metric is undefined (e.g. one
-    class only) are left out for that metric. A metric undefined on the data itself gets None throughout.
-    """
-    import warnings
-
-    labels = np.asarray(labels, dtype=np.int64)
-    probs = np.asarray(probs, dtype=np.float64)
-    point = classification_metrics(labels, probs, class_names, positive_class, threshold)
-    names = [k for k in SCALARS if k in point]
-    samples = {k: [] for k in names}
-    rng = np.random.default_rng(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for _ in range(n if len(labels) else 0):
-            idx = rng.integers(0, len(labels), len(labels))
-            m = _fast_scalars(labels[idx], probs[idx], class_names, positive_class, threshold)
-            for k in names:
-                if m.get(k) is not None:
-                    samples[k].append(m[k])
-    alpha = (1.0 - level) / 2.0
-    out = {}
-    for k in names:
-        values = np.asarray(samples[k], dtype=np.float64)
-        if point[k] is None or len(values) < max(10, n // 10):
-            out[k] = {"value": point[k], "lower": None, "upper": None}
-        else:
-            lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
-            out[k] = {"value": point[k], "lower": float(lo), "upper": float(hi)}
-    return out
-
-
-def _fast_scalars(labels, probs, class_names, positive_class, threshold) -> dict:
-    """The scalar metrics alone (no reports or matrices), for bootstrap resamples."""
-    k = len(class_names)
-    out = {}
-    if k == 2:
-        pos = positive_index(class_names, positive_class)
-        y = labels == pos
-        score = probs[:, pos]
-        pred = score >= threshold
-        tp, fn = int((pred & y).sum()), int((~pred & y).sum())
-        tn, fp = int((~pred & ~y).sum()), int((pred & ~y).sum())
-        out["accuracy"] = (tp + tn) / len(y)
-        out["sensitivity"] = tp / (tp + fn) if tp + fn else None
-        out["specificity"] = tn / (tn + fp) if tn + fp else None
-        out["ppv"] = tp / (tp + fp) if tp + fp else None
-        out["npv"] = tn / (tn + fn) if tn + fn else None
-        out["f1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-        if out["sensitivity"] is not None and out["specificity"] is not None:
-            out["balanced_accuracy"] = (out["sensitivity"] + out["specificity"]) / 2
-        if y.any() and not y.all():
-            out["auroc"] = float(skm.roc_auc_score(y, score))
-            out["auprc"] = float(skm.average_precision_score(y, score))
-        return out
-    pred = probs.argmax(axis=1)
-    out["accuracy"] = float((pred == labels).mean())
-    out["f1_macro"] = float(skm.f1_score(labels, pred, average="macro", labels=list(range(k)), zero_division=0))
-    present = np.unique(labels)
-    if len(present) > 1:
-        out["balanced_accuracy"] = float(skm.balanced_accuracy_score(labels, pred))
-    if len(present) == k:
-        out["auroc"] = float(skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
-        out["auroc_micro"] = float(skm.roc_auc_score(np.eye(k)[labels], probs, average="micro"))
     return out

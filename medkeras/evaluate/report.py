@@ -32,11 +32,25 @@ def _fmt(value, digits=3) -> str:
     return html.escape(str(value))
 
 
-def _with_ci(metrics, key) -> str:
+def _with_ci(metrics, key, digits=3) -> str:
+    """A figure with its interval, or with the note saying why it has none (too few cases, all resamples equal)."""
     ci = metrics.get("intervals", {}).get(key)
+    value = ci["value"] if ci else metrics.get(key)
+    if ci and ci.get("note"):
+        return f"{_fmt(value, digits)} <em>({html.escape(ci['note'])})</em>"
     if not ci or ci.get("lower") is None:
-        return _fmt(metrics.get(key))
-    return f"{_fmt(metrics.get(key))} [{_fmt(ci['lower'])}, {_fmt(ci['upper'])}]"
+        return _fmt(value, digits)
+    return f"{_fmt(value, digits)} [{_fmt(ci['lower'], digits)}, {_fmt(ci['upper'], digits)}]"
+
+
+def _per_class_table(m, class_names) -> str:
+    """K > 2: each class one-vs-rest, every figure with its interval."""
+    if len(class_names) <= 2:
+        return ""
+    columns = ("auroc", "sensitivity", "specificity", "ppv", "f1")
+    rows = [[html.escape(c), *[_with_ci(m, f"{k}[{c}]") for k in columns], int(m["class_counts"][c])]
+            for c in class_names]
+    return "<h3>Per class (one vs rest)</h3>" + _table(rows, ["class", *columns, "n"])
 
 
 def _img(path: Path, width=None) -> str:
@@ -149,6 +163,8 @@ def write_report(out_dir, scored, dataset, cfg, meta, model=None, history_csv=No
     threshold = m.get("threshold", 0.5)
     scored = {**scored, "image_size": meta.get("image_size", cfg.data.image_size)}
     warnings = list(m.get("notes", []))
+    if meta.get("temperature_note"):
+        warnings.append(meta["temperature_note"])
 
     figures = plots.draw_all(plot_dir, scored, class_names, pos, threshold, cfg.eval, history_csv)
     data_html = _data_section(dataset, warnings)
@@ -169,8 +185,11 @@ def write_report(out_dir, scored, dataset, cfg, meta, model=None, history_csv=No
     cal = m.get("calibration", {})
     cal_keys = ("ece", "ece_floor", "mce", "brier")
     cal_rows = [["before (T = 1)", *[_fmt(cal.get("before", {}).get(k), 4) for k in cal_keys]],
-                [f"after (T = {cal.get('temperature', 1.0):.3f})", *[_fmt(cal.get("after", {}).get(k), 4) for k in cal_keys]]]
-    ens_rows = [[html.escape(r["model"]), f"{_fmt(r['auroc'])} [{_fmt(r['auroc_lower'])}, {_fmt(r['auroc_upper'])}]",
+                [f"after (T = {cal.get('temperature', 1.0):.3f})",
+                 *[_with_ci(m, k, 4) if k in m.get("intervals", {}) else _fmt(cal.get("after", {}).get(k), 4)
+                   for k in cal_keys]]]
+    ens_rows = [[html.escape(r["model"]), _fmt(r["auroc"]) + (f" [{_fmt(r['auroc_lower'])}, {_fmt(r['auroc_upper'])}]"
+                 if r.get("auroc_lower") is not None else ""),
                  _fmt(r["auprc"]), _fmt(r["accuracy"]), _fmt(r["ece"], 4)] for r in scored.get("ensemble", [])]
     ensemble_html = _table(ens_rows, ["model", f"AUROC [{level}% CI]", "AUPRC", "accuracy", "ECE (T=1)"]) if ens_rows else "<p>single model</p>"
     warn_html = "".join(f"<p class='warn'>{html.escape(w)}</p>" for w in warnings)
@@ -192,9 +211,10 @@ pre{{background:#f7f7f7;padding:10px;overflow:auto}}
 &middot; medkeras {html.escape(str(meta.get('medkeras_version')))}</p>
 {warn_html}
 <h2>Data</h2>{data_html}
-<h2>Metrics ({level}% bootstrap intervals, {cfg.eval.bootstrap} resamples)</h2>
+<h2>Metrics ({level}% intervals: {html.escape(str(m.get('resampling', 'none')))})</h2>
 {sentence}
 {_table(metric_rows, ["metric", f"value [{level}% CI]"])}
+{_per_class_table(m, class_names)}
 <h2>Calibration ({cfg.eval.ece_bins} bins)</h2>
 {_table(cal_rows, ["probabilities", "ECE", "ECE if perfectly calibrated (sampling floor)", "MCE", "Brier"])}
 <p>The floor is the mean ECE that predictions with these confidences would show on {m.get('n')} images if they were

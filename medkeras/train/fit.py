@@ -57,7 +57,7 @@ def _set_precision(tc):
     import keras
 
     keras.mixed_precision.set_global_policy(tc.precision)
-    if tc.deterministic:
+    if tc.op_determinism:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()

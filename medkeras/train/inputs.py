@@ -86,8 +86,10 @@ def read_data(cfg, run_dir, size_var=None) -> RunData:
         split, (images, labels, _) = dataset.splits["train"], arrays["train"]
         sv = size_var if training else None
         if split.store is not None:
-            return stream_tf_dataset(split, cfg.data, tc.batch_size, training, tc.seed, size_var=sv)
-        return make_tf_dataset(images, labels, cfg.data, tc.batch_size, training, tc.seed, size_var=sv)
+            return stream_tf_dataset(split, cfg.data, tc.batch_size, training, tc.seed, size_var=sv,
+                                     deterministic=tc.deterministic, balanced=tc.sampling == "balanced")
+        return make_tf_dataset(images, labels, cfg.data, tc.batch_size, training, tc.seed, size_var=sv,
+                               deterministic=tc.deterministic, balanced=tc.sampling == "balanced")
 
     if cfg.data.normalize == "dataset" and cfg.data.mean is None:
         cfg.data.mean, cfg.data.std = dataset_statistics(train_batches(training=False))

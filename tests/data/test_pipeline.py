@@ -95,3 +95,20 @@ def test_decode_files_mixes_graph_and_pydicom_paths(dicom_variants):
         np.testing.assert_array_equal(image, resize_images(read_image(path, [[-600.0, 1500.0]]), 32).numpy())
     with pytest.raises(DataError, match="truncated.dcm"):
         decode_files(split, cfg, on_bad_file="fail", verbose=False)
+
+
+def test_balanced_sampling_draws_class_balanced_batches(breast):
+    """`train.sampling: balanced` on BreastMNIST's 147 malignant / 399 benign training images: half of each batch is
+    malignant on average, an epoch is still 546 images, and the same seed draws the same batches."""
+    split = breast.splits["train"]
+    cfg = DataConfig(source="breastmnist", image_size=28)
+    ds = make_tf_dataset(split.images, split.labels, cfg, 64, training=True, seed=3, balanced=True)
+    labels = np.concatenate([y.numpy() for _, y in ds])
+    assert len(labels) == 546 and abs((labels == 0).mean() - 0.5) < 0.06  # was 147 / 546 = 0.27
+    again = np.concatenate([y.numpy() for _, y in make_tf_dataset(split.images, split.labels, cfg, 64, training=True,
+                                                                   seed=3, balanced=True)])
+    np.testing.assert_array_equal(labels, again)
+    from medkeras.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="count the imbalance twice"):
+        load_config("demo", ["train.sampling=balanced", "train.class_weight=balanced"])

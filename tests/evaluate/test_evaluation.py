@@ -17,7 +17,8 @@ from medkeras.evaluate.calibration import (
     maximum_calibration_error,
     nll,
 )
-from medkeras.evaluate.metrics import bootstrap_intervals, softmax
+from medkeras.evaluate.intervals import bootstrap_intervals
+from medkeras.evaluate.metrics import softmax
 from medkeras.evaluate.thresholds import choose_threshold, parse_rule
 
 

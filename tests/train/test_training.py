@@ -381,3 +381,27 @@ def test_a_run_is_never_replaced_without_overwrite_and_a_failed_fit_leaves_nothi
     assert (run / "model.keras").read_bytes() != before and len(_rows(run / "train_log.csv")) == 1
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
+
+
+def test_the_same_config_and_seed_give_the_same_run(tmp_path):
+    """Reproducible by default: two fits of the demo recipe (augmentation on, graph mode) with one seed write the same
+    train_log.csv and predictions; augmentation in parallel (`train.deterministic: false`) is the documented way out."""
+    from conftest import run_cli
+
+    args = ["--set", "train.epochs=2", "--set", "train.steps_per_epoch=4", "--set", "train.verbose=0",
+            "--set", "model.backbones=[cnn8_small]", "--set", "eval.bootstrap=0", "--set", "data.image_size=32"]
+    for name in ("a", "b"):
+        result = run_cli("fit", "--out", tmp_path / name, *args)
+        assert result.returncode == 0, result.stderr[-2000:]
+    for output in ("train_log.csv", "predictions.csv"):
+        assert (tmp_path / "a" / output).read_text() == (tmp_path / "b" / output).read_text(), output
+
+
+def test_balanced_sampling_trains(tmp_path):
+    from conftest import run_cli
+
+    result = run_cli("fit", "--out", tmp_path / "run", "--set", "train.sampling=balanced", "--set", "train.epochs=1",
+                     "--set", "train.steps_per_epoch=3", "--set", "train.run_eagerly=true", "--set", "train.verbose=0",
+                     "--set", "model.backbones=[cnn8_small]", "--set", "eval.bootstrap=0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert np.isfinite(float(_rows(tmp_path / "run" / "train_log.csv")[0]["loss"]))
