@@ -249,10 +249,11 @@ def lce_ct(tmp_path_factory):
 
 
 
-def write_patients(folder, patients, series_per_patient=1):
+def write_patients(folder, patients, series_per_patient=1, normal=()):
     """Copies of the three real Lung-PET-CT-Dx slices as other patients' series: PatientID `patients[i]`, new study,
     series and frame-of-reference UIDs (two series of one patient share the frame of reference, as two
-    reconstructions of one scan do). Class folders `normal` / `tumour` by the slice's label. -> written paths."""
+    reconstructions of one scan do). Class folders `normal` / `tumour` by the slice's label. Patients in `normal`
+    get the normal slice three times instead (moved 5 mm apart), so they are negative at every level. -> paths."""
     import pydicom
     from pydicom.uid import generate_uid
 
@@ -262,8 +263,13 @@ def write_patients(folder, patients, series_per_patient=1):
         study, reference = generate_uid(), generate_uid()
         for s in range(series_per_patient):
             series = generate_uid()
-            for name, label in (("1-01.dcm", "normal"), ("1-13.dcm", "tumour"), ("1-14.dcm", "tumour")):
+            slices = ((("1-01.dcm", "normal"),) * 3 if patient in normal else
+                      (("1-01.dcm", "normal"), ("1-13.dcm", "tumour"), ("1-14.dcm", "tumour")))
+            for k, (name, label) in enumerate(slices):
                 ds = pydicom.dcmread(LUNG / name)
+                if patient in normal:
+                    ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], float(ds.ImagePositionPatient[2]) + 5 * k]
+                    name = f"{k}-{name}"
                 ds.PatientID, ds.PatientName = patient, f"{patient}^Test"
                 ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, reference
                 ds.SOPInstanceUID = generate_uid()

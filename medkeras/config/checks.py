@@ -97,6 +97,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'data.image_size' must be >= 8, got {cfg.data.image_size}")
     if len(cfg.data.split) != 3 or abs(sum(cfg.data.split) - 1.0) > 1e-6 or min(cfg.data.split) < 0:
         raise ConfigError(f"config key 'data.split' must be three fractions summing to 1, got {cfg.data.split}")
+    folds, fold = cfg.data.folds, cfg.data.fold
+    if folds and (folds < 2 or not 1 <= fold <= folds) or (not folds and fold):
+        raise ConfigError(f"config keys 'data.folds' / 'data.fold' must be K >= 2 and 1..K (or 0 and 0), got {folds} / {fold}")
+    for level in cfg.eval.aggregate:
+        _one_of("eval.aggregate", level, ("series", "patient"))
+    _one_of("eval.aggregate_rule", cfg.eval.aggregate_rule, ("mean", "max", "topk"))
+    if cfg.eval.aggregate_topk < 1:
+        raise ConfigError(f"config key 'eval.aggregate_topk' must be >= 1, got {cfg.eval.aggregate_topk}")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
         raise ConfigError("config keys 'train.epochs' and 'train.batch_size' must be >= 1")
     weights = cfg.model.ensemble_weights

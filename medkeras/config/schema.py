@@ -46,6 +46,8 @@ class DataConfig:
     # [[level, width], ...] (or null): the form every module, the saved model and the SavedModel assets carry.
     window: Any = None
     split: list = field(default_factory=lambda: [0.7, 0.15, 0.15])  # train/val/test when no split is given
+    folds: int = 0  # cross-validation (set by `medkeras cv`): train+val cut into this many patient-grouped folds
+    fold: int = 0  # with folds: the fold (1..folds) held out as val; train is the rest, test untouched
     class_names: Optional[list] = None  # default: from the dataset
     positive_class: Optional[str] = None  # binary tasks: the class whose probability is scored
     on_bad_file: str = "fail"  # "fail" or "skip"
@@ -138,6 +140,11 @@ class EvalConfig:
     ece_bins: int = 15  # bins of the reliability diagram and ECE
     tta: bool = False  # average logits over the flips below
     tta_flips: list = field(default_factory=lambda: ["horizontal"])  # "horizontal", "vertical", "both"
+    # Results per series and per patient too, where the data knows them (manifest patient_id / series_id columns,
+    # DICOM tags, frames of one file): a group's logits combine its slices' by aggregate_rule.
+    aggregate: list = field(default_factory=lambda: ["series", "patient"])
+    aggregate_rule: str = "mean"  # "mean" of the slice logits, "max" (the surest slice) or "topk" (mean of the k surest)
+    aggregate_topk: int = 3  # k of aggregate_rule: topk
     gradcam_examples: int = 4  # true positives and worst false negatives shown in the report
 
 

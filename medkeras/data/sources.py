@@ -94,7 +94,8 @@ def _split_groups(patients, series, names) -> list | None:
     return [p or (f"series:{s}" if s else f"file:{n}") for p, s, n in zip(patients, series, names)]
 
 
-def _file_dataset(source, paths, label_names, split_col, patient_ids, cfg, seed, root=None) -> Dataset:
+def _file_dataset(source, paths, label_names, split_col, patient_ids, cfg, seed, root=None, series_ids=None,
+                  patient_labels=None) -> Dataset:
     """Files (or manifest rows) -> `Dataset`. DICOM headers give multi-frame files as their frames (`FILE#N`),
     patients (keyed; a manifest's `patient_id` column wins) and series; splits keep patients (else series) whole,
     and list each split's slices by series and position."""
@@ -112,7 +113,16 @@ def _file_dataset(source, paths, label_names, split_col, patient_ids, cfg, seed,
         patients = [keyed("patient", patient_ids[i], key_file) for i, _ in rows]
     else:
         patients = [info.patient if info is not None else None for _, info in rows]
-    series = [info.series if info is not None else None for _, info in rows]
+    if series_ids is not None:  # a manifest's series_id column (keyed like patients: UIDs can identify)
+        series = [keyed("series", series_ids[i], key_file) if series_ids[i] else None for i, _ in rows]
+    else:
+        series = [info.series if info is not None else None for _, info in rows]
+    given = None
+    if patient_labels is not None:  # a manifest's patient_label column: the patient's class, as a class name
+        unknown = sorted({str(v) for v in patient_labels if v and str(v) not in class_names})
+        if unknown:
+            raise DataError(source, f"patient_label value(s) {unknown[:3]} are not classes {class_names}")
+        given = [class_names.index(str(patient_labels[i])) if patient_labels[i] else None for i, _ in rows]
     positions = [(info.frame_of_reference, info.position) if info is not None and info.position is not None else None
                  for _, info in rows]
     groups = _split_groups(patients, series, names)
@@ -135,6 +145,7 @@ def _file_dataset(source, paths, label_names, split_col, patient_ids, cfg, seed,
             series=[series[i] for i in ix] if any(series) else None,
             positions=[positions[i] for i in ix] if any(positions) else None,
             root=str(root) if root is not None else None, redact=bool(getattr(cfg, "redact_paths", False)),
+            patient_labels=[given[i] for i in ix] if given is not None else None,
         )
     return Dataset(name=Path(source).stem, class_names=list(class_names), splits=splits)
 
@@ -156,7 +167,8 @@ def load_folder(path, cfg, seed=42) -> Dataset:
 
 
 def load_manifest(path, cfg, seed=42) -> Dataset:
-    """A CSV with `path,label[,split][,patient_id]`; relative paths are relative to the CSV."""
+    """A CSV with `path,label[,split][,patient_id][,series_id][,patient_label]`; relative paths are relative to the
+    CSV. `patient_label`: the patient's class where it is not "positive if any slice is" (eval.aggregate)."""
     path = Path(path)
     try:
         with open(path, newline="") as fh:
@@ -177,8 +189,11 @@ def load_manifest(path, cfg, seed=42) -> Dataset:
         if bad:
             raise DataError(path, f"unknown split value(s) {bad}: use train, val or test")
     patient_ids = [r["patient_id"] for r in rows] if "patient_id" in columns else None
+    series_ids = [r["series_id"].strip() for r in rows] if "series_id" in columns else None
+    patient_labels = [r["patient_label"].strip() for r in rows] if "patient_label" in columns else None
     names = [r["label"].strip() for r in rows]
-    return _file_dataset(path, paths, names, split_col, patient_ids, cfg, seed, root=path.parent.resolve())
+    return _file_dataset(path, paths, names, split_col, patient_ids, cfg, seed, root=path.parent.resolve(),
+                         series_ids=series_ids, patient_labels=patient_labels)
 
 
 def load_dataset(cfg, seed=42) -> Dataset:
@@ -208,6 +223,10 @@ def load_dataset(cfg, seed=42) -> Dataset:
         ds.positive_class = cfg.positive_class
     if ds.num_classes < 2:
         raise DataError(source, f"need at least 2 classes, found {ds.class_names}")
+    if getattr(cfg, "folds", 0):
+        from medkeras.data.splits import with_fold
+
+        ds = with_fold(ds, cfg.folds, cfg.fold, seed, source)
     if ds.num_classes == 2 and ds.positive_class is None:  # said once, here, and carried into every output
         ds.positive_class = ds.class_names[-1]
     train = ds.splits["train"]

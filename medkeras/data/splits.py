@@ -55,6 +55,55 @@ def split_indices(labels, groups, fractions, seed, source="data") -> dict:
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
+def fold_indices(labels, groups, folds: int, seed: int, source="data") -> list:
+    """Validation indices of each of `folds` stratified folds; whole patients (else series or files) per fold when
+    `groups` are known. Too few patients or images of a class for the folds is a one-line `DataError`."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    from medkeras.errors import DataError
+
+    labels = np.asarray(labels)
+    if groups is None:
+        smallest = int(np.bincount(labels).min())
+        if smallest < folds:
+            raise DataError(source, f"{folds} folds need at least {folds} images of each class in train+val; the "
+                                    f"rarest class has {smallest}")
+        splitter, kw = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed), {}
+    else:
+        per_class = [len({g for g, y in zip(groups, labels) if y == c}) for c in np.unique(labels)]
+        if min(per_class) < folds:
+            raise DataError(source, f"{folds} folds need at least {folds} patients (or series) of each class in "
+                                    f"train+val; there are {min(per_class)} of the rarest class "
+                                    f"({len(set(groups))} in all)")
+        splitter, kw = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed), {"groups": list(groups)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # uneven classes per patient: sklearn warns, folds stay grouped
+        return [np.sort(val) for _, val in splitter.split(np.zeros(len(labels)), labels, **kw)]
+
+
+def with_fold(dataset, folds: int, fold: int, seed: int, source="data"):
+    """`dataset` with train and val re-split for fold `fold` (1..folds) of `folds`: val is that fold of train+val,
+    train the rest; test untouched. The same config and seed give the same folds (so a fold run resumes)."""
+    from medkeras.data.types import concat
+    from medkeras.errors import DataError
+
+    train, val = dataset.splits["train"], dataset.splits["val"]
+    if train.store is not None:
+        raise DataError(source, "cross-validation needs the images, not a prepared store: give the store's source")
+    pool = concat(train, val)
+    groups = None
+    if pool.groups is not None or pool.series is not None:
+        names = pool.names()
+        groups = [p or (f"series:{s}" if s else f"file:{n}") for p, s, n in
+                  zip(pool.groups or [None] * len(pool), pool.series or [None] * len(pool), names)]
+    held = fold_indices(pool.labels, groups, folds, seed, source)[fold - 1]
+    rest = np.setdiff1d(np.arange(len(pool)), held)
+    dataset.splits = {**dataset.splits, "train": pool.take(rest), "val": pool.take(held)}
+    return dataset
+
+
 def _content_hashes(split) -> list[str]:
     if split.hashes is not None:
         return list(split.hashes)

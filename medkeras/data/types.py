@@ -5,7 +5,7 @@ A split holds its images in memory, as file paths, or as records of a prepared s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ class Split:
     channels: list | None = None  # channel counts a store's records end with (after windows)
     root: str | None = None  # the data source's folder: outputs name files relative to it, never absolutely
     redact: bool = False  # data.redact_paths: outputs name items by keyed patient and index only
+    patient_labels: list | None = None  # class index of each item's patient (a manifest's patient_label), or None
 
     def __len__(self):
         return len(self.labels)
@@ -48,11 +49,42 @@ class Split:
 
     def keys_of(self, names) -> tuple[list, list]:
         """(keyed patients, keyed series) of the items called `names` (as `names()` calls them); None where unknown."""
+        return self.values_of("groups", names), self.values_of("series", names)
+
+    def values_of(self, field_name: str, names) -> list:
+        """A per-item field (`groups`, `series`, `patient_labels`, ...) for the items called `names`; None where
+        unknown."""
         index = {name: i for i, name in enumerate(self.names())}
-        rows = [index.get(str(name)) for name in names]
-        patients = [self.groups[i] if self.groups is not None and i is not None else None for i in rows]
-        series = [self.series[i] if self.series is not None and i is not None else None for i in rows]
-        return patients, series
+        values = getattr(self, field_name)
+        return [values[index[str(n)]] if values is not None and str(n) in index else None for n in names]
+
+    def take(self, ix) -> "Split":
+        """The items at `ix`, everything known about them kept (a prepared store cannot be cut)."""
+        if self.store is not None:
+            raise ValueError("a prepared store's split cannot be re-split")
+        ix = [int(i) for i in ix]
+        pick = {f: None if getattr(self, f) is None else [getattr(self, f)[i] for i in ix] for f in _PER_ITEM}
+        images = None if self.images is None else self.images[ix]
+        return replace(self, labels=np.asarray(self.labels)[ix], images=images, **pick)
+
+
+_PER_ITEM = ("paths", "groups", "series", "positions", "keys", "hashes", "channels", "patient_labels")
+
+
+def concat(a: Split, b: Split) -> Split:
+    """Two splits of one source as one (cross-validation pools train and val)."""
+    if a.store is not None or b.store is not None:
+        raise ValueError("a prepared store's splits cannot be pooled")
+
+    def both(x, y, n, m):
+        if x is None and y is None:
+            return None
+        return list(x if x is not None else [None] * n) + list(y if y is not None else [None] * m)
+
+    n, m = len(a), len(b)
+    parts = {f: both(getattr(a, f), getattr(b, f), n, m) for f in _PER_ITEM}
+    images = None if a.images is None else np.concatenate([a.images, b.images]) if m else a.images
+    return replace(a, labels=np.concatenate([a.labels, b.labels]).astype(a.labels.dtype), images=images, **parts)
 
 
 def relative_name(path, root) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medkeras.errors import DataError, MedkerasError
+from medkeras.evaluate.aggregate import aggregate, level_keys, write_group_predictions
 from medkeras.evaluate.calibration import at_search_bound, calibration_summary, fit_temperature
 from medkeras.evaluate.intervals import Draws, auroc_interval, bootstrap_intervals
 from medkeras.evaluate.metrics import (
@@ -64,8 +65,23 @@ def operating_point(val_labels, val_logits, class_names, positive_class, tempera
     return float(choose_threshold(rule, np.asarray(val_labels) == pos, probs[:, pos]))
 
 
-def calibrate_on_validation(val_labels, val_logits, class_names, positive_class, eval_cfg) -> dict:
-    """Temperature (if configured), then the configured threshold rule at that temperature, fitted on validation."""
+def level_thresholds(labels, logits, names, split, class_names, positive_class, temperature, rule, eval_cfg) -> dict:
+    """{level: threshold} chosen by `rule` on validation at each level it knows (series, patient): an operating
+    point is chosen at the level it is used."""
+    out = {}
+    for level, keys in level_keys(split, names, eval_cfg.aggregate).items():
+        groups = aggregate(logits, labels, keys["keys"], class_names, positive_class, eval_cfg.aggregate_rule,
+                           eval_cfg.aggregate_topk, keys["patients"], keys["given"])
+        if len(set(groups["labels"].tolist())) > 1 or parse_rule(rule)[0] == "fixed":
+            out[level] = operating_point(groups["labels"], groups["logits"], class_names, positive_class, temperature,
+                                         rule)
+    return out
+
+
+def calibrate_on_validation(val_labels, val_logits, class_names, positive_class, eval_cfg, split=None,
+                            names=None) -> dict:
+    """Temperature (if configured), then the configured threshold rule at that temperature, fitted on validation;
+    with the validation `split` and item `names`, the rule's threshold at each level too (`thresholds`)."""
     temperature = fit_temperature(val_labels, val_logits) if eval_cfg.calibrate == "temperature" else 1.0
     flags = {}
     if at_search_bound(temperature):  # a degenerate model: said, and its temperature not used
@@ -76,7 +92,11 @@ def calibrate_on_validation(val_labels, val_logits, class_names, positive_class,
         temperature = 1.0
     rule = eval_cfg.threshold
     threshold = operating_point(val_labels, val_logits, class_names, positive_class, temperature, rule)
-    return {"temperature": float(temperature), "threshold": threshold, "threshold_rule": str(rule), **flags}
+    levels = {} if split is None else level_thresholds(val_labels, val_logits, names, split, class_names,
+                                                         positive_class, temperature, rule, eval_cfg)
+    return {"temperature": float(temperature), "threshold": threshold, "threshold_rule": str(rule), **flags,
+            "thresholds": levels, "aggregate": {"levels": list(eval_cfg.aggregate), "rule": eval_cfg.aggregate_rule,
+                                                "topk": int(eval_cfg.aggregate_topk)}}
 
 
 def score_logits(labels, logits, class_names, positive_class, temperature, threshold, eval_cfg, draws=None) -> dict:
@@ -134,6 +154,27 @@ def _row(title, labels, logits, class_names, positive_class, threshold, eval_cfg
     }
 
 
+def score_levels(logits, labels, names, split, class_names, positive_class, temperature, thresholds, threshold,
+                 eval_cfg) -> dict:
+    """{level: groups (keys, logits, labels, sizes), their probs, pred and metrics} for each level `split` knows;
+    intervals resample patients (clustered where a patient has several series), thresholds are the level's own."""
+    out = {}
+    pos = positive_index(class_names, positive_class)
+    for level, keys in level_keys(split, names, eval_cfg.aggregate).items():
+        groups = aggregate(logits, labels, keys["keys"], class_names, positive_class, eval_cfg.aggregate_rule,
+                           eval_cfg.aggregate_topk, keys["patients"], keys["given"])
+        thr = float(thresholds.get(level, threshold))
+        unit = "patients" if level == "patient" else "series"
+        draws = Draws(len(groups["labels"]), eval_cfg.bootstrap, seed=0,
+                      groups=groups["patients"] if keys["patients"] is not None else None, unit=unit)
+        metrics = score_logits(groups["labels"], groups["logits"], class_names, positive_class, temperature, thr,
+                               eval_cfg, draws)
+        metrics.update(threshold=thr, rule=eval_cfg.aggregate_rule)
+        probs = softmax(groups["logits"], temperature)
+        out[level] = {**groups, "probs": probs, "pred": predict_labels(probs, pos, thr), "metrics": metrics}
+    return out
+
+
 def write_predictions(path, names, labels, probs, pred, class_names) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -145,11 +186,11 @@ def write_predictions(path, names, labels, probs, pred, class_names) -> None:
 
 
 def score_split(model, meta, split_name, dataset, cfg, tta=None, threshold=None, on_bad_file="fail", analysis=True,
-                arrays=None):
+                arrays=None, thresholds=None):
     """Predict one split of `dataset` and compute everything the report shows -> dict.
 
     `arrays`: the split's (images, labels, names) already decoded (the end of `fit` scores what it trained and
-    validated on, without reading the files again).
+    validated on, without reading the files again). `thresholds`: {level: threshold} (default: the model's own).
     """
     from medkeras.data.pipeline import split_arrays
 
@@ -169,6 +210,12 @@ def score_split(model, meta, split_name, dataset, cfg, tta=None, threshold=None,
     known = all(p is not None for p in patients) and len(patients) > 0
     draws = Draws(len(labels), eval_cfg.bootstrap, seed=0, groups=patients if known else None)
     metrics = score_logits(labels, logits, class_names, dataset.positive_class, temperature, thr, eval_cfg, draws)
+    if thresholds is None:
+        thresholds = meta.get("thresholds", {}) if threshold is None else {}
+    levels = score_levels(logits, labels, names, dataset.splits[split_name], class_names, dataset.positive_class,
+                          temperature, thresholds, thr, eval_cfg)
+    if levels:
+        metrics["levels"] = {level: scored["metrics"] for level, scored in levels.items()}
     probs = softmax(logits, temperature)
     pos = positive_index(class_names, dataset.positive_class)
     members = member_logits(model, images, cfg.data, eval_cfg.batch_size, tta, eval_cfg.tta_flips) if analysis else {}
@@ -184,6 +231,7 @@ def score_split(model, meta, split_name, dataset, cfg, tta=None, threshold=None,
         "ensemble": ensemble_table(labels, members, logits, class_names, dataset.positive_class, thr, eval_cfg, draws),
         "patients": patients,
         "series": series,
+        "levels": levels,
         "bad_files": bad,
         "tta": bool(tta),
     }
@@ -198,6 +246,9 @@ def write_outputs(out_dir, scored, dataset, cfg, meta, model=None, history_csv=N
     write_predictions(
         out_dir / "predictions.csv", scored["names"], scored["labels"], scored["probs"], scored["pred"], dataset.class_names
     )
+    for level, groups in scored.get("levels", {}).items():
+        write_group_predictions(out_dir / f"predictions.{level}.csv", level, groups, groups["probs"], groups["pred"],
+                                dataset.class_names, groups["labels"])
     write_report(out_dir, scored, dataset, cfg, meta, model=model, history_csv=history_csv)
     return scored["metrics"]
 
@@ -230,22 +281,25 @@ def evaluate(model_path, data=None, split="test", out=None, tta=None, threshold=
     dataset.positive_class = meta.get("positive_class", dataset.positive_class)
     if split not in dataset.splits:
         raise MedkerasError(f"unknown split '{split}' (train, val or test)")
-    thr = None
+    thr, thresholds = None, None
     if threshold is not None:
         kind, value = parse_rule(threshold)
         if kind == "fixed":
             thr = value
         else:  # chosen on validation with the model's own temperature and the same TTA as the scored split
-            images, labels, _, _ = split_arrays(dataset.splits["val"], cfg.data, cfg.data.on_bad_file)
+            images, labels, names, _ = split_arrays(dataset.splits["val"], cfg.data, cfg.data.on_bad_file)
             if len(labels) == 0:
                 raise DataError(cfg.data.source, f"threshold rule '{threshold}' needs a validation split; it is empty")
             use_tta = cfg.eval.tta if tta is None else tta
             logits = predict_logits(model, images, cfg.data, cfg.eval.batch_size, use_tta, cfg.eval.tta_flips)
             temperature = float(meta.get("temperature", 1.0))
             thr = operating_point(labels, logits, dataset.class_names, dataset.positive_class, temperature, threshold)
+            thresholds = level_thresholds(labels, logits, names, dataset.splits["val"], dataset.class_names,
+                                          dataset.positive_class, temperature, threshold, cfg.eval)
         cfg.eval.threshold = str(threshold)
     with step(f"reading and scoring the {split} split"):
-        scored = score_split(model, meta, split, dataset, cfg, tta=tta, threshold=thr, on_bad_file=cfg.data.on_bad_file)
+        scored = score_split(model, meta, split, dataset, cfg, tta=tta, threshold=thr, on_bad_file=cfg.data.on_bad_file,
+                             thresholds=thresholds)
     if out is None:
         out = (model_path / f"eval-{split}") if model_path.is_dir() else model_path.with_name(f"{model_path.stem}-eval-{split}")
     out = Path(out)

@@ -22,8 +22,9 @@ MIN_CASES = 10  # fewer positives (or negatives, ...) than this and a figure get
 class Draws:
     """Bootstrap resamples of a split: index arrays into it, items drawn with replacement, or whole groups."""
 
-    def __init__(self, n_items: int, n: int = 1000, seed: int = 0, groups=None):
+    def __init__(self, n_items: int, n: int = 1000, seed: int = 0, groups=None, unit: str = "images"):
         rng = np.random.default_rng(seed)
+        self.unit = unit  # what an item is: images, series, patients
         self.clustered = groups is not None and len(set(groups)) < n_items
         if n_items == 0 or n == 0:
             self.indices = []
@@ -41,7 +42,7 @@ class Draws:
         if not self.indices:
             return "none"
         return (f"cluster bootstrap over {self.groups} patients ({len(self.indices)} resamples)" if self.clustered else
-                f"bootstrap over images ({len(self.indices)} resamples)")
+                f"bootstrap over {self.unit} ({len(self.indices)} resamples)")
 
 
 def _binary(labels, probs, pos, threshold) -> dict:

@@ -53,6 +53,26 @@ def _per_class_table(m, class_names) -> str:
     return "<h3>Per class (one vs rest)</h3>" + _table(rows, ["class", *columns, "n"])
 
 
+LEVEL_ROWS = ("auroc", "auprc", "sensitivity", "specificity", "ppv", "f1", "accuracy", "balanced_accuracy", "f1_macro",
+              "brier", "ece")
+
+
+def _levels_table(m) -> str:
+    """Slice, series and patient results side by side, each with its n, threshold and resampling."""
+    levels = m.get("levels") or {}
+    if not levels:
+        return ""
+    columns = [("slice", m), *levels.items()]
+    rows = [[k, *[_with_ci(lm, k) for _, lm in columns]] for k in LEVEL_ROWS
+            if any(k in lm or k in lm.get("intervals", {}) for _, lm in columns)]
+    rows.append(["threshold (chosen on validation at this level)", *[_fmt(lm.get("threshold")) for _, lm in columns]])
+    rows.append(["intervals", *[html.escape(str(lm.get("resampling", "none"))) for _, lm in columns]])
+    header = ["metric", *[f"{name} (n = {lm.get('n')})" for name, lm in columns]]
+    rule = html.escape(str(next(iter(levels.values())).get("rule", "mean")))
+    return ("<h3>By slice, series and patient</h3><p>A group's logits are its slices' combined by " + rule +
+            "; a group is positive if any slice is (or as its patient_label says).</p>" + _table(rows, header))
+
+
 def _img(path: Path, width=None) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     style = f' style="width:{width}px"' if width else ""
@@ -215,6 +235,7 @@ pre{{background:#f7f7f7;padding:10px;overflow:auto}}
 {sentence}
 {_table(metric_rows, ["metric", f"value [{level}% CI]"])}
 {_per_class_table(m, class_names)}
+{_levels_table(m)}
 <h2>Calibration ({cfg.eval.ece_bins} bins)</h2>
 {_table(cal_rows, ["probabilities", "ECE", "ECE if perfectly calibrated (sampling floor)", "MCE", "Brier"])}
 <p>The floor is the mean ECE that predictions with these confidences would show on {m.get('n')} images if they were

@@ -32,20 +32,48 @@ class Scorer:
         self.windows = self.loaded.windows
 
     def __call__(self, pixels: np.ndarray):
+        """-> (probabilities, labels, logits)."""
         loaded = self.loaded
         if loaded.kind == "savedmodel":
             import tensorflow as tf
 
             out = loaded.model.signatures["serving_default"](image=tf.constant(pixels, tf.float32))
-            return out["probabilities"].numpy(), out["label"].numpy()
-        probs = softmax(np.asarray(loaded.model.predict(pixels, verbose=0)), loaded.temperature)
-        return probs, predict_labels(probs, loaded.positive_index, loaded.threshold)
+            return out["probabilities"].numpy(), out["label"].numpy(), out["logits"].numpy()
+        logits = np.asarray(loaded.model.predict(pixels, verbose=0), dtype=np.float32)
+        probs = softmax(logits, loaded.temperature)
+        return probs, predict_labels(probs, loaded.positive_index, loaded.threshold), logits
+
+
+def write_groups(out, scorer, rows) -> list:
+    """`<out>.series.csv` / `<out>.patient.csv` beside `out`: each group's slices combined as at evaluation (the
+    model's aggregate rule; each level's threshold chosen on validation). -> the files written."""
+    from pathlib import Path
+
+    from medkeras.evaluate.aggregate import aggregate, write_group_predictions
+
+    loaded, written = scorer.loaded, []
+    rule = loaded.meta.get("aggregate") or {"levels": ["series", "patient"], "rule": "mean", "topk": 3}
+    logits = np.stack([r[4] for r in rows]) if rows else np.zeros((0, len(scorer.class_names)))
+    for level in rule["levels"]:
+        keys = [(info.series if level == "series" else info.patient) if info else None for _, info, *_ in rows]
+        groups = aggregate(logits, np.zeros(len(rows), np.int64), keys, scorer.class_names,
+                           loaded.meta.get("positive_class"), rule["rule"], rule["topk"])
+        if groups is None:
+            continue
+        probs = softmax(groups["logits"], loaded.temperature)
+        threshold = float((loaded.meta.get("thresholds") or {}).get(level, loaded.threshold))
+        path = Path(out).with_suffix(f".{level}.csv")
+        write_group_predictions(path, level, groups, probs, predict_labels(probs, loaded.positive_index, threshold),
+                                scorer.class_names)
+        written.append(str(path))
+    return written
 
 
 def predict(model_path, inputs, out=None, on_bad_file="fail", batch_size=32, progress=True, redact_paths=False) -> dict:
     """Score `inputs`; write CSV rows to `out` or stdout: path (relative to a folder given; never absolute; with
     `redact_paths` the keyed patient and an index instead), p_<class>..., predicted, and for DICOM the keyed patient
-    and series. A multi-frame file gives one row per frame (`FILE#N`). Returns counts."""
+    and series. A multi-frame file gives one row per frame (`FILE#N`); where series or patients are known and `out`
+    is a file, `<out>.series.csv` and `<out>.patient.csv` give one row per group. Returns counts."""
     items = named_inputs(inputs)
     scorer = Scorer(model_path)
     rows, bad = [], []
@@ -65,17 +93,17 @@ def predict(model_path, inputs, out=None, on_bad_file="fail", batch_size=32, pro
             images.append(to_model_pixels(image[None], scorer.image_size)[0])
             chunk.append((name, info))
         if images:
-            probs, labels = scorer(np.stack(images))
-            rows += [(name, info, pr, int(lb)) for (name, info), pr, lb in zip(chunk, probs, labels)]
+            probs, labels, logits = scorer(np.stack(images))
+            rows += [(name, info, pr, int(lb), lg) for (name, info), pr, lb, lg in zip(chunk, probs, labels, logits)]
         if bar is not None:
             bar.update(min(start + batch_size, len(items)))
-    keys = any(info is not None for _, info, _, _ in rows)
+    keys = any(info is not None for _, info, *_ in rows)
     buf = io.StringIO()
     writer = csv.writer(buf)
     # `predicted`, as in predictions.csv of fit and eval (where `label` is the ground truth)
     writer.writerow(["path", *[f"p_{c}" for c in scorer.class_names], "predicted",
                      *(["patient", "series"] if keys else [])])
-    for name, info, probs, label in rows:
+    for name, info, probs, label, _ in rows:
         extra = ([info.patient or "", info.series or ""] if info else ["", ""]) if keys else []
         writer.writerow([name, *[f"{p:.6f}" for p in probs], scorer.class_names[label], *extra])
     if out is None:
@@ -83,4 +111,5 @@ def predict(model_path, inputs, out=None, on_bad_file="fail", batch_size=32, pro
     else:
         with atomic_path(out) as tmp:
             tmp.write_text(buf.getvalue())
-    return {"scored": len(rows), "skipped": bad, "out": str(out) if out else None}
+    groups = write_groups(out, scorer, rows) if keys and out is not None else []
+    return {"scored": len(rows), "skipped": bad, "out": str(out) if out else None, "groups": groups}

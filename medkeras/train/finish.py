@@ -42,7 +42,7 @@ def finish_run(ctx, model, best: dict) -> dict:
     from medkeras.train.tracking import log_results
 
     cfg, data, meta, run_dir = ctx.cfg, ctx.data, ctx.meta, ctx.run_dir
-    dataset, (val_images, val_labels, _) = data.dataset, data.arrays["val"]
+    dataset, (val_images, val_labels, val_names) = data.dataset, data.arrays["val"]
     if cfg.model.fusion == "fitted" and len(members_of(model)) > 1:
         logits = member_logits(model, val_images, cfg.data, cfg.eval.batch_size)
         fusion = fit_fusion_weights(list(logits.values()), val_labels)
@@ -52,7 +52,7 @@ def finish_run(ctx, model, best: dict) -> dict:
     with step("calibrating on the validation split and saving the model"):
         val_logits = predict_logits(model, val_images, cfg.data, cfg.eval.batch_size, cfg.eval.tta, cfg.eval.tta_flips)
         meta.update(calibrate_on_validation(val_labels, val_logits, dataset.class_names, dataset.positive_class,
-                                            cfg.eval))
+                                            cfg.eval, split=dataset.splits["val"], names=val_names))
         save_model(model, run_dir / "model.keras", meta)
 
     results = {}
@@ -81,6 +81,7 @@ def finish_run(ctx, model, best: dict) -> dict:
             "temperature": meta["temperature"],
             "threshold": meta["threshold"],
             "threshold_rule": meta["threshold_rule"],
+            "thresholds": meta.get("thresholds", {}),
             "fusion_weights": meta.get("fusion_weights"),
             **results,
             "timing_s": ctx.timer.marks,

@@ -1,0 +1,58 @@
+"""Cross-validation folds (`data.folds` / `data.fold`): stratified, whole patients per fold, test untouched, the same
+folds from the same seed, and a one-line error where the data cannot give them."""
+
+import numpy as np
+import pytest
+
+from conftest import data_cfg, write_patients
+from medkeras.data.sources import load_dataset
+from medkeras.errors import DataError
+
+
+def test_folds_of_bundled_breastmnist_cover_train_and_val_once_and_keep_test():
+    plain = load_dataset(data_cfg(source="breastmnist"), seed=42)
+    pool = len(plain.splits["train"]) + len(plain.splits["val"])
+    test = plain.splits["test"]
+    seen = []
+    for fold in range(1, 6):
+        ds = load_dataset(data_cfg(source="breastmnist", folds=5, fold=fold), seed=42)
+        train, val = ds.splits["train"], ds.splits["val"]
+        assert len(train) + len(val) == pool and abs(len(val) - pool / 5) <= 1
+        assert np.array_equal(ds.splits["test"].images, test.images)  # test untouched
+        assert abs(val.labels.mean() - train.labels.mean()) < 0.02  # stratified
+        seen.append(val.images.reshape(len(val), -1))
+    flat = np.concatenate(seen)  # the folds' val sets, together: train+val, each image exactly once
+    both = np.concatenate([plain.splits[s].images.reshape(len(plain.splits[s]), -1) for s in ("train", "val")])
+    assert np.array_equal(flat[np.lexsort(flat.T[::-1])], both[np.lexsort(both.T[::-1])])
+    again = load_dataset(data_cfg(source="breastmnist", folds=5, fold=3), seed=42)
+    assert np.array_equal(again.splits["val"].images, load_dataset(
+        data_cfg(source="breastmnist", folds=5, fold=3), seed=42).splits["val"].images)  # resumable: same folds
+
+
+def test_folds_keep_patients_whole_on_real_dicom(tmp_path):
+    patients = [f"P{i}" for i in range(10)]
+    write_patients(tmp_path / "ct", patients, series_per_patient=2, normal=patients[5:])
+    folds = []
+    for fold in (1, 2, 3):
+        ds = load_dataset(data_cfg(source=str(tmp_path / "ct"), split=[0.8, 0.2, 0.0], folds=3, fold=fold), seed=1)
+        train, val = set(ds.splits["train"].groups), set(ds.splits["val"].groups)
+        assert not train & val and len(train | val) == 10
+        assert set(ds.splits["val"].labels.tolist()) == {0, 1}  # both classes in every fold
+        folds.append(val)
+    assert len(set().union(*folds)) == sum(map(len, folds)) == 10  # each patient in exactly one fold
+
+
+def test_too_few_patients_for_the_folds_is_one_line(tmp_path):
+    write_patients(tmp_path / "ct", ["A", "B", "C", "D"], normal=["C", "D"])
+    with pytest.raises(DataError, match=r"5 folds need at least 5 patients \(or series\) of each class in "
+                                        r"train\+val; there are 2 of the rarest class") as err:
+        load_dataset(data_cfg(source=str(tmp_path / "ct"), split=[1.0, 0.0, 0.0], folds=5, fold=1))
+    assert "\n" not in str(err.value)
+
+
+def test_fold_keys_are_checked():
+    from medkeras.config import Config, ConfigError, DataConfig, validate
+
+    for folds, fold in ((1, 1), (5, 0), (5, 6), (0, 2)):
+        with pytest.raises(ConfigError, match="data.folds"):
+            validate(Config(data=DataConfig(folds=folds, fold=fold)))
