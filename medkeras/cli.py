@@ -87,6 +87,43 @@ def _print_summary(run_dir):
 
 
 @cli.command()
+@click.argument("config", required=False, default="demo")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True, help="K: folds of train+val.")
+@click.option("--out", "out", type=click.Path(file_okay=False), help="Directory (default runs/<config>-cv-<time>).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+@click.option("--bag", is_flag=True, help="Also assemble the fold models into one ensemble, scored on test (RUN/bag).")
+@click.option("--resume", is_flag=True, help="Continue the cross-validation in --out at its first unfinished fold.")
+@click.option("--overwrite", is_flag=True, help="Replace the cross-validation in --out.")
+def cv(config, folds, out, overrides, bag, resume, overwrite):
+    """Cross-validate CONFIG: K stratified folds of train+val, whole patients per fold, test untouched.
+
+    Each fold is a run in RUN/fold-i; RUN/oof holds out-of-fold predictions and their report, RUN/folds.csv the
+    fold table (mean, sd, 95% interval over folds), RUN/bag (with --bag) the fold models as one ensemble.
+
+    \b
+    Examples:
+      medkeras cv demo --folds 5 --bag --out runs/demo-cv
+      medkeras cv --out runs/demo-cv --resume          # continue at the first unfinished fold
+    """
+    from datetime import datetime
+
+    from medkeras.config import load_config
+
+    if resume and not out:
+        raise click.UsageError("--resume needs --out RUN_DIR (the cross-validation to continue)")
+    if resume and overrides:
+        raise click.UsageError("--resume continues the cross-validation's own config; drop --set")
+    cfg = None if resume else load_config(config, overrides)
+    out = out or f"runs/{cfg.name}-cv-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    _tf()
+    from medkeras.train.cv import cross_validate, summary_lines
+
+    for line in summary_lines(cross_validate(cfg, out, folds=folds, bag=bag, resume=resume, overwrite=overwrite)):
+        click.echo(line)
+    click.echo(f"cross-validation: {out}")
+
+
+@cli.command()
 @click.argument("data")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Store directory to write.")
 @click.option("--config", help="Config (YAML or bundled name) whose data section applies: split, classes, window.")

@@ -83,16 +83,30 @@ def fold_indices(labels, groups, folds: int, seed: int, source="data") -> list:
         return [np.sort(val) for _, val in splitter.split(np.zeros(len(labels)), labels, **kw)]
 
 
-def with_fold(dataset, folds: int, fold: int, seed: int, source="data"):
-    """`dataset` with train and val re-split for fold `fold` (1..folds) of `folds`: val is that fold of train+val,
-    train the rest; test untouched. The same config and seed give the same folds (so a fold run resumes)."""
+def pool_of(dataset, source="data"):
+    """Train and val as one `Split` (what cross-validation cuts into folds); in-memory items are named
+    `train/<i>` / `val/<i>` by where they came from, so every fold names an item alike."""
+    from dataclasses import replace
+
     from medkeras.data.types import concat
     from medkeras.errors import DataError
 
     train, val = dataset.splits["train"], dataset.splits["val"]
     if train.store is not None:
         raise DataError(source, "cross-validation needs the images, not a prepared store: give the store's source")
-    pool = concat(train, val)
+
+    def named(split, prefix):
+        if split.paths is None and split.keys is None:
+            return replace(split, keys=[f"{prefix}/{i}" for i in range(len(split))])
+        return split
+
+    return concat(named(train, "train"), named(val, "val"))
+
+
+def with_fold(dataset, folds: int, fold: int, seed: int, source="data"):
+    """`dataset` with train and val re-split for fold `fold` (1..folds) of `folds`: val is that fold of train+val,
+    train the rest; test untouched. The same config and seed give the same folds (so a fold run resumes)."""
+    pool = pool_of(dataset, source)
     groups = None
     if pool.groups is not None or pool.series is not None:
         names = pool.names()

@@ -175,12 +175,16 @@ def score_levels(logits, labels, names, split, class_names, positive_class, temp
     return out
 
 
-def write_predictions(path, names, labels, probs, pred, class_names) -> None:
+def write_predictions(path, names, labels, probs, pred, class_names, logits=None) -> None:
+    """One row per image: path, p_<class>..., predicted, label[, logit_<class>... (validation, for cross-validation's
+    out-of-fold predictions)]."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["path", *[f"p_{c}" for c in class_names], "predicted", "label"])
-    for name, y, p, yhat in zip(names, labels, probs, pred):
-        writer.writerow([name, *[f"{v:.6f}" for v in p], class_names[yhat], class_names[y]])
+    writer.writerow(["path", *[f"p_{c}" for c in class_names], "predicted", "label",
+                     *([f"logit_{c}" for c in class_names] if logits is not None else [])])
+    for i, (name, y, p, yhat) in enumerate(zip(names, labels, probs, pred)):
+        extra = [f"{v:.7g}" for v in logits[i]] if logits is not None else []
+        writer.writerow([name, *[f"{v:.6f}" for v in p], class_names[yhat], class_names[y], *extra])
     with atomic_path(path) as tmp:
         tmp.write_text(buf.getvalue())
 
@@ -203,22 +207,33 @@ def score_split(model, meta, split_name, dataset, cfg, tta=None, threshold=None,
     if len(labels) == 0:
         raise DataError(cfg.data.source, f"the {split_name} split is empty: nothing to evaluate")
     logits = predict_logits(model, images, cfg.data, eval_cfg.batch_size, tta, eval_cfg.tta_flips)
-    temperature = float(meta.get("temperature", 1.0))
-    thr = float(meta.get("threshold", 0.5)) if threshold is None else float(threshold)
-    class_names = dataset.class_names
-    patients, series = dataset.splits[split_name].keys_of(names)
-    known = all(p is not None for p in patients) and len(patients) > 0
-    draws = Draws(len(labels), eval_cfg.bootstrap, seed=0, groups=patients if known else None)
-    metrics = score_logits(labels, logits, class_names, dataset.positive_class, temperature, thr, eval_cfg, draws)
+    members = member_logits(model, images, cfg.data, eval_cfg.batch_size, tta, eval_cfg.tta_flips) if analysis else {}
     if thresholds is None:
         thresholds = meta.get("thresholds", {}) if threshold is None else {}
-    levels = score_levels(logits, labels, names, dataset.splits[split_name], class_names, dataset.positive_class,
-                          temperature, thresholds, thr, eval_cfg)
+    thr = float(meta.get("threshold", 0.5)) if threshold is None else float(threshold)
+    scored = score_arrays(split_name, dataset, (images, labels, names), logits, float(meta.get("temperature", 1.0)),
+                          thr, thresholds, eval_cfg, members)
+    return {**scored, "bad_files": bad, "tta": bool(tta)}
+
+
+def score_arrays(split_name, dataset, arrays, logits, temperature, threshold, thresholds, eval_cfg, members=None,
+                 split=None) -> dict:
+    """Everything the report shows for logits already computed on a split's `arrays` (images or None, labels,
+    names): metrics with intervals from one shared draw, each level's results, the ensemble table. `split`: the
+    `Split` the names belong to (default: `dataset.splits[split_name]`)."""
+    images, labels, names = arrays
+    split = dataset.splits[split_name] if split is None else split
+    class_names, positive_class = dataset.class_names, dataset.positive_class
+    patients, series = split.keys_of(names)
+    known = all(p is not None for p in patients) and len(patients) > 0
+    draws = Draws(len(labels), eval_cfg.bootstrap, seed=0, groups=patients if known else None)
+    metrics = score_logits(labels, logits, class_names, positive_class, temperature, threshold, eval_cfg, draws)
+    levels = score_levels(logits, labels, names, split, class_names, positive_class, temperature, thresholds,
+                          threshold, eval_cfg)
     if levels:
         metrics["levels"] = {level: scored["metrics"] for level, scored in levels.items()}
     probs = softmax(logits, temperature)
-    pos = positive_index(class_names, dataset.positive_class)
-    members = member_logits(model, images, cfg.data, eval_cfg.batch_size, tta, eval_cfg.tta_flips) if analysis else {}
+    pos = positive_index(class_names, positive_class)
     return {
         "split": split_name,
         "images": images,
@@ -226,14 +241,15 @@ def score_split(model, meta, split_name, dataset, cfg, tta=None, threshold=None,
         "names": names,
         "logits": logits,
         "probs": probs,
-        "pred": predict_labels(probs, pos, thr),
+        "pred": predict_labels(probs, pos, threshold),
         "metrics": metrics,
-        "ensemble": ensemble_table(labels, members, logits, class_names, dataset.positive_class, thr, eval_cfg, draws),
+        "ensemble": ensemble_table(labels, members or {}, logits, class_names, positive_class, threshold, eval_cfg,
+                                   draws),
         "patients": patients,
         "series": series,
         "levels": levels,
-        "bad_files": bad,
-        "tta": bool(tta),
+        "bad_files": [],
+        "tta": False,
     }
 
 

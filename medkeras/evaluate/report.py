@@ -158,6 +158,11 @@ def _errors_section(scored, class_names, pos, k=8) -> str:
         return ""
     labels, probs, pred = scored["labels"], scored["probs"], scored["pred"]
     images = scored["images"]
+    if images is None:  # scored from logits alone (cross-validation's out-of-fold predictions): names only
+        wrong = np.flatnonzero((labels == pos) != (pred == pos))
+        wrong = wrong[np.argsort(-np.abs(probs[wrong, pos] - 0.5))][: 2 * k]
+        return "<p>Most confident errors: " + (", ".join(html.escape(f"{scored['names'][i]} p={probs[i, pos]:.2f}")
+                                                         for i in wrong) or "none") + "</p>"
     out = []
     for title, idx in (
         ("Worst false negatives", np.flatnonzero((labels == pos) & (pred != pos))),

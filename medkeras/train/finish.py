@@ -36,6 +36,7 @@ def finish_run(ctx, model, best: dict) -> dict:
         predict_logits,
         score_split,
         write_outputs,
+        write_predictions,
     )
     from medkeras.models.ensemble import build_ensemble, fit_fusion_weights, members_of
     from medkeras.models.io import save_model
@@ -62,6 +63,9 @@ def finish_run(ctx, model, best: dict) -> dict:
         held = data.arrays[split]  # decoded once, at the start of the run
         with step(f"evaluating the {split} split"):
             scored = score_split(model, meta, split, dataset, cfg, analysis=split == "test", arrays=held)
+        if split == "val":  # with logits: cross-validation's out-of-fold predictions are these
+            write_predictions(run_dir / "predictions-val.csv", scored["names"], scored["labels"], scored["probs"],
+                              scored["pred"], dataset.class_names, logits=scored["logits"])
         if split == "test":
             with step("writing the report"):
                 write_outputs(run_dir, scored, dataset, cfg, meta, model=model, history_csv=run_dir / "train_log.csv")

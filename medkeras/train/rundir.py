@@ -105,7 +105,8 @@ def keep_finished_outputs(run_dir: Path) -> Path:
     """Before a finished run trains further: its model, metrics and report copied to `before-epoch-N/`."""
     keep = run_dir / f"before-epoch-{epochs_done(run_dir) + 1}"
     keep.mkdir(exist_ok=True)
-    for name in ("model.keras", "metrics.json", "report.html", "predictions.csv", "duplicates.csv"):
+    for name in ("model.keras", "metrics.json", "report.html", "predictions.csv", "predictions-val.csv",
+                 "predictions.series.csv", "predictions.patient.csv", "duplicates.csv"):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, keep / name)
     if (run_dir / "plots").is_dir():
