@@ -1,5 +1,5 @@
-"""Kill -9 at random moments of `medkeras fit`, `prepare` and `export`: no half-written output is ever left in place,
-and the command run again (`fit --resume`, or the same command) finishes with valid outputs.
+"""Kill -9 at random moments of `medkeras fit`, `prepare`, `export` and `cv`: no half-written output is ever left in
+place, and the command run again (`fit`/`cv --resume`, or the same command) finishes with valid outputs.
 
 Each command's duration is measured once uninterrupted; then each kill lands at a seeded uniform moment of it.
 After a kill: every file in place must be whole (`.keras` archives open, JSON parses, CSV rows complete, a store
@@ -27,6 +27,8 @@ import numpy as np
 
 TINY = ["--set", "train.epochs=3", "--set", "train.steps_per_epoch=3", "--set", "train.run_eagerly=true",
         "--set", "train.verbose=0", "--set", "model.backbones=[cnn8_small]", "--set", "eval.bootstrap=20"]
+
+CV = ["cv", "demo", "--folds", "2", "--bag", "--set", "train.epochs=2", *TINY[2:]]  # two 2-epoch folds, their bag
 
 
 def _cli(args, **kwargs):
@@ -103,6 +105,10 @@ def one_case(command: str, moment: float, work: Path, run: Path | None) -> dict:
     elif command == "prepare":
         args = again = ["prepare", "breastmnist", "--out", work / "store"]
         target = work / "store"
+    elif command == "cv":
+        args = CV + ["--out", work / "cv"]
+        again = ["cv", "--out", work / "cv", "--resume"]
+        target = work / "cv"
     else:
         args = again = ["export", run, "--out", work / "serving", "--name", "m"]
         target = work / "serving"
@@ -111,12 +117,13 @@ def one_case(command: str, moment: float, work: Path, run: Path | None) -> dict:
     after_kill += _store_loads(target) if command == "prepare" else []
     after_kill += _versions_load(target) if command == "export" and target.exists() else []
     rerun = subprocess.run(_cli(again), cwd=work, capture_output=True, text=True, timeout=900)
-    if command == "fit" and rerun.returncode != 0 and "nothing to resume" in rerun.stderr:
+    if command in ("fit", "cv") and rerun.returncode != 0 and "nothing to resume" in rerun.stderr:
         rerun = subprocess.run(_cli([*args, "--overwrite"]), cwd=work, capture_output=True, text=True, timeout=900)
     if command == "prepare" and rerun.returncode != 0 and "exists and is not empty" in rerun.stderr:
         rerun = subprocess.run(_cli([*args, "--overwrite"]), cwd=work, capture_output=True, text=True, timeout=900)
     after_rerun = whole_outputs(target) + (_store_loads(target) if command == "prepare" else [])
-    finished = rerun.returncode == 0 and (command != "fit" or (target / "model.keras").is_file())
+    finished = rerun.returncode == 0 and (command != "fit" or (target / "model.keras").is_file()) and (
+        command != "cv" or ((target / "cv.json").is_file() and (target / "bag" / "model.keras").is_file()))
     return {"command": command, "moment_s": round(moment, 2), "killed": landed, "problems_after_kill": after_kill,
             "rerun_exit": rerun.returncode, "rerun_error": rerun.stderr.strip().splitlines()[-1:] if rerun.returncode
             else [], "problems_after_rerun": after_rerun, "ok": not after_kill and not after_rerun and finished}
@@ -128,13 +135,15 @@ def duration(args, cwd) -> float:
     return time.perf_counter() - t0
 
 
-def run(kills: int, seed: int, commands=("fit", "prepare", "export"), save_as="kills") -> dict:
+def run(kills: int, seed: int, commands=("fit", "prepare", "export", "cv"), save_as="kills") -> dict:
     rng = np.random.default_rng(seed)
     root = Path(tempfile.mkdtemp(prefix="medkeras-kills-"))
     base_run = root / "base-run"
     durations = {"fit": duration(["fit", "--out", base_run, *TINY], root)}
     durations["prepare"] = duration(["prepare", "breastmnist", "--out", root / "base-store"], root)
     durations["export"] = duration(["export", base_run, "--out", root / "base-serving"], root)
+    if "cv" in commands:
+        durations["cv"] = duration(CV + ["--out", root / "base-cv"], root)
     cases = []
     for command in commands:
         for k in range(kills):
@@ -155,7 +164,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--commands", nargs="+", default=["fit", "prepare", "export"])
+    parser.add_argument("--commands", nargs="+", default=["fit", "prepare", "export", "cv"])
     args = parser.parse_args(argv)
     result = run(args.kills, args.seed, args.commands)
     print(json.dumps({k: v for k, v in result.items() if k != "cases"}, indent=1))

@@ -106,8 +106,8 @@ def test_every_command_helps_with_an_example():
 
 
 def test_kill_9_at_a_random_moment_never_leaves_a_half_written_output():
-    """A seeded sample of `bench.kills` (which runs 10 per command): fit, prepare and export killed at a random moment
-    leave only whole files in place, and running them again (fit --resume) finishes with whole outputs."""
+    """A seeded sample of `bench.kills` (which runs 10 per command): fit, prepare, export and cv killed at a random
+    moment leave only whole files in place, and running them again (fit/cv --resume) finishes with whole outputs."""
     import importlib.util
     from pathlib import Path
 

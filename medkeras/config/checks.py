@@ -87,6 +87,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key 'model.weights' names {sorted(unknown)}, not among model.backbones")
     elif not isinstance(cfg.model.weights, str):
         raise ConfigError("config key 'model.weights' must be imagenet, none, a file, or {backbone: ...}")
+    _one_of("train.finetune_batchnorm", cfg.train.finetune_batchnorm, ("auto", "frozen", "trainable"))
     _one_of("eval.calibrate", cfg.eval.calibrate, ("temperature", "none"))
     for flip in cfg.eval.tta_flips:
         _one_of("eval.tta_flips", flip, ("horizontal", "vertical", "both"))

@@ -100,6 +100,9 @@ class TrainConfig:
     freeze_backbone: bool = False  # train the head only, every epoch (backbones frozen, BatchNorm in inference)
     freeze_epochs: int = 0  # two-phase transfer learning: phase 1 (frozen) epochs; phase 2 fine-tunes the rest
     finetune_learning_rate: Optional[float] = None  # phase 2 rate (default learning_rate / 10)
+    # BatchNorm while a backbone trains: "frozen" (inference mode, moving statistics fixed), "trainable", or "auto":
+    # frozen in each backbone that starts from pretrained weights (its model.weights not none), else trainable
+    finetune_batchnorm: str = "auto"
     early_stopping_patience: int = 0  # 0: off
     gradient_accumulation_steps: int = 1  # optimizer steps every N batches (Keras' own accumulation)
     # Exponential moving average of the weights (e.g. 0.99; 0: off): validated, checkpointed and saved with the

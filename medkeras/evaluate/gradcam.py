@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medkeras.models.ensemble import members_of
+from medkeras.models.ensemble import leaf_members
 from medkeras.models.preprocessing import ImagePreprocessing
 
 
@@ -76,7 +76,7 @@ def gradcam(model, pixels, class_index=None) -> np.ndarray:
     if class_index is None:
         class_index = np.asarray(model(pixels, training=False)).argmax(axis=1)
     class_index = np.broadcast_to(np.asarray(class_index, dtype=np.int32), (len(pixels),))
-    maps = np.mean([MemberCAM(m)(pixels, class_index) for m in members_of(model)], axis=0)
+    maps = np.mean([MemberCAM(m)(pixels, class_index) for m in leaf_members(model)], axis=0)
     peak = maps.reshape(len(maps), -1).max(axis=1)[:, None, None]
     return maps / np.maximum(peak, 1e-12)
 

@@ -131,6 +131,14 @@ def members_of(model) -> list:
     return nested
 
 
+def leaf_members(model) -> list:
+    """The single-backbone models inside `model`, however deeply ensembles nest (a bag of fold ensembles)."""
+    members = members_of(model)
+    if len(members) == 1 and members[0] is model:
+        return members
+    return [leaf for member in members for leaf in leaf_members(member)]
+
+
 def fit_fusion_weights(member_logits, labels) -> list[float]:
     """Member weights (non-negative, summing to 1) minimizing the validation log-loss of the weighted logits."""
     import numpy as np

@@ -40,16 +40,34 @@ def phases(tc) -> list[tuple[str, int, float, bool]]:
     return [("train", tc.epochs, tc.learning_rate, False)]
 
 
-def set_backbones_trainable(model, trainable: bool) -> None:
-    """Freeze or unfreeze every member's backbone; a frozen BatchNorm runs in inference mode in Keras 3."""
+def batchnorm_modes(cfg) -> dict:
+    """{member name: "frozen" | "trainable"}: `train.finetune_batchnorm`, with `auto` frozen for each backbone that
+    starts from pretrained weights (`model.weights` not none for it) and trainable for one trained from scratch."""
+    from medkeras.models.ensemble import member_names, weights_for
+
+    mode, names = cfg.train.finetune_batchnorm, list(cfg.model.backbones)
+    return {tag: mode if mode != "auto" else "trainable" if weights_for(cfg.model.weights, name).lower() == "none"
+            else "frozen" for name, tag in zip(names, member_names(names))}
+
+
+def set_backbones_trainable(model, trainable: bool, batchnorm="trainable") -> None:
+    """Freeze or unfreeze every member's backbone; a frozen BatchNorm runs in inference mode in Keras 3. With
+    `batchnorm` "frozen" (or {member name: mode} from `batchnorm_modes`), an unfrozen backbone keeps its BatchNorm
+    layers frozen (inference mode, fixed moving statistics): Keras' transfer-learning guidance for fine-tuning
+    pretrained weights on small data."""
     import keras
 
     from medkeras.models.ensemble import members_of
 
     for member in members_of(model):
+        mode = batchnorm.get(member.name, "trainable") if isinstance(batchnorm, dict) else batchnorm
         for layer in member.layers:
             if isinstance(layer, keras.Model):
                 layer.trainable = trainable
+                if trainable and mode == "frozen":
+                    for inner in layer._flatten_layers(include_self=False, recursive=True):
+                        if isinstance(inner, keras.layers.BatchNormalization):
+                            inner.trainable = False
 
 
 def _verbose(verbose: int) -> int:
@@ -119,14 +137,14 @@ def train_model(ctx: Context, model, tag: str | None = None, sized: bool = False
     for index, (name, end, rate, frozen) in enumerate(plan):
         done = ckpt / f"{name}.weights.h5"
         if ctx.resume and done.is_file() and index < len(plan) - 1:
-            set_backbones_trainable(model, not frozen)
+            set_backbones_trainable(model, not frozen, batchnorm_modes(ctx.cfg))
             model.load_weights(str(done))
             start = end
             continue
         backup = ckpt / "backup" / name
         if ctx.resume:
             truncate_log(log, backup_epoch(backup) or start)
-        set_backbones_trainable(model, not frozen)
+        set_backbones_trainable(model, not frozen, batchnorm_modes(ctx.cfg))
         optimizer = make_optimizer(tc, data.steps, end - start, rate)
         if ctx.multiworker is None:
             model.compile(

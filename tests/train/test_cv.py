@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import run_cli
 
-TINY = ("--set", "data.image_size=32", "--set", "model.backbones=[cnn8_small]", "--set", "train.epochs=1",
+TINY = ("--set", "data.image_size=32", "--set", "model.backbones=[cnn8_small,cnn8_small]", "--set", "train.epochs=1",
         "--set", "train.steps_per_epoch=3", "--set", "train.run_eagerly=true", "--set", "train.verbose=0",
         "--set", "eval.bootstrap=50")
 

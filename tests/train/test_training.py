@@ -51,7 +51,37 @@ def test_phase_one_leaves_the_backbone_unchanged_and_phase_two_changes_it(breast
                    run_eagerly=True)
     member.fit(x, y, epochs=1, batch_size=16, verbose=0)
     changed = [not np.array_equal(a, b) for a, b in zip(before, _backbone(member).get_weights())]
-    assert all(changed)
+    assert all(changed)  # train.finetune_batchnorm: trainable -- moving statistics too
+
+
+def test_finetuning_keeps_batchnorm_frozen_where_asked(breast):
+    """`train.finetune_batchnorm: frozen` (auto's choice for a pretrained backbone): phase 2 changes every kernel of
+    a real ResNet18 on real images, and no BatchNorm weight or moving statistic; `auto` picks per member."""
+    import keras
+
+    from medkeras.config import Config, ModelConfig
+    from medkeras.models.ensemble import build_member
+    from medkeras.train.phases import batchnorm_modes
+
+    x, y = _breast_batch(breast)
+    member = build_member("resnet18_small", 2, 32)
+    backbone = _backbone(member)
+    bn = [v.path for layer in backbone._flatten_layers(include_self=False)
+          if isinstance(layer, keras.layers.BatchNormalization) for v in layer.weights]
+    before = {v.path: v.numpy().copy() for v in backbone.weights}
+    set_backbones_trainable(member, True, "frozen")
+    assert not any(v.path in bn for v in member.trainable_weights)
+    member.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                   run_eagerly=True)
+    member.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    after = {v.path: v.numpy() for v in backbone.weights}
+    assert len(bn) >= 4 * 5 and all(np.array_equal(before[p], after[p]) for p in bn)
+    assert all(not np.array_equal(before[p], after[p]) for p in before if p not in bn)
+    cfg = Config(model=ModelConfig(backbones=["vgg19_bn", "efficientnetb0", "resnet101"],
+                                   weights={"vgg19_bn": "none", "efficientnetb0": "imagenet", "resnet101": "imagenet"}))
+    assert batchnorm_modes(cfg) == {"vgg19_bn": "trainable", "efficientnetb0": "frozen", "resnet101": "frozen"}
+    cfg.train.finetune_batchnorm = "trainable"
+    assert set(batchnorm_modes(cfg).values()) == {"trainable"}
 
 
 def test_phase_plans():
