@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn import metrics as skm
 
 from medkeras.evaluate.calibration import brier_score, expected_calibration_error, maximum_calibration_error
@@ -45,6 +46,31 @@ class Draws:
                 f"bootstrap over {self.unit} ({len(self.indices)} resamples)")
 
 
+def auroc(y, score) -> float | None:
+    """Binary ROC AUC as the Mann-Whitney statistic with mid-ranks: equal to sklearn's `roc_auc_score` (ties count
+    one half) at a fraction of its cost, which matters a thousand resamples at a time. None with one class only."""
+    y = np.asarray(y, dtype=bool)
+    positives = int(y.sum())
+    negatives = len(y) - positives
+    if positives == 0 or negatives == 0:
+        return None
+    ranks = rankdata(score)
+    return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def average_precision(y, score) -> float | None:
+    """sklearn's `average_precision_score` (precision at each distinct threshold, weighted by the recall gained)."""
+    y = np.asarray(y, dtype=bool)
+    if not y.any():
+        return None
+    order = np.argsort(-np.asarray(score), kind="mergesort")
+    s, hits = np.asarray(score)[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the last item of each distinct threshold
+    tps = np.cumsum(hits)[last]
+    precision, recall = tps / (last + 1), tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
 def _binary(labels, probs, pos, threshold) -> dict:
     y = labels == pos
     score = probs[:, pos]
@@ -57,8 +83,8 @@ def _binary(labels, probs, pos, threshold) -> dict:
     if out["sensitivity"] is not None and out["specificity"] is not None:
         out["balanced_accuracy"] = (out["sensitivity"] + out["specificity"]) / 2
     if y.any() and not y.all():
-        out["auroc"] = float(skm.roc_auc_score(y, score))
-        out["auprc"] = float(skm.average_precision_score(y, score))
+        out["auroc"] = auroc(y, score)
+        out["auprc"] = average_precision(y, score)
     return out
 
 
@@ -85,7 +111,7 @@ def scalars(labels, probs, class_names, positive_class, threshold, n_bins: int =
         tp, fn, fp, tn = int((hit & y).sum()), int((~hit & y).sum()), int((hit & ~y).sum()), int((~hit & ~y).sum())
         per = {"sensitivity": tp / (tp + fn) if tp + fn else None, "specificity": tn / (tn + fp) if tn + fp else None,
                "ppv": tp / (tp + fp) if tp + fp else None, "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
-               "auroc": float(skm.roc_auc_score(y, probs[:, c])) if y.any() and not y.all() else None}
+               "auroc": auroc(y, probs[:, c])}
         out.update({f"{metric}[{name}]": value for metric, value in per.items()})
     return out
 
@@ -163,7 +189,7 @@ def auroc_interval(labels, probs, class_names, positive_class, draws: Draws, lev
             y = labels[idx]
             if len(np.unique(y)) < len(class_names) and len(class_names) > 2 or len(np.unique(y)) < 2:
                 continue
-            values.append(skm.roc_auc_score(y == pos, probs[idx, pos]) if pos is not None else
+            values.append(auroc(y == pos, probs[idx, pos]) if pos is not None else
                           skm.roc_auc_score(y, probs[idx], multi_class="ovr", average="macro"))
     if len(values) < max(10, len(draws.indices) // 10):
         return {}

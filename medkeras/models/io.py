@@ -106,8 +106,9 @@ def _read_savedmodel_meta(path: Path) -> dict:
 
 
 def open_model(path, keras_only: bool = False, purpose: str = "this") -> LoadedModel:
-    """Find, load and check a saved medkeras model: a run directory (its `model.keras`), a `.keras` file, or an
-    exported SavedModel (a version directory, or `BASE/NAME` for its newest version).
+    """Find, load and check a saved medkeras model: a run directory (its `model.keras`), a cross-validation (its
+    bagged `bag/model.keras`), a `.keras` file, or an exported SavedModel (a version directory, or `BASE/NAME` for
+    its newest version).
 
     `keras_only`: refuse a SavedModel (evaluation, export and Grad-CAM need the Keras graph), saying so.
     """
@@ -115,6 +116,8 @@ def open_model(path, keras_only: bool = False, purpose: str = "this") -> LoadedM
     if path.is_dir():
         saved = savedmodel_dir(path)
         target = saved if saved is not None else path / "model.keras"
+        if saved is None and not target.is_file() and (path / "bag" / "model.keras").is_file():
+            target = path / "bag" / "model.keras"  # a cross-validation: its fold models as one ensemble
     else:
         saved, target = None, path
     if saved is None and not target.is_file():

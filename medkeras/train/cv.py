@@ -76,6 +76,13 @@ def cross_validate(cfg: Config | None, out, folds: int = 5, bag: bool = False, r
         raise MedkerasError(f"--folds must be at least 2, got {folds}")
     timer = Timer()
     cfg, folds, bag, created, replaced = _open(out, cfg, folds, bag, resume, overwrite)
+    if resume and (out / "cv.json").is_file():
+        import json
+
+        done = json.loads((out / "cv.json").read_text())
+        if not bag or "bag" in done:
+            print(f"medkeras: {out} is finished ({folds} folds): nothing to resume")
+            return done
     try:
         for i in range(1, folds + 1):
             fold_dir = out / f"fold-{i}"

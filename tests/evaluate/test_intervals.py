@@ -90,3 +90,18 @@ def test_a_temperature_at_its_search_bound_is_flagged_not_used():
     fitted = calibrate_on_validation(labels, logits, ["a", "b"], "b", EvalConfig())
     assert fitted["temperature"] == 1.0 and fitted["temperature_fitted"] == pytest.approx(np.exp(3), rel=0.02)
     assert "search bound" in fitted["temperature_note"]
+
+
+def test_fast_auroc_and_average_precision_equal_sklearn(tiny_run):
+    """The bootstrap's rank-based AUROC and AP equal sklearn's on real predictions, rounded to force ties."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from medkeras.evaluate.intervals import auroc, average_precision
+
+    labels, probs = _real_predictions(tiny_run)
+    y = labels == 0
+    for digits in (6, 2, 1):
+        score = np.round(probs[:, 0], digits)
+        assert auroc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+        assert average_precision(y, score) == pytest.approx(average_precision_score(y, score), abs=1e-12)
+    assert auroc(np.ones(5, bool), np.arange(5)) is None

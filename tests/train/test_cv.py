@@ -74,7 +74,7 @@ def test_the_bag_averages_the_fold_models_logits_and_exports(cv_run, breast, tmp
     assert cv["bag"]["test"]["auroc"] == pytest.approx(roc_auc_score(y, [float(r["p_malignant"]) for r in rows]),
                                                        abs=1e-5)
     assert [r["model"] for r in cv["bag"]["ensemble"]][:3] == ["fold1 alone", "fold2 alone", "fold3 alone"]
-    result = run_cli("export", out / "bag", "--out", tmp_path / "serving")
+    result = run_cli("export", out, "--out", tmp_path / "serving")  # the cross-validation's bag, as a run
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -90,6 +90,8 @@ def test_resume_continues_at_the_first_unfinished_fold(cv_run, tmp_path):
     assert "fold 1/3 is finished" in result.stdout and "fold 2/3 is finished" in result.stdout
     assert (copy / "fold-1" / "model.keras").stat().st_mtime_ns == before  # not trained again
     assert (copy / "fold-3" / "model.keras").is_file() and (copy / "cv.json").is_file()
+    finished = run_cli("cv", "--out", copy, "--resume")
+    assert finished.returncode == 0 and "is finished (3 folds): nothing to resume" in finished.stdout
     again = run_cli("cv", "demo", "--folds", "3", "--out", copy, *TINY)  # a finished one is never replaced silently
     assert again.returncode == 1 and "holds a finished cross-validation" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
