@@ -140,8 +140,10 @@ def run(kills: int, seed: int, commands=("fit", "prepare", "export", "cv"), save
     root = Path(tempfile.mkdtemp(prefix="medkeras-kills-"))
     base_run = root / "base-run"
     durations = {"fit": duration(["fit", "--out", base_run, *TINY], root)}
-    durations["prepare"] = duration(["prepare", "breastmnist", "--out", root / "base-store"], root)
-    durations["export"] = duration(["export", base_run, "--out", root / "base-serving"], root)
+    if "prepare" in commands:
+        durations["prepare"] = duration(["prepare", "breastmnist", "--out", root / "base-store"], root)
+    if "export" in commands:
+        durations["export"] = duration(["export", base_run, "--out", root / "base-serving"], root)
     if "cv" in commands:
         durations["cv"] = duration(CV + ["--out", root / "base-cv"], root)
     cases = []
@@ -165,8 +167,9 @@ def main(argv=None):
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--commands", nargs="+", default=["fit", "prepare", "export", "cv"])
+    parser.add_argument("--name", default="kills", help="bench/results/NAME.json")
     args = parser.parse_args(argv)
-    result = run(args.kills, args.seed, args.commands)
+    result = run(args.kills, args.seed, args.commands, save_as=args.name)
     print(json.dumps({k: v for k, v in result.items() if k != "cases"}, indent=1))
 
 
