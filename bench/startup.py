@@ -2,7 +2,7 @@
 
 Each variant runs in a fresh process (graph-building costs are per process), interleaved over rounds. A process:
 imports TF/Keras, builds the model (Python: Keras layers), traces one train step into a graph (`get_concrete_function`:
-Python tracing of the Keras graph and autograph), runs it once (graph optimisation by grappler, kernel
+Python tracing of the Keras graph and autograph; the optimizer's slots built before it, as `fit` does), runs it once (graph optimisation by grappler, kernel
 instantiation, then the step itself), then times `--steps` steady steps. Random pixels: the data start-up is the
 pipeline benchmark's, not this one's.
 
@@ -28,7 +28,7 @@ VARIANTS = {
 }
 
 
-def worker(variant: str, backbones, size: int, batch: int, steps: int) -> dict:
+def worker(variant: str, backbones, size: int, batch: int, steps: int, split_trace: bool = False) -> dict:
     t0 = time.perf_counter()
     import keras
     import numpy as np
@@ -44,9 +44,23 @@ def worker(variant: str, backbones, size: int, batch: int, steps: int) -> dict:
     model = build_model(ModelConfig(backbones=list(backbones), weights="none"), 2, size)
     model.compile(keras.optimizers.AdamW(1e-4), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     marks["build_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    model.optimizer.build(model.trainable_variables)  # as `fit` does before it traces (slots made eagerly)
+    marks["optimizer_build_s"] = time.perf_counter() - t
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(0, 255, (batch, size, size, 3)).astype("float32"))
     y = tf.constant(rng.integers(0, 2, batch))
+
+    if split_trace:  # what tracing the forward pass, and the forward and backward passes, cost on their own
+        def grads(x, y):
+            with tf.GradientTape() as tape:
+                loss = model.compute_loss(x, y, model(x, training=True))
+            return tape.gradient(loss, model.trainable_variables)
+
+        for label, fn in (("trace_forward_s", lambda x, y: model(x, training=True)), ("trace_backward_s", grads)):
+            t = time.perf_counter()
+            tf.function(fn).get_concrete_function(x, y)
+            marks[label] = time.perf_counter() - t
 
     @tf.function
     def step(x, y):
@@ -65,7 +79,7 @@ def worker(variant: str, backbones, size: int, batch: int, steps: int) -> dict:
         times.append(time.perf_counter() - t)
     marks["step_s"] = float(np.median(times))
     marks["optimise_s"] = marks["first_call_s"] - marks["step_s"]  # what the first call costs beyond a step
-    marks["to_first_step_s"] = marks["build_s"] + marks["trace_s"] + marks["first_call_s"]
+    marks["to_first_step_s"] = marks["build_s"] + marks["optimizer_build_s"] + marks["trace_s"] + marks["first_call_s"]
     return {"variant": variant, **{k: round(v, 2) for k, v in marks.items()}}
 
 
@@ -78,17 +92,20 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--name", default="startup")
+    parser.add_argument("--split-trace", action="store_true", help="also trace the forward pass alone, then forward and "
+                        "backward (trace_backward_s includes the forward again)")
     parser.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.backbones, args.size, args.batch, args.steps)))
+        print(json.dumps(worker(args.worker, args.backbones, args.size, args.batch, args.steps, args.split_trace)))
         return
     rows = []
     for r in range(args.rounds):
         for variant in args.variants:
             proc = subprocess.run([sys.executable, "-m", "bench.startup", "--worker", variant, "--backbones",
                                    *args.backbones, "--size", str(args.size), "--batch", str(args.batch), "--steps",
-                                   str(args.steps)], capture_output=True, text=True)
+                                   str(args.steps), *(["--split-trace"] if args.split_trace else [])],
+                                  capture_output=True, text=True)
             if proc.returncode != 0:
                 rows.append({"variant": variant, "round": r, "error": proc.stderr.strip().splitlines()[-1]})
             else:
