@@ -14,7 +14,7 @@ import numpy as np
 
 from medkeras.data.keys import keyed
 from medkeras.data.readers import READABLE_SUFFIXES, dicom_items, is_dicom
-from medkeras.data.splits import split_indices
+from medkeras.data.splits import split_groups, split_indices
 from medkeras.data.store import is_store, load_store
 from medkeras.data.types import SPLITS, Dataset, Split
 from medkeras.errors import ConfigError, DataError
@@ -87,13 +87,6 @@ def _dicom_structure(paths, key_file):
     return out
 
 
-def _split_groups(patients, series, names) -> list | None:
-    """What a split keeps together: the patient, else the series, else the file; None where nothing is known."""
-    if not any(patients) and not any(series):
-        return None
-    return [p or (f"series:{s}" if s else f"file:{n}") for p, s, n in zip(patients, series, names)]
-
-
 def _file_dataset(source, paths, label_names, split_col, patient_ids, cfg, seed, root=None, series_ids=None,
                   patient_labels=None) -> Dataset:
     """Files (or manifest rows) -> `Dataset`. DICOM headers give multi-frame files as their frames (`FILE#N`),
@@ -125,7 +118,7 @@ def _file_dataset(source, paths, label_names, split_col, patient_ids, cfg, seed,
         given = [class_names.index(str(patient_labels[i])) if patient_labels[i] else None for i, _ in rows]
     positions = [(info.frame_of_reference, info.position) if info is not None and info.position is not None else None
                  for _, info in rows]
-    groups = _split_groups(patients, series, names)
+    groups = split_groups(patients, series, names)
     if split_col is not None:
         column = np.asarray([split_col[i] for i, _ in rows])
         index = {s: np.flatnonzero(column == s) for s in SPLITS}

@@ -13,6 +13,13 @@ from pathlib import Path
 import numpy as np
 
 
+def split_groups(patients, series, names) -> list | None:
+    """What a split keeps together: the patient, else the series, else the file; None where nothing is known."""
+    if not any(patients) and not any(series):
+        return None
+    return [p or (f"series:{s}" if s else f"file:{n}") for p, s, n in zip(patients, series, names)]
+
+
 def split_indices(labels, groups, fractions, seed, source="data") -> dict:
     """Stratified train/val/test indices from `data.split` fractions; grouped (no patient in two splits) when
     `groups` (keyed patients, else series or files) are known."""
@@ -107,11 +114,8 @@ def with_fold(dataset, folds: int, fold: int, seed: int, source="data"):
     """`dataset` with train and val re-split for fold `fold` (1..folds) of `folds`: val is that fold of train+val,
     train the rest; test untouched. The same config and seed give the same folds (so a fold run resumes)."""
     pool = pool_of(dataset, source)
-    groups = None
-    if pool.groups is not None or pool.series is not None:
-        names = pool.names()
-        groups = [p or (f"series:{s}" if s else f"file:{n}") for p, s, n in
-                  zip(pool.groups or [None] * len(pool), pool.series or [None] * len(pool), names)]
+    unknown = [None] * len(pool)
+    groups = split_groups(pool.groups or unknown, pool.series or unknown, pool.names())
     held = fold_indices(pool.labels, groups, folds, seed, source)[fold - 1]
     rest = np.setdiff1d(np.arange(len(pool)), held)
     dataset.splits = {**dataset.splits, "train": pool.take(rest), "val": pool.take(held)}
@@ -138,12 +142,9 @@ def content_hash(path) -> str:
     return digest.hexdigest()
 
 
-def duplicates_across_splits(dataset) -> dict:
-    """{"counts": {"train/test": n, ...}, "pairs": [(split_a, name_a, split_b, name_b), ...]} of identical images."""
-    index = {}
-    for split_name, split in dataset.splits.items():
-        for name, digest in zip(split.names(), _content_hashes(split)):
-            index.setdefault(digest, []).append((split_name, name))
+def _across_splits(dataset, index) -> dict:
+    """{"counts": {"train/test": n, ...}, "pairs": [(split_a, name_a, split_b, name_b), ...]} of the items that share
+    a key of `index` ({key: [(split, name), ...]}) but lie in different splits."""
     counts = {f"{a}/{b}": 0 for a, b in combinations(dataset.splits, 2)}
     pairs = []
     for items in index.values():
@@ -153,6 +154,15 @@ def duplicates_across_splits(dataset) -> dict:
                 counts[key] += 1
                 pairs.append((sa, na, sb, nb))
     return {"counts": counts, "pairs": pairs}
+
+
+def duplicates_across_splits(dataset) -> dict:
+    """{"counts": {"train/test": n, ...}, "pairs": [(split_a, name_a, split_b, name_b), ...]} of identical images."""
+    index = {}
+    for split_name, split in dataset.splits.items():
+        for name, digest in zip(split.names(), _content_hashes(split)):
+            index.setdefault(digest, []).append((split_name, name))
+    return _across_splits(dataset, index)
 
 
 def patients_per_split(dataset) -> dict | None:
@@ -173,13 +183,5 @@ def near_duplicates_across_splits(dataset, tolerance_mm: float = 0.5) -> dict:
         for name, where in zip(split.names(), split.positions or []):
             if where is not None and where[0] is not None:
                 index.setdefault((where[0], round(where[1] / tolerance_mm)), []).append((split_name, name))
-    counts = {f"{a}/{b}": 0 for a, b in combinations(dataset.splits, 2)}
-    pairs = []
-    for items in index.values():
-        for (sa, na), (sb, nb) in combinations(items, 2):
-            if sa != sb:
-                key = f"{sa}/{sb}" if f"{sa}/{sb}" in counts else f"{sb}/{sa}"
-                counts[key] += 1
-                pairs.append((sa, na, sb, nb))
-    return {"counts": counts, "pairs": pairs}
+    return _across_splits(dataset, index)
 

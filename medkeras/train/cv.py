@@ -13,8 +13,6 @@ not train on it):
 from __future__ import annotations
 
 import csv
-import shutil
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,28 +28,18 @@ SUMMARY = ("auroc", "auprc", "accuracy", "balanced_accuracy", "f1", "f1_macro", 
 
 
 def _open(out: Path, cfg, folds, bag, resume, overwrite):
-    """-> (cfg, folds, bag, created, replaced): a new cross-validation in `out`, or the one there to resume."""
-    marker = out / "cv.yaml"
+    """-> (cfg, folds, bag, RunState): a new cross-validation in `out` (`rundir.open_run_dir`, as a fit's run), or the
+    one there to resume."""
+    from medkeras.train.rundir import open_run_dir
+
+    state = open_run_dir(out, resume, overwrite, marker="cv.yaml", kind="cross-validation",
+                         finished=lambda d: (d / "cv.json").is_file())
     if resume:
-        if not marker.is_file():
-            raise MedkerasError(f"{out}: nothing to resume (no cv.yaml: not a cross-validation, or it stopped before "
-                                "it began; start it again with --overwrite)")
-        saved = yaml.safe_load(marker.read_text())
-        return from_dict(saved["config"]), int(saved["folds"]), bool(bag or saved.get("bag")), False, None
-    replaced = None
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            what = ("a finished cross-validation" if (out / "cv.json").is_file() else
-                    "an unfinished cross-validation (--resume continues it)" if marker.is_file() else
-                    "a directory that is not empty")
-            raise MedkerasError(f"{out}: holds {what}: use --overwrite to replace it, or another --out")
-        replaced = out.with_name(f".{out.name}.replaced-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-        out.rename(replaced)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(marker, yaml.safe_dump({"folds": folds, "bag": bool(bag), "config": cfg.to_dict()},
-                                             sort_keys=False))
-    return cfg, folds, bag, created, replaced
+        saved = yaml.safe_load((out / "cv.yaml").read_text())
+        return from_dict(saved["config"]), int(saved["folds"]), bool(bag or saved.get("bag")), state
+    atomic_write_text(out / "cv.yaml", yaml.safe_dump({"folds": folds, "bag": bool(bag), "config": cfg.to_dict()},
+                                                      sort_keys=False))
+    return cfg, folds, bag, state
 
 
 def fold_config(cfg: Config, folds: int, fold: int) -> Config:
@@ -69,13 +57,13 @@ def cross_validate(cfg: Config | None, out, folds: int = 5, bag: bool = False, r
     import keras
 
     from medkeras.train.fit import fit
-    from medkeras.train.rundir import Timer, is_finished
+    from medkeras.train.rundir import Timer, discard_new, is_finished, run_finished
 
     out = Path(out)
     if not resume and folds < 2:
         raise MedkerasError(f"--folds must be at least 2, got {folds}")
     timer = Timer()
-    cfg, folds, bag, created, replaced = _open(out, cfg, folds, bag, resume, overwrite)
+    cfg, folds, bag, state = _open(out, cfg, folds, bag, resume, overwrite)
     if resume and (out / "cv.json").is_file():
         import json
 
@@ -98,13 +86,10 @@ def cross_validate(cfg: Config | None, out, folds: int = 5, bag: bool = False, r
             timer.mark(f"fold{i}_s")
         result = _finish(out, cfg, folds, bag, timer)
     except BaseException:
-        if created and not any((out / f"fold-{i}").exists() for i in range(1, folds + 1)):
-            shutil.rmtree(out, ignore_errors=True)  # nothing trained: nothing left behind
-            if replaced is not None:
-                replaced.rename(out)
+        if not any((out / f"fold-{i}").exists() for i in range(1, folds + 1)):
+            discard_new(state)  # nothing trained: nothing left behind
         raise
-    if replaced is not None:
-        shutil.rmtree(replaced, ignore_errors=True)
+    run_finished(state)
     return result
 
 
@@ -164,6 +149,7 @@ def _finish(out: Path, cfg: Config, folds: int, bag: bool, timer) -> dict:
     from medkeras.data.splits import pool_of
     from medkeras.evaluate.evaluate import calibrate_on_validation, score_arrays, write_outputs
     from medkeras.models.io import load_model
+    from medkeras.train.rundir import write_rows
 
     base = from_dict(cfg.to_dict())
     base.data.folds, base.data.fold = 0, 0
@@ -196,8 +182,6 @@ def _finish(out: Path, cfg: Config, folds: int, bag: bool, timer) -> dict:
                            calibration["threshold"], calibration["thresholds"], base.eval, split=pool)
         oof_meta = {**meta, **calibration, "backbones": [f"{folds} folds of {', '.join(meta.get('backbones', []))}"]}
         write_outputs(out / "oof", oof, dataset, base, oof_meta)
-        from medkeras.train.rundir import write_rows
-
         write_rows(out / "oof" / "folds-of-images.csv", ["path", "fold"], list(zip(names, fold_of)))
         atomic_write_json(out / "oof" / "metrics.json", {"split": "out-of-fold (train+val)", **oof["metrics"],
                                                           **{k: calibration[k] for k in ("temperature", "threshold")}})

@@ -57,19 +57,21 @@ def epochs_done(run_dir: Path) -> int:
         return max((int(float(r["epoch"])) for r in csv.DictReader(fh) if r.get("epoch")), default=0)
 
 
-def open_run_dir(run_dir: Path, resume: bool, overwrite: bool = False) -> RunState:
+def open_run_dir(run_dir: Path, resume: bool, overwrite: bool = False, marker: str = "config.yaml", kind: str = "run",
+                 finished=is_finished) -> RunState:
     """Check `run_dir` for what the command asks: a new run (an existing run is replaced only with `overwrite`,
-    and kept aside until the new one finishes), or `resume` of one that is there."""
+    and kept aside until the new one finishes), or `resume` of one that is there. `marker`, `kind` and
+    `finished`: what marks, names and finishes the directory (a cross-validation's differ from a fit's)."""
     run_dir = Path(run_dir)
     if resume:
-        if not (run_dir / "config.yaml").is_file():
-            raise MedkerasError(f"{run_dir}: nothing to resume (no config.yaml in this run directory)")
+        if not (run_dir / marker).is_file():
+            raise MedkerasError(f"{run_dir}: nothing to resume (no {marker} in this {kind} directory)")
         return RunState(run_dir, created=False)
     replaced = None
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
-            what = ("a finished run" if is_finished(run_dir) else "an unfinished run (--resume continues it)"
-                    if (run_dir / "config.yaml").is_file() else "a directory that is not empty")
+            what = (f"a finished {kind}" if finished(run_dir) else f"an unfinished {kind} (--resume continues it)"
+                    if (run_dir / marker).is_file() else "a directory that is not empty")
             raise MedkerasError(f"{run_dir}: holds {what}: use --overwrite to replace it, or another --out")
         replaced = run_dir.with_name(f".{run_dir.name}.replaced-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
         run_dir.rename(replaced)
@@ -78,15 +80,23 @@ def open_run_dir(run_dir: Path, resume: bool, overwrite: bool = False) -> RunSta
     return RunState(run_dir, created=created, replaced=replaced)
 
 
+def discard_new(state: RunState) -> bool:
+    """A command that failed before it made anything worth keeping: the directory it made is removed and the one it
+    was replacing put back. -> whether it was (a directory that was there before is left alone)."""
+    if not (state.created or state.replaced is not None):
+        return False
+    shutil.rmtree(state.path, ignore_errors=True)
+    if state.replaced is not None:
+        state.replaced.rename(state.path)
+    return True
+
+
 def run_failed(state: RunState, error: BaseException) -> None:
     """A fit that stopped on an error: nothing trained yet -> its new directory is removed (an overwritten run is
     put back); otherwise it is kept for --resume, with a FAILED file saying why."""
     run_dir = state.path
     trained = epochs_done(run_dir) > 0 or (run_dir / "checkpoints").is_dir()
-    if not trained and (state.created or state.replaced is not None):
-        shutil.rmtree(run_dir, ignore_errors=True)
-        if state.replaced is not None:
-            state.replaced.rename(run_dir)
+    if not trained and discard_new(state):
         return
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     atomic_write_text(run_dir / "FAILED", f"{type(error).__name__}: {reason}\n"
