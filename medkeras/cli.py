@@ -74,16 +74,10 @@ def fit(config, out, overrides, resume, overwrite):
 
 
 def _print_summary(run_dir):
-    import json
+    from medkeras.evaluate.metrics import summary_lines
 
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    for split in ("val", "test"):
-        if split in metrics:
-            m = metrics[split]
-            auroc = "undefined" if m.get("auroc") is None else f"{m['auroc']:.3f}"
-            click.echo(f"{split}: AUROC {auroc}  accuracy {m['accuracy']:.3f}  (n={m['n']})")
-    click.echo(f"best epoch {metrics.get('best_epoch')} by {metrics.get('monitor')}")
-    click.echo(f"run directory: {run_dir}")
+    for line in summary_lines(run_dir):
+        click.echo(line)
 
 
 @cli.command()
@@ -289,28 +283,42 @@ def backbones(params):
       medkeras backbones
       medkeras fit demo --set "model.backbones=[resnet34, efficientnetb0]"   # names from this list
     """
-    from medkeras.models.backbones import REGISTRY
+    from medkeras.models.backbones import REGISTRY, published_params
 
     if params:
         _tf()
     click.echo(f"{'name':<20} {'size':>5}  {'preprocessing':<13} {'params':>8}  description" if params
                else f"{'name':<20} {'size':>5}  {'preprocessing':<13} description")
     for spec in REGISTRY.values():
-        count = f"{_count_params(spec) / 1e6:7.1f}M  " if params else ""
+        count = f"{published_params(spec.name) / 1e6:7.1f}M  " if params else ""
         click.echo(f"{spec.name:<20} {spec.default_size:>5}  {spec.preprocessing:<13} {count}{spec.description}")
 
 
-def _count_params(spec) -> int:
-    """Parameters of the backbone with a 1000-class Dense head (the figure papers and model zoos quote)."""
-    import keras
+@cli.command("convert-weights")
+@click.argument("arch")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Keras weights file (.weights.h5).")
+def convert_weights_cmd(arch, checkpoint, out):
+    """Convert a PyTorch checkpoint (torchvision / timm) of ARCH to Keras weights for model.weights.
 
-    from medkeras.models.backbones import build_backbone
+    \b
+    ARCH: resnet18, resnet34 (torchvision or timm), vgg19_bn (torchvision), regnety_4gf / regnety_8gf (timm
+    regnety_040 / _080), convnextv2_atto / _nano / _tiny / _base (timm). CHECKPOINT: .safetensors, or .pth / .pt /
+    .bin (zip or legacy; read without PyTorch, tensors only). The ImageNet classifier is dropped.
+    \b
+    Examples:
+      medkeras convert-weights resnet34 ~/.cache/torch/hub/checkpoints/resnet34-b627a593.pth \\
+          --out weights/resnet34.weights.h5
+      medkeras convert-weights convnextv2_tiny model.safetensors --out weights/convnextv2_tiny.weights.h5
+      medkeras fit cancer-resnet34-frozen --set model.weights=weights/resnet34.weights.h5
+    """
+    _tf()
+    from medkeras.models.convert import convert_weights
 
-    size = max(spec.min_size, 32)
-    backbone = build_backbone(spec.name, size)
-    count = backbone.count_params() + (backbone.output.shape[-1] + 1) * 1000
-    keras.backend.clear_session()
-    return count
+    report = convert_weights(arch, checkpoint, out)
+    dropped = f"; left out the classifier ({', '.join(report.dropped)})" if report.dropped else ""
+    click.echo(f"wrote {out}: {report.tensors} tensors, {report.parameters / 1e6:.1f}M parameters of {arch} "
+               f"in {report.seconds:.1f} s{dropped}")
 
 
 @cli.command("config")

@@ -81,3 +81,20 @@ def classification_metrics(labels, probs, class_names, positive_class=None, thre
     if notes:
         out["notes"] = notes
     return out
+
+
+def summary_lines(run_dir) -> list[str]:
+    """The few lines `medkeras fit` prints at the end: AUROC and accuracy per split, best epoch, where the run is."""
+    import json
+    from pathlib import Path
+
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    lines = []
+    for split in ("val", "test"):
+        if split in metrics:
+            m = metrics[split]
+            auroc = "undefined" if m.get("auroc") is None else f"{m['auroc']:.3f}"
+            lines.append(f"{split}: AUROC {auroc}  accuracy {m['accuracy']:.3f}  (n={m['n']})")
+    lines.append(f"best epoch {metrics.get('best_epoch')} by {metrics.get('monitor')}")
+    lines.append(f"run directory: {run_dir}")
+    return lines

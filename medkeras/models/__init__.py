@@ -33,6 +33,7 @@ def register_custom_objects():
     importlib.import_module("medkeras.models.preprocessing")
     importlib.import_module("medkeras.models.ensemble")
     importlib.import_module("medkeras.models.convnextv2")
+    importlib.import_module("medkeras.models.vgg")
 
 
 __all__ = sorted(_LAZY)

@@ -237,3 +237,14 @@ def build_backbone(name: str, image_size: int, weights: str = "none", dynamic: b
         except Exception as exc:  # noqa: BLE001
             raise MedkerasError(f"{path}: cannot load weights into '{name}': {str(exc).splitlines()[0]}") from exc
     return model
+
+
+def published_params(name: str) -> int:
+    """Parameters of the backbone with a 1000-class Dense head (the figure papers and model zoos quote)."""
+    import keras
+
+    spec = check_backbone_name(name)
+    backbone = build_backbone(spec.name, max(spec.min_size, 32))
+    count = backbone.count_params() + (backbone.output.shape[-1] + 1) * 1000
+    keras.backend.clear_session()
+    return count

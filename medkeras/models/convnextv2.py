@@ -54,7 +54,8 @@ def _block(x, dim, name):
 
 
 def convnextv2(input_shape, variant="convnextv2_tiny", name=None):
-    depths, dims = VARIANTS[variant]
+    """`variant`: a VARIANTS name, or its (depths, dims) for a custom (e.g. reduced) ConvNeXt V2."""
+    depths, dims = VARIANTS[variant] if isinstance(variant, str) else variant
     inputs = keras.Input(input_shape, name="input")
     x = layers.Conv2D(dims[0], 4, strides=4, name="stem_conv")(inputs)
     x = _ln("stem_norm")(x)
@@ -66,4 +67,4 @@ def convnextv2(input_shape, variant="convnextv2_tiny", name=None):
             x = _block(x, dim, name=f"stage{s + 1}_block{b + 1}")
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = _ln("head_norm")(x)
-    return keras.Model(inputs, x, name=name or variant)
+    return keras.Model(inputs, x, name=name or (variant if isinstance(variant, str) else "convnextv2"))

@@ -69,12 +69,14 @@ def _y_block(x, width_out, stride, group_width, se_ratio, name):
 
 
 def regnety(input_shape, variant="regnety_4gf", se_ratio=0.25, name=None):
+    """`variant`: a REGNETY name, or its (depth, w_0, w_a, w_m, group width) for a custom (e.g. reduced) RegNetY."""
+    params = REGNETY[variant] if isinstance(variant, str) else tuple(variant)
     inputs = keras.Input(input_shape, name="input")
     x = layers.ZeroPadding2D(1, name="stem_pad")(inputs)
     x = layers.Conv2D(32, 3, strides=2, use_bias=False, name="stem_conv")(x)
     x = layers.ReLU(name="stem_relu")(_bn("stem_bn")(x))
-    for s, (width, depth, group) in enumerate(stage_params(*REGNETY[variant])):
+    for s, (width, depth, group) in enumerate(stage_params(*params)):
         for b in range(depth):
             x = _y_block(x, width, 2 if b == 0 else 1, group, se_ratio, name=f"stage{s + 1}_block{b + 1}")
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    return keras.Model(inputs, x, name=name or variant)
+    return keras.Model(inputs, x, name=name or (variant if isinstance(variant, str) else "regnety"))

@@ -1,7 +1,8 @@
 """Basic-block ResNets (ResNet-18/34) that keras.applications lacks, as Keras functional models.
 
 `imagenet` stem: 7x7/2 conv + 3x3/2 max-pool, as torchvision's resnet18/34 (ResNet34 with a 1000-class head has
-21.8M parameters). `small` stem: one 3x3/1 conv and no pooling, as MedMNIST's ResNet-18 for 28-64 px images.
+21.8M parameters). Strided layers pad symmetrically as PyTorch does, so converted torchvision / timm weights
+(`medkeras convert-weights`) give the same features. `small` stem: one 3x3/1 conv and no pooling, as MedMNIST's ResNet-18 for 28-64 px images.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ def _bn(name):
 
 def _basic_block(x, filters, stride, name):
     shortcut = x
-    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+    if stride != 1:  # torchvision pads 1 on every side; Keras' "same" would pad 0 before and 1 after
+        y = layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
+        y = layers.Conv2D(filters, 3, strides=stride, use_bias=False, name=f"{name}_conv1")(y)
+    else:
+        y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv1")(x)
     y = _bn(f"{name}_bn1")(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
@@ -39,10 +44,12 @@ def basic_resnet(
     """A ResNet of basic blocks; returns pooled features (or the last feature map with `pooling=None`)."""
     inputs = keras.Input(input_shape, name="input")
     if stem == "imagenet":
-        x = layers.Conv2D(widths[0], 7, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+        x = layers.ZeroPadding2D(3, name="stem_pad")(inputs)
+        x = layers.Conv2D(widths[0], 7, strides=2, use_bias=False, name="stem_conv")(x)
         x = _bn("stem_bn")(x)
         x = layers.ReLU(name="stem_relu")(x)
-        x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+        x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)  # after ReLU, zeros pad as PyTorch's -inf does
+        x = layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
     elif stem == "small":
         x = layers.Conv2D(widths[0], 3, padding="same", use_bias=False, name="stem_conv")(inputs)
         x = _bn("stem_bn")(x)
