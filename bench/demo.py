@@ -5,6 +5,8 @@ process), so their ratios are comparable; absolute times are this machine's.
 
     python -m bench.demo                      # default vs XLA (jit_compile)
     python -m bench.demo --variants default   # just the demo
+    git worktree add /tmp/before <commit>; python -m bench.demo --before /tmp/before --variants before default \
+        before default                        # another checkout's medkeras ("before") against this one
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ VARIANTS = {
     "eager": ["--set", "train.run_eagerly=true"],
     "parallel": ["--set", "train.deterministic=false"],  # augmentation in parallel: not reproducible
     "opdet": ["--set", "train.op_determinism=true"],
+    "before": [],  # the demo run by the checkout given with --before
 }
+TREES: dict = {}
 
 
 def run(variant: str, workdir: Path, index: int = 0) -> dict:
@@ -36,6 +40,7 @@ def run(variant: str, workdir: Path, index: int = 0) -> dict:
         [sys.executable, "-m", "medkeras", "fit", "--out", str(out), "--set", "train.verbose=0", *VARIANTS[variant]],
         capture_output=True,
         text=True,
+        cwd=TREES.get(variant),  # `python -m` puts the working directory first on the path
     )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -58,7 +63,10 @@ def main():
     parser.add_argument("--variants", nargs="+", default=["default", "xla"], choices=sorted(VARIANTS),
                         help="run in this order; repeat names to interleave rounds (default spe8 default spe8)")
     parser.add_argument("--name", default="demo", help="bench/results/NAME.json")
+    parser.add_argument("--before", help="a checkout whose medkeras runs the 'before' variant")
     args = parser.parse_args()
+    if args.before:
+        TREES["before"] = args.before
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run(v, Path(tmp), i) for i, v in enumerate(args.variants)]
     for row in rows:

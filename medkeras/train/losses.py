@@ -142,8 +142,9 @@ def one_rate_per_step(optimizer):
 
     Keras 3.15's TensorFlow optimizer evaluates `learning_rate` (a schedule: for cosine, a cond with two branch
     graphs) inside its per-variable weight-decay function: 701 times in the lung ensemble's train step, 26 s of
-    Python tracing before the first step (bench/startup.py --fit). The same rate, the same update, for every
-    variable; patched on this instance, so a saved model's optimizer config is Keras' own.
+    Python tracing before the first step (bench/startup.py --fit). The same rate for every variable, and without a
+    distribution strategy the decay is one fused kernel a variable (var -= (wd * lr) var, equal to Keras' var * wd
+    * lr to rounding). Patched on this instance, so a saved model's optimizer config is Keras' own.
     """
     if keras.backend.backend() != "tensorflow" or optimizer.weight_decay is None:
         return optimizer
@@ -152,11 +153,22 @@ def one_rate_per_step(optimizer):
     def apply_weight_decay(variables):
         def apply(distribution, variables, **kwargs):
             rate = optimizer.learning_rate  # once, in the same (cross-replica) context Keras evaluates it in
+            fused, alphas = not tf.distribute.has_strategy(), {}
 
             def decay(variable):
-                if optimizer._use_weight_decay(variable):
+                if not optimizer._use_weight_decay(variable):
+                    return
+                if not fused:
                     lr, wd = tf.cast(rate, variable.dtype), tf.cast(optimizer.weight_decay, variable.dtype)
-                    variable.assign_sub(variable * wd * lr)  # Keras' own expression, in its order
+                    variable.assign_sub(variable * wd * lr)  # Keras' own expression
+                    return
+                dtype = variable.dtype
+                if dtype not in alphas:
+                    alphas[dtype] = tf.cast(optimizer.weight_decay, dtype) * tf.cast(rate, dtype)
+                # var -= (wd * lr) * var in one kernel: two graph nodes a variable instead of six
+                tf.raw_ops.ResourceApplyGradientDescent(
+                    var=variable.handle, alpha=alphas[dtype], delta=variable.read_value(), use_locking=False
+                )
 
             for variable in variables:
                 if isinstance(variable, keras.Variable):

@@ -153,7 +153,8 @@ def test_adamw_updates_as_keras_does_with_one_rate_per_step_and_a_fused_kernel()
     # The kernel computes 1 - beta_2 in float32 (1.0000467e-3; Keras: 1e-3 from Python floats), so the weights
     # agree to ~1e-5 of what training changed them, not bit for bit.
     keras.utils.set_random_seed(0)
-    initial = [w.numpy() for w in keras.Sequential([keras.Input((8,)), keras.layers.Dense(6), keras.layers.Dense(2)]).weights]
+    fresh = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6), keras.layers.Dense(2)])
+    initial = [w.numpy() for w in fresh.weights]
     for a, b, w0 in zip(ours, keras_own, initial):
         assert np.abs(a - b).max() <= 1e-4 * np.abs(b - w0).max()
     undecayed, _ = run(True, weight_decay=0.0)
@@ -161,6 +162,7 @@ def test_adamw_updates_as_keras_does_with_one_rate_per_step_and_a_fused_kernel()
     conds = [sum(t in ("If", "StatelessIf") for t in ops) for ops in (our_ops, keras_ops)]
     assert conds == [2, 1 + 4]  # the schedule in the update and in weight decay; Keras: once per variable
     assert our_ops.count("ResourceApplyAdam") == 4 and "ResourceApplyAdam" not in keras_ops
+    assert our_ops.count("ResourceApplyGradientDescent") == 4  # weight decay, one kernel a variable
     assert len(our_ops) < 0.5 * len(keras_ops)
 
 
