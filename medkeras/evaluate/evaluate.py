@@ -184,7 +184,8 @@ def write_predictions(path, names, labels, probs, pred, class_names, logits=None
                      *([f"logit_{c}" for c in class_names] if logits is not None else [])])
     for i, (name, y, p, yhat) in enumerate(zip(names, labels, probs, pred)):
         extra = [f"{v:.7g}" for v in logits[i]] if logits is not None else []
-        writer.writerow([name, *[f"{v:.6f}" for v in p], class_names[yhat], class_names[y], *extra])
+        # 9 significant digits: a float32 probability exactly, so no ties appear that the model did not make
+        writer.writerow([name, *[f"{v:.9g}" for v in p], class_names[yhat], class_names[y], *extra])
     with atomic_path(path) as tmp:
         tmp.write_text(buf.getvalue())
 

@@ -164,8 +164,11 @@ def bootstrap_intervals(labels, probs, class_names, positive_class=None, thresho
     for k, value in point.items():
         values = np.asarray(samples[k], dtype=np.float64)
         count, what = cases.get(k, cases.get("_all", (len(labels), "cases")))
-        if value is None or len(values) < max(10, len(draws.indices) // 10):
-            out[k] = {"value": value, "lower": None, "upper": None}
+        if value is None:  # e.g. PPV of a model that predicts no positives
+            out[k] = {"value": None, "lower": None, "upper": None, "note": f"undefined: {count} {what}"}
+        elif len(values) < max(10, len(draws.indices) // 10):
+            out[k] = {"value": value, "lower": None, "upper": None,
+                      "note": f"defined in only {len(values)} of {len(draws.indices)} resamples: no interval"}
         elif count < MIN_CASES:
             out[k] = {"value": value, "lower": None, "upper": None,
                       "note": f"{count} {what}: too few for an interval"}

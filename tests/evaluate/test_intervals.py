@@ -54,10 +54,13 @@ def test_every_figure_has_an_interval_or_says_why_not(tiny_run):
     few = np.concatenate([np.flatnonzero(labels == 0)[:3], np.flatnonzero(labels == 1)[:60]])  # 3 positives
     ci = bootstrap_intervals(labels[few], probs[few], names, "malignant", n=300)
     assert ci["sensitivity"]["lower"] is None and ci["sensitivity"]["note"] == "3 positives: too few for an interval"
-    assert ci["specificity"]["lower"] is not None  # 60 negatives are enough
+    assert "too few" not in (ci["specificity"].get("note") or "")  # 60 negatives are enough
     everything_positive = np.stack([np.ones(len(labels)) * 0.9, np.ones(len(labels)) * 0.1], axis=1)
     ci = bootstrap_intervals(labels, everything_positive, names, "malignant", n=100)
     assert "every resample gives 1.000" in ci["sensitivity"]["note"]
+    nothing_positive = everything_positive[:, ::-1]  # PPV undefined: it says so rather than leaving a bare null
+    ci = bootstrap_intervals(labels, nothing_positive, names, "malignant", n=100)
+    assert ci["ppv"]["value"] is None and ci["ppv"]["note"] == "undefined: 0 predicted positives"
 
 
 def test_per_class_figures_of_a_k_class_task_have_intervals():
