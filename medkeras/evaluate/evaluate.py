@@ -38,7 +38,7 @@ def predict_logits(model, images, data_cfg, batch_size: int = 64, tta=False, fli
 
     labels = np.zeros(len(images), dtype=np.int64)
     ds = make_tf_dataset(images, labels, data_cfg, batch_size, training=False).map(lambda x, y: x)
-    logits = [np.asarray(model.predict(ds, verbose=0), dtype=np.float32)]
+    logits = [np.asarray(model.predict(ds, verbose=0), dtype=np.float32)]  # (N, K), or (outputs, N, K)
     if tta:
         for flip in flips:
             axes = FLIPS[flip]
@@ -48,12 +48,26 @@ def predict_logits(model, images, data_cfg, batch_size: int = 64, tta=False, fli
 
 def member_logits(model, images, data_cfg, batch_size=64, tta=False, flips=("horizontal",)) -> dict:
     """{member name: logits} for each member of an ensemble (empty for a single model)."""
+    return predict_with_members(model, images, data_cfg, batch_size, tta, flips)[1]
+
+
+def predict_with_members(model, images, data_cfg, batch_size=64, tta=False, flips=("horizontal",)):
+    """-> (the model's logits, {member name: logits}) from one pass of the ensemble's own graph.
+
+    The members' logits are the inputs of the ensemble's average, so one model with those as extra outputs gives
+    them all: one trace and one forward pass, where predicting each member apart took a trace and a pass each
+    (TensorFlow warned of "retracing" for these separate predict functions)."""
+    import keras
+
     from medkeras.models.ensemble import members_of
 
-    members = members_of(model)
-    if len(members) < 2:
-        return {}
-    return {m.name: predict_logits(m, images, data_cfg, batch_size, tta, flips) for m in members}
+    if len(members_of(model)) < 2 or "average_logits" not in [layer.name for layer in model.layers]:
+        return predict_logits(model, images, data_cfg, batch_size, tta, flips), {}
+    parts = model.get_layer("average_logits").input
+    names = [t._keras_history.operation.name for t in parts]
+    joint = keras.Model(model.inputs, [model.outputs[0], *parts], name=f"{model.name}_with_members")
+    stacked = predict_logits(joint, images, data_cfg, batch_size, tta, flips)  # (1 + M, N, K)
+    return stacked[0], dict(zip(names, stacked[1:]))
 
 
 def operating_point(val_labels, val_logits, class_names, positive_class, temperature, rule) -> float:
@@ -207,8 +221,10 @@ def score_split(model, meta, split_name, dataset, cfg, tta=None, threshold=None,
         images, labels, names, bad = split_arrays(dataset.splits[split_name], cfg.data, on_bad_file)
     if len(labels) == 0:
         raise DataError(cfg.data.source, f"the {split_name} split is empty: nothing to evaluate")
-    logits = predict_logits(model, images, cfg.data, eval_cfg.batch_size, tta, eval_cfg.tta_flips)
-    members = member_logits(model, images, cfg.data, eval_cfg.batch_size, tta, eval_cfg.tta_flips) if analysis else {}
+    if analysis:
+        logits, members = predict_with_members(model, images, cfg.data, eval_cfg.batch_size, tta, eval_cfg.tta_flips)
+    else:
+        logits, members = predict_logits(model, images, cfg.data, eval_cfg.batch_size, tta, eval_cfg.tta_flips), {}
     if thresholds is None:
         thresholds = meta.get("thresholds", {}) if threshold is None else {}
     thr = float(meta.get("threshold", 0.5)) if threshold is None else float(threshold)

@@ -206,3 +206,24 @@ def test_gradcam_runs_on_registry_backbones(name):
     maps = gradcam(member, x, [0, 1])
     assert maps.shape == (2, size, size) and np.isfinite(maps).all()
     assert maps.min() >= 0.0 and maps.max() <= 1.0 + 1e-6
+
+
+def test_members_logits_come_from_the_ensembles_one_pass(breast):
+    """predict_with_members: the ensemble's logits and each member's from one graph (one trace, one pass) equal
+    predicting the ensemble and each member apart, with TTA and with fitted fusion weights, on real images."""
+    from medkeras.config import DataConfig
+    from medkeras.evaluate.evaluate import predict_logits, predict_with_members
+    from medkeras.models import build_ensemble, build_member, members_of
+
+    images = breast.splits["test"].images[:10]
+    data_cfg = DataConfig(source="breastmnist", image_size=32)
+    members = [build_member(n, 2, 32, member_name=n) for n in ("cnn8_small", "resnet18_small")]
+    for model in (build_ensemble(members, 32), build_ensemble(members, 32, weights=[0.3, 0.7])):
+        logits, by_member = predict_with_members(model, images, data_cfg, batch_size=4, tta=True)
+        assert list(by_member) == ["cnn8_small", "resnet18_small"]
+        np.testing.assert_allclose(logits, predict_logits(model, images, data_cfg, 4, tta=True), atol=1e-5)
+        for member in members_of(model):
+            apart = predict_logits(member, images, data_cfg, 4, tta=True)
+            np.testing.assert_allclose(by_member[member.name], apart, atol=1e-5)
+    single, none = predict_with_members(members[0], images, data_cfg, batch_size=4)
+    assert none == {} and single.shape == (10, 2)
