@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from medkeras.progress import step
 from medkeras.utils import atomic_path, atomic_write_json
 
 FLIPS = {"horizontal": [2], "vertical": [1], "both": [1, 2]}
+_JOINT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # ensemble -> itself with its members' logits
 
 
 def predict_logits(model, images, data_cfg, batch_size: int = 64, tta=False, flips=("horizontal",)) -> np.ndarray:
@@ -65,7 +67,9 @@ def predict_with_members(model, images, data_cfg, batch_size=64, tta=False, flip
         return predict_logits(model, images, data_cfg, batch_size, tta, flips), {}
     parts = model.get_layer("average_logits").input
     names = [t._keras_history.operation.name for t in parts]
-    joint = keras.Model(model.inputs, [model.outputs[0], *parts], name=f"{model.name}_with_members")
+    joint = _JOINT.get(model)  # one per ensemble, so validation and test share its traced predict function
+    if joint is None:
+        joint = _JOINT[model] = keras.Model(model.inputs, [model.outputs[0], *parts], name=f"{model.name}_with_members")
     stacked = predict_logits(joint, images, data_cfg, batch_size, tta, flips)  # (1 + M, N, K)
     return stacked[0], dict(zip(names, stacked[1:]))
 
