@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from medkeras.evaluate.metrics import auroc, softmax
-from medkeras.utils import atomic_write_json
+from medkeras.utils import atomic_path, atomic_write_json, atomic_write_text
 
 
 class ValidationMetrics(keras.callbacks.Callback):
@@ -73,6 +73,28 @@ class BestCheckpoint(keras.callbacks.Callback):
             self.directory / "best.json",
             {"epoch": epoch + 1, "monitor": self.monitor, "value": self.best, "logs": {k: float(v) for k, v in logs.items()}},
         )
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore with every file written whole (a temporary file, then one rename). Keras writes
+    `latest.weights.h5` in place: a kill during its first backup (no `.bkp` to fall back on yet) left a truncated
+    file that `--resume` could not open ("bad object header version number"; found by the kill test in CI)."""
+
+    def _save_model(self):
+        import json
+        import shutil
+
+        Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
+        if self.double_checkpoint:
+            for source, copy in ((self._weights_path, self._prev_weights_path),
+                                 (self._training_metadata_path, self._prev_training_metadata_path)):
+                if Path(source).exists():
+                    with atomic_path(copy) as tmp:
+                        shutil.copyfile(source, tmp)
+        with atomic_path(self._weights_path, suffix=".weights.h5") as tmp:
+            self.model.save_weights(str(tmp))
+        atomic_write_text(self._training_metadata_path,
+                          json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
 
 
 class EpochLog(keras.callbacks.CSVLogger):

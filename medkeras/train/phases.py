@@ -13,6 +13,7 @@ from pathlib import Path
 
 from medkeras.config import Config
 from medkeras.train.rundir import Timer, backup_epoch, truncate_log
+from medkeras.utils import atomic_path
 
 
 @dataclass
@@ -128,6 +129,7 @@ def train_model(ctx: Context, model, tag: str | None = None, sized: bool = False
 
     from medkeras.models.io import load_model, save_model
     from medkeras.train.callbacks import (
+        AtomicBackupAndRestore,
         BestCheckpoint,
         EpochBoard,
         EpochLog,
@@ -173,7 +175,7 @@ def train_model(ctx: Context, model, tag: str | None = None, sized: bool = False
             BestCheckpoint(ckpt, tc.monitor, save=lambda m, p: save_model(m, p, ctx.meta)),
             EpochLog(str(log), append=ctx.resume or start > 0),
             # kept after training (delete_checkpoint=False): `--resume` with more epochs continues a finished run
-            keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True, delete_checkpoint=False),
+            AtomicBackupAndRestore(str(backup), double_checkpoint=True, delete_checkpoint=False),
             EpochBoard(str(ctx.run_dir / "tensorboard" / (tag or "")), write_graph=False, profile_batch=0),
             _first_step_callback(ctx.timer, f"phase {name}{f' of {tag}' if tag else ''}: building the graph"),
         ]
@@ -208,7 +210,8 @@ def train_model(ctx: Context, model, tag: str | None = None, sized: bool = False
                 verbose=_verbose(tc.verbose),
             )
         if index < len(plan) - 1:
-            model.save_weights(str(done))
+            with atomic_path(done, suffix=".weights.h5") as tmp:  # whole or absent: resume loads it
+                model.save_weights(str(tmp))
         start = end
     best = json.loads((ckpt / "best.json").read_text()) if (ckpt / "best.json").is_file() else {}
     if (ckpt / "best.keras").is_file():

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -482,3 +483,37 @@ def test_balanced_sampling_trains(tmp_path):
                      "--set", "model.backbones=[cnn8_small]", "--set", "eval.bootstrap=0")
     assert result.returncode == 0, result.stderr[-2000:]
     assert np.isfinite(float(_rows(tmp_path / "run" / "train_log.csv")[0]["loss"]))
+
+
+def test_resume_backup_is_written_whole_or_not_at_all(tmp_path):
+    """A kill while the resume backup is written leaves the previous backup in place, never a truncated
+    latest.weights.h5 that --resume cannot open (CI's kill test once caught Keras' in-place write)."""
+    import keras
+
+    from medkeras.train.callbacks import AtomicBackupAndRestore
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile("adam", "mse")
+    backup = tmp_path / "backup"
+    callback = AtomicBackupAndRestore(str(backup), double_checkpoint=True, delete_checkpoint=False)
+    callback.set_model(model)
+    callback._current_epoch, callback._last_batch_seen = 1, 0
+    callback._save_model()
+    latest = backup / "latest.weights.h5"
+    whole = latest.read_bytes()
+
+    def killed_midway(path, *args, **kwargs):
+        Path(path).write_bytes(whole[:100])  # what a kill -9 during the write leaves
+        raise KeyboardInterrupt
+
+    model.save_weights = killed_midway
+    with pytest.raises(KeyboardInterrupt):
+        callback._save_model()
+    assert latest.read_bytes() == whole
+    assert sorted(p.name for p in backup.iterdir() if p.name.startswith(".")) == []
+    fresh = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    fresh.compile("adam", "mse")
+    restore = AtomicBackupAndRestore(str(backup), double_checkpoint=True, delete_checkpoint=False)
+    restore.set_model(fresh)
+    restore.on_train_begin()
+    np.testing.assert_array_equal(fresh.layers[0].kernel.numpy(), model.layers[0].kernel.numpy())
