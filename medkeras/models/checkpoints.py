@@ -38,8 +38,8 @@ def _bfloat16_to_float32(raw: bytes) -> np.ndarray:
 
 
 def _rebuild_tensor(storage, offset, size, stride, *_ignored):
-    if not size:
-        return storage[offset].copy()
+    if not size:  # a 0-d tensor (e.g. num_batches_tracked) stays an array, so it is kept with the rest
+        return np.array(storage[offset])
     item = storage.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size), strides=[s * item for s in stride])
     return np.array(view)

@@ -111,9 +111,7 @@ def _tensors_for(layer, prefix: str) -> list[str]:
     kind = type(layer).__name__
     if kind == "BatchNormalization":
         return [f"{prefix}.{n}" for n in ("weight", "bias", "running_mean", "running_var")]
-    if kind == "LayerNormalization":
-        return [f"{prefix}.weight", f"{prefix}.bias"]
-    if kind == "GlobalResponseNorm":
+    if kind in ("LayerNormalization", "GlobalResponseNorm"):
         return [f"{prefix}.weight", f"{prefix}.bias"]
     return [f"{prefix}.weight"] + ([f"{prefix}.bias"] if getattr(layer, "use_bias", False) else [])
 

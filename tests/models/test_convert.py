@@ -141,6 +141,21 @@ def test_wrong_checkpoints_are_one_line(tmp_path):
                                                                                     "convnextv2_base", "regnety_8gf"}
 
 
+def test_scalars_and_bfloat16_are_read(tmp_path):
+    """0-d tensors of a .pth (BatchNorm's num_batches_tracked) come back as arrays; bfloat16 safetensors (numpy has
+    no bfloat16) are widened to float32 exactly."""
+    import struct
+
+    state = read_state_dict(FIXTURES / "resnet34.pth")
+    assert state["bn1.num_batches_tracked"].shape == () and state["bn1.num_batches_tracked"].dtype == np.int64
+    values = np.array([[0.5, -2.0, 3.0], [1.0, 0.0, -0.25]], "float32")  # exact in bfloat16
+    raw = (values.view(np.uint32) >> 16).astype("<u2").tobytes()
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, len(raw)]}}).encode()
+    path = tmp_path / "bf16.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + raw)
+    np.testing.assert_array_equal(read_state_dict(path)["w"], values)
+
+
 def test_unpickler_refuses_code(tmp_path):
     """A .pth whose pickle names anything but tensors and dicts is refused, never run (as weights_only=True)."""
     import pickle
