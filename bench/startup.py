@@ -74,7 +74,7 @@ def fit_worker(variant: str, backbones, size: int, batch: int, steps: int) -> di
         del optimizer._apply_weight_decay  # back to Keras' own method
     if not fused:
         del optimizer._distributed_tf_update_step
-    model.compile(optimizer=optimizer, loss=loss, metrics=["sparse_categorical_accuracy"])
+    model.compile(optimizer=optimizer, loss=loss, metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     if prebuild:
         build_optimizer(model)
     marks["build_s"] = time.perf_counter() - t

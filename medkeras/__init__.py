@@ -32,7 +32,7 @@ _LAZY = {
     "open_model": "medkeras.models.io",
     "save_model": "medkeras.models.io",
     "fit": "medkeras.train.fit",
-    "evaluate": "medkeras.evaluate.evaluate",
+    "evaluate": "medkeras.evaluation.evaluate",
     "export_savedmodel": "medkeras.export.savedmodel",
     "predict": "medkeras.export.predict",
 }

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from medkeras.errors import ConfigError, MedkerasError
+from medkeras.errors import ConfigError, MedkerasError, one_line
 
 _DEBUG = {"on": False}
 
@@ -74,7 +74,7 @@ def fit(config, out, overrides, resume, overwrite):
 
 
 def _print_summary(run_dir):
-    from medkeras.evaluate.metrics import summary_lines
+    from medkeras.evaluation.metrics import summary_lines
 
     for line in summary_lines(run_dir):
         click.echo(line)
@@ -163,7 +163,7 @@ def prepare(data, out, config, overrides, window, size, on_bad_file, workers, ov
 @click.option("--data", help="Evaluate on another data source (same classes).")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory (default <run>/eval-<split>).")
-@click.option("--tta/--no-tta", default=None, help="Average logits over flips (default: the config's eval.tta).")
+@click.option("--tta/--no-tta", default=None, help="Average logits over flips (default: as the model serves them).")
 @click.option(
     "--threshold",
     help="Binary operating point: a number, or youden / f1 / sensitivity@0.95 / specificity@0.9 chosen on the "
@@ -179,7 +179,7 @@ def eval_cmd(model, data, split, out, tta, threshold):
       medkeras eval runs/ct/model.keras --data other_hospital.csv --out eval-other
     """
     _tf()
-    from medkeras.evaluate.evaluate import evaluate
+    from medkeras.evaluation.evaluate import evaluate
 
     result = evaluate(model, data=data, split=split, out=out, tta=tta, threshold=threshold)
     auroc = "undefined" if result.get("auroc") is None else f"{result['auroc']:.3f}"
@@ -264,7 +264,7 @@ def gradcam(model, inputs, out):
       medkeras gradcam runs/ct scans/case1/ --out cams/
     """
     _tf()
-    from medkeras.evaluate.gradcam import write_overlays
+    from medkeras.evaluation.gradcam import write_overlays
     from medkeras.models.io import open_model
 
     loaded = open_model(model, keras_only=True, purpose="Grad-CAM")
@@ -383,7 +383,7 @@ def main(argv=None):
     except MedkerasError as exc:
         if _DEBUG["on"]:
             traceback.print_exc()
-        click.echo(f"medkeras: error: {exc}", err=True)
+        click.echo(f"medkeras: error: {one_line(exc)}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("medkeras: interrupted", err=True)
@@ -391,8 +391,8 @@ def main(argv=None):
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if _DEBUG["on"]:
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        click.echo(f"medkeras: error: {type(exc).__name__}: {first} (run with --debug for the traceback)", err=True)
+        click.echo(f"medkeras: error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)",
+                   err=True)
         sys.exit(1)
     sys.exit(0)
 

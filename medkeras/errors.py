@@ -47,3 +47,14 @@ def raise_if_resource(exc: BaseException, path) -> None:
         what = "out of memory" if isinstance(exc, MemoryError) else str(exc).splitlines()[0]
         raise ResourceError(f"{path}: cannot read it now: {what} (a limit of this machine, not a fault of the file)") from exc
 
+
+
+def one_line(exc: BaseException) -> str:
+    """The error as one line. An error raised inside a traced function (a tf.data map, a `tf.function`) reaches us
+    with TensorFlow's "in user code: File ..." frames prepended to its message; its own message is the last line."""
+    text = str(exc).strip()
+    if "in user code:" in text:
+        last = [line.strip() for line in text.splitlines() if line.strip()][-1]
+        prefix = f"{type(exc).__name__}: "
+        text = last[len(prefix):] if last.startswith(prefix) else last
+    return text.splitlines()[0] if text else ""

@@ -61,6 +61,11 @@ def test_eval_on_the_model_file_with_tta_and_val_split(tiny_run, tmp_path):
         (["fit", "--set", "model.backbones=[resnet5]"], 2, "unknown backbone 'resnet5'"),
         (["fit", "nosuchconfig"], 2, "unknown config 'nosuchconfig'"),
         (["fit", "--set", "data.source=/no/such/dir"], 1, "/no/such/dir: data source not found"),
+        # combinations that failed mid-run, after reading every file, now refused before any work
+        (["fit", "--set", "data.window=[lung,bone]"], 2, "'data.window' gives 2 windows"),
+        (["fit", "--set", "train.monitor=val_los"], 2, "'train.monitor': unknown value 'val_los' (did you mean 'val_loss'"),
+        (["fit", "--set", "model.backbones=[vgg19_bn]", "--set", "train.size_schedule=[[1, 16], [2, 28]]"], 2,
+         "backbone 'vgg19_bn' takes one input size only"),
         (["eval", "/no/such/run"], 2, "does not exist"),
         (["frobnicate"], 2, "No such command"),
     ],
@@ -70,7 +75,7 @@ def test_errors_are_one_line_with_exit_status(args, code, message):
     assert result.returncode == code, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("medkeras: error: ") and message in lines[-1]
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and "in user code" not in result.stderr
 
 
 def test_unreadable_model_file(tmp_path):

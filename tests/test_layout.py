@@ -8,9 +8,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "medkeras"
-# data -> models -> evaluate -> train -> export: a module imports only from its own layer and those to its left.
+# data -> models -> evaluation -> train -> export: a module imports only from its own layer and those to its left.
 # (Training validates every epoch and ends a run by evaluating it, so evaluation sits below training.)
-LAYERS = ("data", "models", "evaluate", "train", "export")
+LAYERS = ("data", "models", "evaluation", "train", "export")
 # import name -> distribution, where they differ; extras are optional features (tracking, ONNX)
 DISTRIBUTIONS = {"PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn", "absl": "absl-py",
                  "tensorflow_datasets": "tensorflow-datasets"}

@@ -12,8 +12,9 @@ import difflib
 from medkeras.config.schema import Config
 from medkeras.data.windows import parse_windows
 from medkeras.errors import ConfigError
-from medkeras.evaluate.thresholds import parse_rule
+from medkeras.evaluation.thresholds import parse_rule
 from medkeras.models.backbones import check_backbone_name
+from medkeras.train.monitors import LOGGED
 
 
 def _one_of(key, value, allowed):
@@ -45,6 +46,10 @@ def _validate_size_schedule(cfg: Config) -> None:
     for name in cfg.train.size_schedule_members or []:
         if name not in cfg.model.backbones:
             raise ConfigError(f"config key 'train.size_schedule_members' names '{name}', not among model.backbones")
+    for name in cfg.train.size_schedule_members or cfg.model.backbones:
+        if check_backbone_name(name).fixed_size:
+            raise ConfigError(f"config key 'train.size_schedule': backbone '{name}' takes one input size only; leave it "
+                              "out with train.size_schedule_members (train.ensemble: separate)")
 
 
 def validate(cfg: Config) -> None:
@@ -52,7 +57,10 @@ def validate(cfg: Config) -> None:
     if not cfg.model.backbones:
         raise ConfigError("config key 'model.backbones' must name at least one backbone")
     for name in cfg.model.backbones:
-        check_backbone_name(name)
+        try:
+            check_backbone_name(name)
+        except ConfigError as exc:
+            raise ConfigError(f"config key 'model.backbones': {exc}") from None
     _one_of("model.head", cfg.model.head, ("linear", "mlp"))
     _one_of("train.optimizer", cfg.train.optimizer, ("adam", "adamw", "sgd"))
     _one_of("train.schedule", cfg.train.schedule, ("cosine", "step", "plateau", "constant"))
@@ -60,6 +68,7 @@ def validate(cfg: Config) -> None:
     _one_of("train.precision", cfg.train.precision, ("float32", "mixed_float16", "mixed_bfloat16"))
     _one_of("train.ensemble", cfg.train.ensemble, ("joint", "separate"))
     _one_of("train.strategy", cfg.train.strategy, ("auto", "one_device", "mirrored", "multiworker"))
+    _one_of("train.monitor", cfg.train.monitor, LOGGED)
     _validate_size_schedule(cfg)
     if cfg.train.strategy == "multiworker" and cfg.train.ensemble == "separate":
         raise ConfigError("train.strategy multiworker trains the ensemble jointly (set train.ensemble: joint)")
@@ -114,3 +123,6 @@ def validate(cfg: Config) -> None:
             f"config key 'model.ensemble_weights' has {len(weights)} values for {len(cfg.model.backbones)} backbones"
         )
     cfg.data.window = parse_windows(cfg.data.window) or None  # resolved once: [[level, width], ...]
+    if cfg.data.window and len(cfg.data.window) not in (1, 3):  # each window a channel; the stems take 3
+        raise ConfigError(f"config key 'data.window' gives {len(cfg.data.window)} windows, one channel each; the "
+                          "backbones take 3 channels: give 1 window (repeated to 3) or 3")

@@ -120,7 +120,9 @@ class TrainConfig:
     size_schedule: Optional[list] = None
     size_schedule_members: Optional[list] = None  # with train.ensemble: separate, the members trained under it
     steps_per_epoch: Optional[int] = None  # default: the whole training split
-    monitor: str = "val_auroc"  # best checkpoint by this validation metric (higher is better)
+    # the best checkpoint, early stopping and the plateau schedule follow this logged metric: val_auroc,
+    # val_accuracy, val_loss (minimised), accuracy or loss (minimised; the training split's)
+    monitor: str = "val_auroc"
     jit_compile: Any = False  # XLA: true, false or "auto" (measure first: it slows EfficientNet on CPU)
     run_eagerly: bool = False  # Keras' run_eagerly (debugging; tiny test fits build faster)
     # Train steps per compiled call (Keras' compile(steps_per_execution)): fewer Python round trips for small

@@ -1,6 +1,7 @@
 """`medkeras export --format onnx`: the Keras model's logits graph as ONNX (Keras' own exporter, via tf2onnx).
 
-ONNX carries the graph from pixels to logits, with each backbone's normalization inside; the temperature,
+ONNX carries the graph from pixels to logits, with each backbone's normalization and the model's test-time flips
+inside; the temperature,
 threshold and class names travel beside it in `preprocessing.json` and `labels.txt` (apply
 softmax(logits / temperature), then the threshold on the positive class). Verified with onnxruntime.
 """
@@ -35,7 +36,7 @@ def export_onnx(model_path, base, name=None, version=None) -> dict:
     from medkeras.data.resize import to_model_pixels
 
     loaded, model_dir, version, target = open_export(model_path, base, name, version)
-    model, meta = loaded.model, loaded.meta
+    model, meta = loaded.scoring_model(), loaded.meta  # with its test-time flips in the graph
     images, source, _, _ = verification_batch(loaded)
     pixels = to_model_pixels(images, loaded.image_size)
     expected = np.asarray(model.predict(pixels, verbose=0))

@@ -1,8 +1,8 @@
 """`medkeras predict`: score files and folders with a run directory, a `.keras` file or an exported SavedModel.
 
 Inputs are read by the readers exactly as in training (`read_image`: DICOM to HU and windows, PNG/JPEG/NPY to
-pixels), resized by the same rule, and scored in batches; the label uses the model's saved threshold and
-temperature (`models.outputs`, as the SavedModel's graph does).
+pixels), resized by the same rule, and scored in batches by the model with its test-time flips (`models/tta.py`);
+the label uses the model's saved threshold and temperature (`models.outputs`, as the SavedModel's graph does).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Scorer:
 
             out = loaded.model.signatures["serving_default"](image=tf.constant(pixels, tf.float32))
             return out["probabilities"].numpy(), out["label"].numpy(), out["logits"].numpy()
-        logits = np.asarray(loaded.model.predict(pixels, verbose=0), dtype=np.float32)
+        logits = np.asarray(loaded.scoring_model().predict(pixels, verbose=0), dtype=np.float32)
         probs = softmax(logits, loaded.temperature)
         return probs, predict_labels(probs, loaded.positive_index, loaded.threshold), logits
 
@@ -49,7 +49,7 @@ def write_groups(out, scorer, rows) -> list:
     model's aggregate rule; each level's threshold chosen on validation). -> the files written."""
     from pathlib import Path
 
-    from medkeras.evaluate.aggregate import aggregate, write_group_predictions
+    from medkeras.evaluation.aggregate import aggregate, write_group_predictions
 
     loaded, written = scorer.loaded, []
     rule = loaded.meta.get("aggregate") or {"levels": ["series", "patient"], "rule": "mean", "topk": 3}

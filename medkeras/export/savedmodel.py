@@ -34,6 +34,8 @@ def next_version(model_dir: Path) -> int:
 
 def preprocessing_facts(meta: dict) -> dict:
     """What `assets/preprocessing.json` says: enough for a client to know what to send."""
+    from medkeras.models.tta import flips_of
+
     return {
         "image_size": meta["image_size"],
         "channels": meta.get("channels", 3),
@@ -47,7 +49,11 @@ def preprocessing_facts(meta: dict) -> dict:
         "positive_class": meta.get("positive_class"),
         "threshold": meta.get("threshold", 0.5),
         "temperature": meta.get("temperature", 1.0),
+        "tta_flips": flips_of(meta),
+        "tta": "logits averaged over the image and these flips, inside every signature" if flips_of(meta) else "none",
         "backbones": meta.get("backbones", []),
+        # fit saves every model computing in float32, whatever policy it trained under (models/io.py: in_float32)
+        "trained_precision": meta.get("trained_precision", "float32"),
         "medkeras_version": medkeras.__version__,
     }
 
@@ -57,17 +63,20 @@ def build_archive(model, meta: dict, fold: bool = True):
 
     `fold`: serve a copy with BatchNormalization folded into the convolutions (`export/fold.py`: 1.1-1.15x
     faster inference here, same outputs within 4e-6; the verification checks it against the unfolded model).
+    The model's test-time flips (`meta["tta_flips"]`) are averaged inside every signature (`models/tta.py`).
     """
     import keras
     import tensorflow as tf
 
     from medkeras.data.readers import decode_encoded, hu_to_pixels
     from medkeras.data.resize import to_model_input
+    from medkeras.models.tta import flips_of, with_tta
 
     if fold:
         from medkeras.export.fold import fold_batchnorm
 
         model, _ = fold_batchnorm(model)
+    model = with_tta(model, flips_of(meta))
 
     size = int(meta["image_size"])
     temperature = float(meta.get("temperature", 1.0))

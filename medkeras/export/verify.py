@@ -136,7 +136,7 @@ def verify_export(path: Path, loaded, target=None) -> dict:
     from medkeras.data.resize import to_model_pixels
     from medkeras.models.outputs import softmax
 
-    size, model = loaded.image_size, loaded.model
+    size, model = loaded.image_size, loaded.scoring_model()  # with its test-time flips, as every signature
     pixels, source, split, _ = verification_batch(loaded)
 
     def keras_probs(batch):
@@ -149,8 +149,11 @@ def verify_export(path: Path, loaded, target=None) -> dict:
         expected = {
             "serving_default": keras_probs(pixels),
             "serving_default_resized": keras_probs(resized),
-            "serve_encoded": np.concatenate([keras_probs(read_image(f)[None]) for f in files]),
-            "serve_hu": np.concatenate([keras_probs(hu_to_pixels(h, loaded.windows)[None]) for h in hu]),
+            # each in one batch, as the signature gets them: under mixed_bfloat16 a CPU's kernels round differently
+            # at other batch sizes (logits 9e-5 apart between batches of 1 and 4, measured)
+            "serve_encoded": keras_probs(np.concatenate([to_model_pixels(read_image(f)[None], size) for f in files])),
+            "serve_hu": keras_probs(np.concatenate([to_model_pixels(hu_to_pixels(h, loaded.windows)[None], size)
+                                                    for h in hu])),
         }
         np.savez(Path(tmp) / "inputs.npz", pixels=pixels, resized=resized, hu=hu)
         proc = subprocess.run(

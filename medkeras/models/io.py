@@ -21,6 +21,28 @@ META_NAME = "medkeras.json"
 REQUIRED = ("class_names", "image_size")  # what every use of a saved model reads
 
 
+def in_float32(model):
+    """`model` computing in float32 throughout (a copy, same weights), or `model` itself where it already does.
+
+    A model trained under a mixed policy is saved like this: its weights are float32 already, and evaluation,
+    `predict` and every export then compute what it serves. Under mixed_bfloat16 a CPU's kernels round differently at
+    other batch sizes (probabilities 3e-4 apart between a batch of 1 and one of 64, measured on a BreastMNIST
+    recipe), so the same image could get a label in TF Serving other than the one the report counted.
+    """
+    import keras
+
+    layers = model._flatten_layers(include_self=True, recursive=True)
+    if all(layer.dtype_policy.name == "float32" for layer in layers):
+        return model
+
+    def clone(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def save_model(model, path, meta: dict) -> Path:
     """Save `model` to `path` (.keras) with `meta` inside, replacing any old file only once complete."""
     path = Path(path)
@@ -72,6 +94,19 @@ class LoadedModel:
     @property
     def temperature(self) -> float:
         return float(self.meta.get("temperature", 1.0))
+
+    @property
+    def tta_flips(self) -> list:
+        """The flips it is scored with ([] for none): inside the graph of an export, `with_tta` for a Keras model."""
+        from medkeras.models.tta import flips_of
+
+        return flips_of(self.meta)
+
+    def scoring_model(self):
+        """The Keras model as every path scores it: with its test-time flips averaged in the graph."""
+        from medkeras.models.tta import with_tta
+
+        return with_tta(self.model, self.tta_flips)
 
 
 def _read_keras_meta(path: Path) -> dict:

@@ -12,7 +12,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from medkeras.evaluate.metrics import auroc, softmax
+from medkeras.evaluation.metrics import auroc, softmax
+from medkeras.train.monitors import monitor_mode
 from medkeras.utils import atomic_path, atomic_write_json, atomic_write_text
 
 
@@ -42,7 +43,8 @@ class ValidationMetrics(keras.callbacks.Callback):
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Keep the best model by a validation metric (higher is better): `best.keras` and `best.json` (epoch, logs).
+    """Keep the best model by a logged metric (lowest for losses, else highest: `monitors.py`): `best.keras` and
+    `best.json` (epoch, logs).
 
     Writes are atomic (a temporary file renamed into place), so a kill never leaves a half-written checkpoint.
     """
@@ -51,27 +53,30 @@ class BestCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.directory = Path(directory)
         self.monitor = monitor
+        self.sign = 1.0 if monitor_mode(monitor) == "max" else -1.0  # compared as sign * value, higher better
         self.best = -np.inf
         self.save = save  # callable(model, path) -> writes the .keras file
         state = self.directory / "best.json"
         if state.is_file():  # resumed run: keep beating the best so far, not -inf
             import json
 
-            self.best = float(json.loads(state.read_text()).get("value", -np.inf))
+            recorded = json.loads(state.read_text()).get("value")
+            self.best = -np.inf if recorded is None else self.sign * float(recorded)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         value = logs.get(self.monitor)
         if value is None:
             raise KeyError(f"train.monitor '{self.monitor}' is not among the logged metrics {sorted(logs)}")
-        if not np.isfinite(value) or value <= self.best:
+        if not np.isfinite(value) or self.sign * value <= self.best:
             return
-        self.best = float(value)
+        self.best = self.sign * float(value)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.save(self.model, self.directory / "best.keras")
         atomic_write_json(
             self.directory / "best.json",
-            {"epoch": epoch + 1, "monitor": self.monitor, "value": self.best, "logs": {k: float(v) for k, v in logs.items()}},
+            {"epoch": epoch + 1, "monitor": self.monitor, "value": float(value),
+             "logs": {k: float(v) for k, v in logs.items()}},
         )
 
 

@@ -147,7 +147,7 @@ def _finish(out: Path, cfg: Config, folds: int, bag: bool, timer) -> dict:
 
     from medkeras.data.sources import load_dataset
     from medkeras.data.splits import pool_of
-    from medkeras.evaluate.evaluate import calibrate_on_validation, score_arrays, write_outputs
+    from medkeras.evaluation.evaluate import calibrate_on_validation, score_arrays, write_outputs
     from medkeras.models.io import load_model
     from medkeras.train.rundir import write_rows
 
@@ -202,7 +202,7 @@ def bag_folds(out: Path, cfg: Config, dataset, folds: int, meta: dict, calibrati
     logits, scored on test (with each fold alone and leave-one-out in the ensemble table) -> its test metrics."""
     import keras
 
-    from medkeras.evaluate.evaluate import score_split, write_outputs
+    from medkeras.evaluation.evaluate import score_split, write_outputs
     from medkeras.models.ensemble import build_ensemble
     from medkeras.models.io import load_model, save_model
 

@@ -30,7 +30,7 @@ def _write_duplicates(run_dir, dataset) -> None:
 
 def finish_run(ctx, model, best: dict) -> dict:
     """Calibrate, save `model.keras`, score val and test, write the report and `metrics.json` -> the metrics."""
-    from medkeras.evaluate.evaluate import (
+    from medkeras.evaluation.evaluate import (
         calibrate_on_validation,
         member_logits,
         predict_logits,
@@ -39,19 +39,21 @@ def finish_run(ctx, model, best: dict) -> dict:
         write_predictions,
     )
     from medkeras.models.ensemble import build_ensemble, fit_fusion_weights, members_of
-    from medkeras.models.io import save_model
+    from medkeras.models.io import in_float32, save_model
     from medkeras.train.tracking import log_results
 
     cfg, data, meta, run_dir = ctx.cfg, ctx.data, ctx.meta, ctx.run_dir
     dataset, (val_images, val_labels, val_names) = data.dataset, data.arrays["val"]
+    model = in_float32(model)  # under a mixed policy too, what is calibrated and scored here is what exports serve
+    meta["trained_precision"] = cfg.train.precision
     if cfg.model.fusion == "fitted" and len(members_of(model)) > 1:
-        logits = member_logits(model, val_images, cfg.data, cfg.eval.batch_size)
+        logits = member_logits(model, val_images, cfg.data, cfg.eval.batch_size, meta["tta_flips"])  # as scored
         fusion = fit_fusion_weights(list(logits.values()), val_labels)
         model = build_ensemble(members_of(model), cfg.data.image_size, fusion)
         meta["fusion_weights"] = dict(zip(logits, fusion))
     # Temperature and operating point are fitted on validation only, then saved with the model.
     with step("calibrating on the validation split and saving the model"):
-        val_logits = predict_logits(model, val_images, cfg.data, cfg.eval.batch_size, cfg.eval.tta, cfg.eval.tta_flips)
+        val_logits = predict_logits(model, val_images, cfg.data, cfg.eval.batch_size, meta["tta_flips"])
         meta.update(calibrate_on_validation(val_labels, val_logits, dataset.class_names, dataset.positive_class,
                                             cfg.eval, split=dataset.splits["val"], names=val_names))
         save_model(model, run_dir / "model.keras", meta)

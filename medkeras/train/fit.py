@@ -11,6 +11,7 @@ from pathlib import Path
 import medkeras
 from medkeras.config import Config, validate
 from medkeras.errors import MedkerasError
+from medkeras.models.tta import config_flips
 from medkeras.progress import step
 from medkeras.train.rundir import (
     Timer,
@@ -35,6 +36,7 @@ def model_meta(cfg: Config, dataset) -> dict:
         "threshold": 0.5,
         "threshold_rule": cfg.eval.threshold,
         "temperature": 1.0,
+        "tta_flips": config_flips(cfg.eval),  # scored with these flips everywhere (models/tta.py)
         "config": cfg.to_dict(),
     }
 

@@ -4,9 +4,10 @@ Keras 3.15's `model.fit` fails under MultiWorkerMirroredStrategy on every worker
 PerReplica values; tensorflow issue 72388). This loop does what the TensorFlow multi-worker guide does: the
 dataset distributed with `experimental_distribute_dataset` (sharded by data, every worker shuffling with the
 same seed), each step run on every replica with `strategy.run`, the loss scaled with
-`tf.nn.compute_average_loss` to the global batch, and gradients all-reduced by the Keras optimizer. It drives the
-same Keras callbacks `fit` uses (validation metrics, best checkpoint, CSV log, BackupAndRestore, TensorBoard,
-early stopping, progressive resizing), so checkpoints, `train_log.csv` and `--resume` behave the same.
+`tf.nn.compute_average_loss` to the global batch (and by a dynamic loss scale under `mixed_float16`, as Keras'
+compile does), and gradients all-reduced by the Keras optimizer. It drives the same Keras callbacks `fit` uses
+(validation metrics, best checkpoint, CSV log, BackupAndRestore, TensorBoard, early stopping, progressive
+resizing, the weights' EMA), so checkpoints, `train_log.csv` and `--resume` behave the same.
 
 Only the chief (worker 0) writes the run directory; the other workers write their backups to a scratch
 directory, as multi-worker checkpointing requires, and stop after training.
@@ -58,7 +59,12 @@ def custom_fit(model, dataset, *, strategy, loss, optimizer, epochs, initial_epo
     import keras
     import tensorflow as tf
 
-    model.optimizer = optimizer  # callbacks (BackupAndRestore, schedules in TensorBoard) look for it here
+    if keras.mixed_precision.global_policy().name == "mixed_float16" and not isinstance(
+            optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # as Keras' compile does under mixed_float16
+    with strategy.scope():  # slots (and the loss scale, the EMA) mirrored like the weights, made before tracing
+        optimizer.build(model.trainable_variables)
+    model.optimizer = optimizer  # callbacks (BackupAndRestore, SwapEMAWeights, TensorBoard) look for it here
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     dist = strategy.experimental_distribute_dataset(dataset.repeat().with_options(options))
@@ -75,8 +81,9 @@ def custom_fit(model, dataset, *, strategy, loss, optimizer, epochs, initial_epo
             total = tf.nn.compute_average_loss(per_example)
             if model.losses:
                 total += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-        grads = tape.gradient(total, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            scaled = optimizer.scale_loss(total)  # times the dynamic loss scale under mixed_float16, else total
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))  # unscaled; a non-finite step is skipped
         labels = tf.argmax(y, axis=-1) if y.shape.rank == 2 else y
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=-1), tf.cast(labels, tf.int64)), tf.float32))
         count = tf.cast(tf.shape(logits)[0], tf.float32)

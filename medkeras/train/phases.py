@@ -7,6 +7,7 @@ loop, `loop.py`, drives the same callbacks).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,7 @@ def train_model(ctx: Context, model, tag: str | None = None, sized: bool = False
         size_schedule,
     )
     from medkeras.train.losses import make_optimizer
+    from medkeras.train.monitors import monitor_mode
 
     tc, data = ctx.cfg.train, ctx.data
     ckpt = ctx.run_dir / "checkpoints" / (tag or "")
@@ -155,12 +157,15 @@ def train_model(ctx: Context, model, tag: str | None = None, sized: bool = False
         if ctx.resume:
             truncate_log(log, backup_epoch(backup) or start)
         set_backbones_trainable(model, not frozen, batchnorm_modes(ctx.cfg))
-        optimizer = make_optimizer(tc, data.steps, end - start, rate)
+        with ctx.multiworker.scope() if ctx.multiworker is not None else contextlib.nullcontext():
+            optimizer = make_optimizer(tc, data.steps, end - start, rate)  # its variables mirrored where trained
         if ctx.multiworker is None:
             model.compile(
                 optimizer=optimizer,
                 loss=data.loss,
-                metrics=["categorical_accuracy" if data.one_hot else "sparse_categorical_accuracy"],
+                # logged as `accuracy`, beside ValidationMetrics' val_accuracy
+                metrics=[keras.metrics.CategoricalAccuracy(name="accuracy") if data.one_hot
+                         else keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
                 jit_compile=tc.jit_compile,
                 run_eagerly=tc.run_eagerly,
                 steps_per_execution=steps_per_execution(tc.steps_per_execution, data.steps),
@@ -179,7 +184,7 @@ def train_model(ctx: Context, model, tag: str | None = None, sized: bool = False
             EpochBoard(str(ctx.run_dir / "tensorboard" / (tag or "")), write_graph=False, profile_batch=0),
             _first_step_callback(ctx.timer, f"phase {name}{f' of {tag}' if tag else ''}: building the graph"),
         ]
-        if tc.ema and ctx.multiworker is None:  # first: every later callback sees the averaged weights
+        if tc.ema:  # first: every later callback sees the averaged weights
             callbacks.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
         if ctx.size_var is not None:
             full = ctx.cfg.data.image_size
@@ -189,10 +194,11 @@ def train_model(ctx: Context, model, tag: str | None = None, sized: bool = False
             from medkeras.train.tracking import epoch_logger
 
             callbacks.append(epoch_logger(ctx.tracker, tag))
+        mode = monitor_mode(tc.monitor)  # one direction for the checkpoint, early stopping and the plateau
         if tc.early_stopping_patience:
-            callbacks.append(keras.callbacks.EarlyStopping(tc.monitor, patience=tc.early_stopping_patience, mode="max"))
+            callbacks.append(keras.callbacks.EarlyStopping(tc.monitor, patience=tc.early_stopping_patience, mode=mode))
         if tc.schedule == "plateau":
-            callbacks.append(keras.callbacks.ReduceLROnPlateau(tc.monitor, factor=0.1, patience=3, mode="max"))
+            callbacks.append(keras.callbacks.ReduceLROnPlateau(tc.monitor, factor=0.1, patience=3, mode=mode))
         if tag:
             print(f"medkeras: training member {tag}, phase {name} (epochs {start + 1}-{end})")
         elif len(plan) > 1:

@@ -55,7 +55,7 @@ def test_signatures_names_dtypes_shapes(exported):
 def test_parity_with_keras_on_real_images_any_size(exported, breast):
     import tensorflow as tf
 
-    from medkeras.evaluate.metrics import softmax
+    from medkeras.evaluation.metrics import softmax
     from medkeras.models.io import load_model
 
     path, run = exported
@@ -144,7 +144,7 @@ def test_export_loads_without_keras_or_medkeras(exported, tmp_path, breast):
     """Set MEDKERAS_KERAS_FREE_PYTHON to a Python with tensorflow-cpu and no keras (see bin/keras_free_check.py)."""
     import os
 
-    from medkeras.evaluate.metrics import softmax
+    from medkeras.evaluation.metrics import softmax
     from medkeras.models.io import load_model
 
     python = os.environ.get("MEDKERAS_KERAS_FREE_PYTHON")

@@ -309,7 +309,8 @@ def _free_port():
 
 def test_multiworker_strategy_two_local_workers_train_the_same_weights(tmp_path):
     """Two `medkeras fit` processes on 127.0.0.1 joined by TF_CONFIG train one model with medkeras' own loop, under
-    progressive resizing (the two together failed before: the schedule flag reached `train_model` as a tag)."""
+    progressive resizing (the two together failed before: the schedule flag reached `train_model` as a tag), mixed
+    float16 (loss scaled) and the weights' EMA (swapped in at each epoch's end on every worker)."""
     import os
 
     import keras
@@ -320,7 +321,8 @@ def test_multiworker_strategy_two_local_workers_train_the_same_weights(tmp_path)
     args = [sys.executable, "-m", "medkeras", "fit", "--out", str(tmp_path / "run"), "--set", "train.strategy=multiworker",
             "--set", "train.epochs=2", "--set", "train.steps_per_epoch=3", "--set", "train.verbose=0",
             "--set", "model.backbones=[cnn8_small]", "--set", "eval.bootstrap=0", "--set", "train.batch_size=16",
-            "--set", "train.size_schedule=[[1, 16], [2, 28]]"]
+            "--set", "train.size_schedule=[[1, 16], [2, 28]]", "--set", "train.precision=mixed_float16",
+            "--set", "train.ema=0.9"]
     procs = []
     for index in range(2):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}

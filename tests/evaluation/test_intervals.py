@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from medkeras.config import EvalConfig
-from medkeras.evaluate.intervals import Draws, bootstrap_intervals
+from medkeras.evaluation.intervals import Draws, bootstrap_intervals
 
 
 def _real_predictions(tiny_run):
@@ -86,7 +86,7 @@ def test_one_figure_one_interval_in_the_report_and_the_ensemble_table(tiny_run):
 
 
 def test_a_temperature_at_its_search_bound_is_flagged_not_used():
-    from medkeras.evaluate.evaluate import calibrate_on_validation
+    from medkeras.evaluation.evaluate import calibrate_on_validation
 
     labels = np.array([0, 1] * 20)
     logits = np.tile([[4.0, -4.0]], (40, 1))  # a degenerate model: one class throughout, sure of it
@@ -99,7 +99,7 @@ def test_fast_auroc_and_average_precision_equal_sklearn(tiny_run):
     """The bootstrap's rank-based AUROC and AP equal sklearn's on real predictions, rounded to force ties."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from medkeras.evaluate.intervals import auroc, average_precision
+    from medkeras.evaluation.intervals import auroc, average_precision
 
     labels, probs = _real_predictions(tiny_run)
     y = labels == 0

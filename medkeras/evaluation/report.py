@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from medkeras.evaluate import plots
+from medkeras.evaluation import plots
 from medkeras.models.outputs import positive_index
 from medkeras.utils import atomic_write_text
 
@@ -130,7 +130,7 @@ def _data_section(dataset, warnings) -> str:
 def _gradcam_section(model, scored, class_names, pos, k) -> str:
     if model is None or k <= 0 or pos is None:
         return "<p>Grad-CAM: not shown (multi-class, or no model at hand).</p>"
-    from medkeras.evaluate.gradcam import gradcam, overlay
+    from medkeras.evaluation.gradcam import gradcam, overlay
 
     labels, probs, pred = scored["labels"], scored["probs"], scored["pred"]
     tp = np.flatnonzero((labels == pos) & (pred == pos))
@@ -175,6 +175,16 @@ def _errors_section(scored, class_names, pos, k=8) -> str:
         )
         out.append(f"<h3>{title} ({len(order)})</h3>" + (cells or "<p>none</p>"))
     return "".join(out)
+
+
+def _tta_words(scored) -> str:
+    """How the split was scored: TTA off, or on with its flips; and whether that is what the model serves."""
+    flips = scored.get("tta_flips") or []
+    words = f"TTA: mean over the image and its {' and '.join(flips)} flip{'s' if len(flips) > 1 else ''}" if flips \
+        else "TTA off"
+    if scored.get("tta_as_served") is False:
+        words += " (not as the model serves: predict and the export score it as trained)"
+    return words
 
 
 def write_report(out_dir, scored, dataset, cfg, meta, model=None, history_csv=None) -> Path:
@@ -232,7 +242,7 @@ pre{{background:#f7f7f7;padding:10px;overflow:auto}}
 <h1>medkeras evaluation: {html.escape(str(dataset.name))} ({html.escape(scored['split'])} split)</h1>
 <p>Model: {html.escape(', '.join(meta.get('backbones', [])))} (config {html.escape(str(cfg.name))}) &middot; data:
 {html.escape(str(cfg.data.source))}
-&middot; image size {meta.get('image_size')} &middot; TTA {'on' if scored.get('tta') else 'off'}
+&middot; image size {meta.get('image_size')} &middot; {html.escape(_tta_words(scored))}
 &middot; medkeras {html.escape(str(meta.get('medkeras_version')))}</p>
 {warn_html}
 <h2>Data</h2>{data_html}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from medkeras.evaluate.metrics import softmax
+from medkeras.evaluation.metrics import softmax
 
 
 def _bin_index(confidence, n_bins: int):

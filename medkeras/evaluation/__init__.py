@@ -6,10 +6,10 @@ Names load lazily (the config's checks read `thresholds` without importing the r
 from medkeras.utils import lazy_getattr
 
 _LAZY = {
-    "evaluate": "medkeras.evaluate.evaluate",
-    "auroc": "medkeras.evaluate.metrics",
-    "classification_metrics": "medkeras.evaluate.metrics",
-    "softmax": "medkeras.evaluate.metrics",
+    "evaluate": "medkeras.evaluation.evaluate",
+    "auroc": "medkeras.evaluation.metrics",
+    "classification_metrics": "medkeras.evaluation.metrics",
+    "softmax": "medkeras.evaluation.metrics",
 }
 
 __getattr__ = lazy_getattr(__name__, _LAZY)

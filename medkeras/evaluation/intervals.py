@@ -14,7 +14,7 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn import metrics as skm
 
-from medkeras.evaluate.calibration import brier_score, expected_calibration_error, maximum_calibration_error
+from medkeras.evaluation.calibration import brier_score, expected_calibration_error, maximum_calibration_error
 from medkeras.models.outputs import positive_index
 
 MIN_CASES = 10  # fewer positives (or negatives, ...) than this and a figure gets a note instead of an interval

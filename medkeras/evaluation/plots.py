@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medkeras.evaluate.calibration import reliability_bins
-from medkeras.evaluate.metrics import softmax
+from medkeras.evaluation.calibration import reliability_bins
+from medkeras.evaluation.metrics import softmax
 from medkeras.utils import atomic_path
 
 
@@ -160,12 +160,13 @@ def history(history_csv, out: Path) -> Path | None:
     def column(key):
         return [float(r[key]) if r.get(key) not in (None, "", "nan") else np.nan for r in rows]
 
-    epochs = [int(r["epoch"]) + 1 for r in rows]
+    epochs = [int(r["epoch"]) for r in rows]  # train_log.csv counts epochs from 1, as the console does
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for key in ("loss", "val_loss"):
         if key in rows[0]:
             axes[0].plot(epochs, column(key), label=key)
-    for key in ("sparse_categorical_accuracy", "categorical_accuracy", "val_accuracy", "val_auroc"):
+    # runs before the training accuracy was logged as `accuracy` called it by Keras' metric names
+    for key in ("accuracy", "sparse_categorical_accuracy", "categorical_accuracy", "val_accuracy", "val_auroc"):
         if key in rows[0]:
             axes[1].plot(epochs, column(key), label=key.replace("sparse_categorical_", "").replace("categorical_", ""))
     axes[0].set(xlabel="epoch", title="Loss")

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import run_cli, write_patients
 from medkeras.data.keys import patient_key
-from medkeras.evaluate.aggregate import aggregate, combine
+from medkeras.evaluation.aggregate import aggregate, combine
 
 TUMOUR = [f"T{i}" for i in range(8)]
 NORMAL = [f"N{i}" for i in range(8)]

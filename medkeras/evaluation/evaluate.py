@@ -15,45 +15,41 @@ from pathlib import Path
 import numpy as np
 
 from medkeras.errors import DataError, MedkerasError
-from medkeras.evaluate.aggregate import aggregate, level_keys, write_group_predictions
-from medkeras.evaluate.calibration import at_search_bound, calibration_summary, fit_temperature
-from medkeras.evaluate.intervals import Draws, auroc_interval, bootstrap_intervals
-from medkeras.evaluate.metrics import (
+from medkeras.evaluation.aggregate import aggregate, level_keys, write_group_predictions
+from medkeras.evaluation.calibration import at_search_bound, calibration_summary, fit_temperature
+from medkeras.evaluation.intervals import Draws, auroc_interval, bootstrap_intervals
+from medkeras.evaluation.metrics import (
     classification_metrics,
     positive_index,
     predict_labels,
     softmax,
 )
-from medkeras.evaluate.thresholds import choose_threshold, parse_rule
+from medkeras.evaluation.thresholds import choose_threshold, parse_rule
+from medkeras.models.tta import flips_of
 from medkeras.progress import step
 from medkeras.utils import atomic_path, atomic_write_json
 
-FLIPS = {"horizontal": [2], "vertical": [1], "both": [1, 2]}
 _JOINT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # ensemble -> itself with its members' logits
 
 
-def predict_logits(model, images, data_cfg, batch_size: int = 64, tta=False, flips=("horizontal",)) -> np.ndarray:
-    """Logits (N, K) for in-memory images; with `tta`, the mean over the image and its `flips`."""
-    import tensorflow as tf
-
+def predict_logits(model, images, data_cfg, batch_size: int = 64, flips=()) -> np.ndarray:
+    """Logits (N, K) for in-memory images, from `with_tta(model, flips)`: the mean over the image and its `flips`
+    in the model's graph, the graph `predict` and the export serve (`models/tta.py`)."""
     from medkeras.data.pipeline import make_tf_dataset
+    from medkeras.models.tta import with_tta
 
     labels = np.zeros(len(images), dtype=np.int64)
     ds = make_tf_dataset(images, labels, data_cfg, batch_size, training=False).map(lambda x, y: x)
-    logits = [np.asarray(model.predict(ds, verbose=0), dtype=np.float32)]  # (N, K), or (outputs, N, K)
-    if tta:
-        for flip in flips:
-            axes = FLIPS[flip]
-            logits.append(np.asarray(model.predict(ds.map(lambda x, a=axes: tf.reverse(x, axis=a)), verbose=0), np.float32))
-    return np.mean(logits, axis=0)
+    out = with_tta(model, flips).predict(ds, verbose=0)  # (N, K), or [(N, K)] * outputs
+    return np.asarray(out, dtype=np.float32)
 
 
-def member_logits(model, images, data_cfg, batch_size=64, tta=False, flips=("horizontal",)) -> dict:
+def member_logits(model, images, data_cfg, batch_size=64, flips=()) -> dict:
     """{member name: logits} for each member of an ensemble (empty for a single model)."""
-    return predict_with_members(model, images, data_cfg, batch_size, tta, flips)[1]
+    return predict_with_members(model, images, data_cfg, batch_size, flips)[1]
 
 
-def predict_with_members(model, images, data_cfg, batch_size=64, tta=False, flips=("horizontal",)):
+def predict_with_members(model, images, data_cfg, batch_size=64, flips=()):
     """-> (the model's logits, {member name: logits}) from one pass of the ensemble's own graph.
 
     The members' logits are the inputs of the ensemble's average, so one model with those as extra outputs gives
@@ -64,13 +60,13 @@ def predict_with_members(model, images, data_cfg, batch_size=64, tta=False, flip
     from medkeras.models.ensemble import members_of
 
     if len(members_of(model)) < 2 or "average_logits" not in [layer.name for layer in model.layers]:
-        return predict_logits(model, images, data_cfg, batch_size, tta, flips), {}
+        return predict_logits(model, images, data_cfg, batch_size, flips), {}
     parts = model.get_layer("average_logits").input
     names = [t._keras_history.operation.name for t in parts]
     joint = _JOINT.get(model)  # one per ensemble, so validation and test share its traced predict function
     if joint is None:
         joint = _JOINT[model] = keras.Model(model.inputs, [model.outputs[0], *parts], name=f"{model.name}_with_members")
-    stacked = predict_logits(joint, images, data_cfg, batch_size, tta, flips)  # (1 + M, N, K)
+    stacked = predict_logits(joint, images, data_cfg, batch_size, flips)  # (1 + M, N, K)
     return stacked[0], dict(zip(names, stacked[1:]))
 
 
@@ -208,6 +204,14 @@ def write_predictions(path, names, labels, probs, pred, class_names, logits=None
         tmp.write_text(buf.getvalue())
 
 
+def scoring_flips(meta, eval_cfg, tta=None) -> list:
+    """The flips a split is scored with: the model's own (what it serves) unless `tta` says otherwise (True: the
+    config's `eval.tta_flips`, False: none)."""
+    if tta is None:
+        return flips_of(meta)
+    return list(eval_cfg.tta_flips or ["horizontal"]) if tta else []
+
+
 def score_split(model, meta, split_name, dataset, cfg, tta=None, threshold=None, on_bad_file="fail", analysis=True,
                 arrays=None, thresholds=None):
     """Predict one split of `dataset` and compute everything the report shows -> dict.
@@ -218,7 +222,7 @@ def score_split(model, meta, split_name, dataset, cfg, tta=None, threshold=None,
     from medkeras.data.pipeline import split_arrays
 
     eval_cfg = cfg.eval
-    tta = eval_cfg.tta if tta is None else tta
+    flips = scoring_flips(meta, eval_cfg, tta)
     if arrays is not None:
         (images, labels, names), bad = arrays, []
     else:
@@ -226,15 +230,16 @@ def score_split(model, meta, split_name, dataset, cfg, tta=None, threshold=None,
     if len(labels) == 0:
         raise DataError(cfg.data.source, f"the {split_name} split is empty: nothing to evaluate")
     if analysis:
-        logits, members = predict_with_members(model, images, cfg.data, eval_cfg.batch_size, tta, eval_cfg.tta_flips)
+        logits, members = predict_with_members(model, images, cfg.data, eval_cfg.batch_size, flips)
     else:
-        logits, members = predict_logits(model, images, cfg.data, eval_cfg.batch_size, tta, eval_cfg.tta_flips), {}
+        logits, members = predict_logits(model, images, cfg.data, eval_cfg.batch_size, flips), {}
     if thresholds is None:
         thresholds = meta.get("thresholds", {}) if threshold is None else {}
     thr = float(meta.get("threshold", 0.5)) if threshold is None else float(threshold)
     scored = score_arrays(split_name, dataset, (images, labels, names), logits, float(meta.get("temperature", 1.0)),
                           thr, thresholds, eval_cfg, members)
-    return {**scored, "bad_files": bad, "tta": bool(tta)}
+    return {**scored, "bad_files": bad, "tta": bool(flips), "tta_flips": flips,
+            "tta_as_served": flips == flips_of(meta)}
 
 
 def score_arrays(split_name, dataset, arrays, logits, temperature, threshold, thresholds, eval_cfg, members=None,
@@ -276,7 +281,7 @@ def score_arrays(split_name, dataset, arrays, logits, temperature, threshold, th
 
 def write_outputs(out_dir, scored, dataset, cfg, meta, model=None, history_csv=None) -> dict:
     """predictions.csv, plots/*.png and report.html for one scored split; returns the metrics dict."""
-    from medkeras.evaluate.report import write_report
+    from medkeras.evaluation.report import write_report
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -327,8 +332,8 @@ def evaluate(model_path, data=None, split="test", out=None, tta=None, threshold=
             images, labels, names, _ = split_arrays(dataset.splits["val"], cfg.data, cfg.data.on_bad_file)
             if len(labels) == 0:
                 raise DataError(cfg.data.source, f"threshold rule '{threshold}' needs a validation split; it is empty")
-            use_tta = cfg.eval.tta if tta is None else tta
-            logits = predict_logits(model, images, cfg.data, cfg.eval.batch_size, use_tta, cfg.eval.tta_flips)
+            flips = scoring_flips(meta, cfg.eval, tta)
+            logits = predict_logits(model, images, cfg.data, cfg.eval.batch_size, flips)
             temperature = float(meta.get("temperature", 1.0))
             thr = operating_point(labels, logits, dataset.class_names, dataset.positive_class, temperature, threshold)
             thresholds = level_thresholds(labels, logits, names, dataset.splits["val"], dataset.class_names,
@@ -348,6 +353,8 @@ def evaluate(model_path, data=None, split="test", out=None, tta=None, threshold=
         "data": str(cfg.data.source),
         "split": split,
         "tta": scored["tta"],
+        "tta_flips": scored["tta_flips"],
+        "tta_as_served": scored["tta_as_served"],
         "threshold_rule": str(threshold) if threshold is not None else meta.get("threshold_rule", "saved"),
         **metrics,
         "ensemble": scored["ensemble"],

@@ -10,16 +10,16 @@ from PIL import Image
 
 from medkeras.config import EvalConfig
 from medkeras.errors import ConfigError
-from medkeras.evaluate.calibration import (
+from medkeras.evaluation.calibration import (
     brier_score,
     expected_calibration_error,
     fit_temperature,
     maximum_calibration_error,
     nll,
 )
-from medkeras.evaluate.intervals import bootstrap_intervals
-from medkeras.evaluate.metrics import softmax
-from medkeras.evaluate.thresholds import choose_threshold, parse_rule
+from medkeras.evaluation.intervals import bootstrap_intervals
+from medkeras.evaluation.metrics import softmax
+from medkeras.evaluation.thresholds import choose_threshold, parse_rule
 
 
 def _predictions(n, seed=0):
@@ -82,7 +82,7 @@ def test_ece_mce_brier_exact_on_a_constructed_example():
 def test_ece_floor_is_the_ece_of_perfectly_calibrated_labels():
     """`ece_floor` equals the mean ECE of labels drawn from the predicted probabilities themselves (calibrated by
     construction), shrinks with the number of images, and is 0 for certain predictions."""
-    from medkeras.evaluate.calibration import ece_floor
+    from medkeras.evaluation.calibration import ece_floor
 
     rng = np.random.default_rng(1)
     p = rng.beta(0.5, 0.5, 156)
@@ -151,7 +151,7 @@ def test_gradcam_peaks_where_the_evidence_is(breast):
     import keras
     import tensorflow as tf
 
-    from medkeras.evaluate.gradcam import gradcam
+    from medkeras.evaluation.gradcam import gradcam
     from medkeras.models.ensemble import build_member
 
     size, side = 64, 10
@@ -196,7 +196,7 @@ def test_eval_config_defaults():
                                   "regnety_4gf", "convnextv2_atto", "resnet18_small", "inceptionv3"])
 def test_gradcam_runs_on_registry_backbones(name):
     """The member is rewired from its own graph for any backbone: a finite map of the input's size."""
-    from medkeras.evaluate.gradcam import gradcam
+    from medkeras.evaluation.gradcam import gradcam
     from medkeras.models.backbones import REGISTRY
     from medkeras.models.ensemble import build_member
 
@@ -212,18 +212,18 @@ def test_members_logits_come_from_the_ensembles_one_pass(breast):
     """predict_with_members: the ensemble's logits and each member's from one graph (one trace, one pass) equal
     predicting the ensemble and each member apart, with TTA and with fitted fusion weights, on real images."""
     from medkeras.config import DataConfig
-    from medkeras.evaluate.evaluate import predict_logits, predict_with_members
+    from medkeras.evaluation.evaluate import predict_logits, predict_with_members
     from medkeras.models import build_ensemble, build_member, members_of
 
     images = breast.splits["test"].images[:10]
     data_cfg = DataConfig(source="breastmnist", image_size=32)
     members = [build_member(n, 2, 32, member_name=n) for n in ("cnn8_small", "resnet18_small")]
     for model in (build_ensemble(members, 32), build_ensemble(members, 32, weights=[0.3, 0.7])):
-        logits, by_member = predict_with_members(model, images, data_cfg, batch_size=4, tta=True)
+        logits, by_member = predict_with_members(model, images, data_cfg, batch_size=4, flips=["horizontal"])
         assert list(by_member) == ["cnn8_small", "resnet18_small"]
-        np.testing.assert_allclose(logits, predict_logits(model, images, data_cfg, 4, tta=True), atol=1e-5)
+        np.testing.assert_allclose(logits, predict_logits(model, images, data_cfg, 4, flips=["horizontal"]), atol=1e-5)
         for member in members_of(model):
-            apart = predict_logits(member, images, data_cfg, 4, tta=True)
+            apart = predict_logits(member, images, data_cfg, 4, flips=["horizontal"])
             np.testing.assert_allclose(by_member[member.name], apart, atol=1e-5)
     single, none = predict_with_members(members[0], images, data_cfg, batch_size=4)
     assert none == {} and single.shape == (10, 2)

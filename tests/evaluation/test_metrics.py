@@ -4,7 +4,7 @@
 import numpy as np
 from sklearn import metrics as skm
 
-from medkeras.evaluate.metrics import auroc, classification_metrics, softmax
+from medkeras.evaluation.metrics import auroc, classification_metrics, softmax
 
 
 def _predictions(n=300, k=2, seed=0):
