@@ -7,7 +7,8 @@ put every runtime's first call right after another framework's (Keras predict's 
 OpenMP pool) and measured SavedModel at batch 1 at 8 ms where it takes 3 ms alone.
 
 Images/s at batch 1, 8 and 32 and p50/p99 latency at batch 1 for: the exported `serving_default` signature
-(plain tf.saved_model.load), Keras `model.predict`, a direct Keras call `model(x)`, and, when torch is installed
+(plain tf.saved_model.load), Keras `model.predict`, a direct Keras call `model(x)`, the ONNX export in ONNX Runtime
+(with the onnx extra; logits only, its softmax is the client's), and, when torch is installed
 and the run is the demo's `resnet18_small` + `cnn8_small` ensemble, the same architecture in PyTorch eager
 (`bench/torch_models.py`, inference mode, parameter count checked equal).
 """
@@ -54,6 +55,18 @@ def _torch_twin(meta, model):
     return twin
 
 
+def _onnx_session(run, folder):
+    """An onnxruntime session of `medkeras export --format onnx` of the run (None without the onnx extra)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    from medkeras.export.onnx import export_onnx
+
+    exported = export_onnx(run, folder, name="bench-onnx")
+    return onnxruntime.InferenceSession(str(Path(exported["path"]) / "model.onnx"))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run")
@@ -70,6 +83,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         exported = export_savedmodel(args.run, tmp, name="bench", verify=False)
         served = tf.saved_model.load(exported["path"]).signatures["serving_default"]
+        onnx_session = _onnx_session(args.run, tmp)
         rng = np.random.default_rng(0)
         torch_model = _torch_twin(meta, model)
         rows = []
@@ -81,6 +95,9 @@ def main():
                 "keras_predict": lambda: model.predict(x, verbose=0),
                 "keras_call": lambda: model(xt, training=False).numpy(),
             }
+            if onnx_session is not None:  # what a CPU-serving user would pick instead (logits, then softmax)
+                feed = {onnx_session.get_inputs()[0].name: x}
+                candidates["onnxruntime"] = lambda feed=feed: onnx_session.run(None, feed)[0]
             if torch_model is not None:
                 import torch
 
@@ -113,7 +130,7 @@ def main():
         print(json.dumps(row))
     by = {(r["runtime"], r["batch"]): r for r in rows}
     ratios = {}
-    for other in ("keras_predict", "torch_eager"):
+    for other in ("keras_predict", "torch_eager", "onnxruntime"):
         for b in (1, 8, 32):
             if (other, b) in by:
                 ratios[f"savedmodel_vs_{other}_b{b}"] = round(
