@@ -302,3 +302,39 @@ def ct_run(tmp_path_factory):
     result = run_cli("export", run, "--out", root / "serving", "--name", "ct")
     assert result.returncode == 0, result.stderr[-2000:]
     return run, root / "serving" / "ct" / "1"
+
+
+SERIES_3 = LUNG / "3.000000-5mm-41315"  # the same positions in the patient's second series (body kernel)
+TCIA_STUDY = "04-04-2007-NA-Chest-07990"
+TCIA_SERIES = {"2.000000-5mm-40805": LUNG, "3.000000-5mm-41315": SERIES_3}
+TCIA_LABELS = {"1-01.dcm": "normal", "1-13.dcm": "tumour", "1-14.dcm": "tumour"}
+
+
+def tcia_layout(root, second_patient=True) -> list[tuple]:
+    """The real slices laid out as TCIA's downloads lay them out, `<patient>/<study>/<series>/1-NN.dcm`: the two
+    series of Lung_Dx-A0001 repeat the file names `1-01.dcm`, `1-13.dcm`, `1-14.dcm`, with their own tags. A second
+    patient (`second_patient`) holds the same files with PatientID Lung_Dx-A0002 and new study, series and
+    frame-of-reference UIDs, in the same layout. -> [(path, label, patient, series folder)]."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    rows = []
+    for patient in ["Lung_Dx-A0001"] + (["Lung_Dx-A0002"] if second_patient else []):
+        study, reference = generate_uid(), generate_uid()
+        for folder, source in TCIA_SERIES.items():
+            series = generate_uid()
+            for name, label in TCIA_LABELS.items():
+                target = Path(root) / patient / TCIA_STUDY / folder / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if patient == "Lung_Dx-A0001":  # the files as the archive serves them
+                    import shutil
+
+                    shutil.copy(source / name, target)
+                else:
+                    ds = pydicom.dcmread(source / name)
+                    ds.PatientID, ds.PatientName = patient, f"{patient}^Test"
+                    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, reference
+                    ds.SOPInstanceUID = generate_uid()
+                    ds.save_as(target, enforce_file_format=True)
+                rows.append((target, label, patient, folder))
+    return rows

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medkeras.data.keys import keyed
-from medkeras.data.readers import READABLE_SUFFIXES, dicom_items, is_dicom
+from medkeras.data.readers import READABLE_SUFFIXES, common_folder, dicom_items, is_dicom
 from medkeras.data.splits import split_groups, split_indices
 from medkeras.data.store import is_store, load_store
 from medkeras.data.types import SPLITS, Dataset, Split
@@ -129,6 +129,10 @@ def _file_dataset(source, paths, label_names, split_col, patient_ids, cfg, seed,
         return sorted(ix, key=lambda i: (series[i] or "", positions[i][1] if positions[i] else float("inf"), i))
 
     known = any(patients)
+    # outputs name files relative to the source's folder, or to the folder all of them share where some lie
+    # outside it (a manifest of absolute paths): never by a bare file name that repeats across series
+    below = root is not None and all(n.startswith(str(root).rstrip("/") + "/") for n in names)
+    shown = str(root) if below or not names else common_folder(names)
     splits = {}
     for s, ix in index.items():
         ix = order(ix)
@@ -137,7 +141,7 @@ def _file_dataset(source, paths, label_names, split_col, patient_ids, cfg, seed,
             groups=[patients[i] for i in ix] if known else None,
             series=[series[i] for i in ix] if any(series) else None,
             positions=[positions[i] for i in ix] if any(positions) else None,
-            root=str(root) if root is not None else None, redact=bool(getattr(cfg, "redact_paths", False)),
+            root=shown, redact=bool(getattr(cfg, "redact_paths", False)),
             patient_labels=[given[i] for i in ix] if given is not None else None,
         )
     return Dataset(name=Path(source).stem, class_names=list(class_names), splits=splits)
@@ -174,7 +178,7 @@ def load_manifest(path, cfg, seed=42) -> Dataset:
         raise DataError(path, f"manifest lacks required column(s) {', '.join(sorted(missing))}")
     if not rows:
         raise DataError(path, "manifest has no rows")
-    paths = [(path.parent / r["path"]).resolve() if not Path(r["path"]).is_absolute() else Path(r["path"]) for r in rows]
+    paths = [(path.parent / r["path"]).resolve() for r in rows]  # an absolute path stays itself, resolved
     split_col = None
     if "split" in columns:
         split_col = [r["split"].strip().lower() for r in rows]
@@ -222,9 +226,14 @@ def load_dataset(cfg, seed=42) -> Dataset:
         ds = with_fold(ds, cfg.folds, cfg.fold, seed, source)
     if ds.num_classes == 2 and ds.positive_class is None:  # said once, here, and carried into every output
         ds.positive_class = ds.class_names[-1]
+    return ds
+
+
+def check_trainable(ds: Dataset, source) -> None:
+    """What training needs of a dataset (evaluation and `prepare` take any subset of splits: an external test set
+    is a source of its own): a train split holding two classes or more."""
     train = ds.splits["train"]
     if len(train) == 0:
         raise DataError(source, "the train split is empty")
     if len(np.unique(train.labels)) < 2:
         raise DataError(source, "the train split has only one class")
-    return ds

@@ -53,8 +53,11 @@ class Split:
 
     def values_of(self, field_name: str, names) -> list:
         """A per-item field (`groups`, `series`, `patient_labels`, ...) for the items called `names`; None where
-        unknown."""
-        index = {name: i for i, name in enumerate(self.names())}
+        unknown. Names are unique (paths relative to one folder): a repeated one is a bug, never a silent merge."""
+        own = self.names()
+        index = {name: i for i, name in enumerate(own)}
+        if len(index) != len(own):
+            raise ValueError(f"items share a name ({len(own) - len(index)} repeats): names must identify items")
         values = getattr(self, field_name)
         return [values[index[str(n)]] if values is not None and str(n) in index else None for n in names]
 

@@ -147,7 +147,7 @@ def _gradcam_section(model, scored, class_names, pos, k) -> str:
     cells = []
     for j, i in enumerate(chosen):
         kind = "TP" if i in tp else "FN"
-        name = Path(scored["names"][i]).name
+        name = str(scored["names"][i])  # unique: the item's path relative to the data's folder
         cells.append(_thumb(overlay(pixels[j], maps[j]), f"{kind} {name} p={probs[i, pos]:.2f}"))
     return ("<p>Evidence for the positive class: the most confident true positives, then the worst false negatives.</p>"
             + "".join(cells))
@@ -171,7 +171,7 @@ def _errors_section(scored, class_names, pos, k=8) -> str:
         order = np.argsort(probs[idx, pos]) if title.startswith("Worst false n") else np.argsort(-probs[idx, pos])
         idx = idx[order][:k]
         cells = "".join(
-            _thumb(images[i].astype(np.float32), f"{Path(scored['names'][i]).name} p={probs[i, pos]:.2f}") for i in idx
+            _thumb(images[i].astype(np.float32), f"{scored['names'][i]} p={probs[i, pos]:.2f}") for i in idx
         )
         out.append(f"<h3>{title} ({len(order)})</h3>" + (cells or "<p>none</p>"))
     return "".join(out)

@@ -72,12 +72,13 @@ def read_data(cfg, run_dir, size_var=None) -> RunData:
     """Load `cfg.data`, decode its splits, and build the training and validation batches. Fills in the config's
     class names, positive class and (data.normalize: dataset) the training set's mean and std."""
     from medkeras.data.pipeline import make_tf_dataset, stream_tf_dataset
-    from medkeras.data.sources import load_dataset
+    from medkeras.data.sources import check_trainable, load_dataset
     from medkeras.models.outputs import positive_index
     from medkeras.train.losses import class_weights, make_loss
 
     tc = cfg.train
     dataset = load_dataset(cfg.data, seed=tc.seed)
+    check_trainable(dataset, cfg.data.source)
     arrays = _decode_splits(cfg, dataset, run_dir)
     cfg.data.class_names = list(dataset.class_names)
     cfg.data.positive_class = dataset.positive_class

@@ -109,14 +109,28 @@ def read_image(path, windows=()) -> np.ndarray:
     return image
 
 
+def common_folder(paths) -> str | None:
+    """The deepest folder holding every file of `paths` (a frame `FILE#N` by its file): what names are relative
+    to when files lie in several folders, so that two series' `1-01.dcm` keep two names (TCIA's layout)."""
+    import os
+
+    parents = [os.path.dirname(str(split_frame(p)[0])) for p in paths]
+    return os.path.commonpath(parents) if parents else None
+
+
 def named_inputs(inputs, key_file=None) -> list[tuple]:
     """(path, name, SliceInfo or None) of every image in `inputs`: files as given, folders searched recursively for PNG, JPEG, DICOM
     and NPY files (sorted; each folder's DICOM slices along the slice normal), a multi-frame DICOM file as its
-    frames (`FILE#N`, in z order). Names are what outputs show: relative to a folder given, a file as typed (its
-    name alone when typed as an absolute path); never an absolute path. DICOM images come with their keyed patient
-    and series (`dicom_tags.SliceInfo`)."""
+    frames (`FILE#N`, in z order). Names are what outputs show: relative to a folder given, a file as typed (files
+    typed as absolute paths relative to the folder they share, so `/a/s2/1-01.dcm` and `/a/s3/1-01.dcm` are
+    `s2/1-01.dcm` and `s3/1-01.dcm`); never an absolute path. DICOM images come with their keyed patient and
+    series (`dicom_tags.SliceInfo`)."""
+    import os
+
     from medkeras.data.readers.dicom_tags import dicom_items, series_in_z_order
 
+    typed = [Path(item) for item in inputs if Path(item).is_absolute() and not Path(item).is_dir()]
+    shared = common_folder(typed) if typed else None
     files = []
     for item in inputs:
         path = Path(item)
@@ -135,7 +149,7 @@ def named_inputs(inputs, key_file=None) -> list[tuple]:
                     pass  # an unreadable slice is reported when it is read, in order of the file names
                 files += [(f, str(f.relative_to(path))) for f in [f for f in items if not is_dicom(f)] + dicom]
         elif path.exists() or is_dicom(item):
-            files.append((item, path.name if path.is_absolute() else str(item)))
+            files.append((item, os.path.relpath(path, shared) if path.is_absolute() else str(item)))
         else:
             raise DataError(path, "file not found")
     out = []
