@@ -54,14 +54,15 @@ def png_folder(tmp_path, breast):
 CLI_CWD = Path(tempfile.mkdtemp(prefix="medkeras-cli-"))  # what a command writes by default lands here, not in the checkout
 
 
-def run_cli(*args, timeout=600):
-    """Run the real `medkeras` entry point in a subprocess: exit status, stdout and stderr as a user sees them."""
+def run_cli(*args, timeout=600, cwd=None):
+    """Run the real `medkeras` entry point in a subprocess: exit status, stdout and stderr as a user sees them
+    (in `cwd`, by default a folder of its own)."""
     return subprocess.run(
         [sys.executable, "-m", "medkeras", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=CLI_CWD,
+        cwd=cwd or CLI_CWD,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
 
@@ -282,7 +283,9 @@ def write_patients(folder, patients, series_per_patient=1, normal=()):
 
 @pytest.fixture(scope="session")
 def ct_run(tmp_path_factory):
-    """A real CT model: `medkeras fit` on the three Lung-PET-CT-Dx slices (lung window, 32 px), then exported."""
+    """A real CT model: `medkeras fit` on the three Lung-PET-CT-Dx slices (lung window, 32 px), then exported. The
+    fit runs beside its manifest, named relatively (`data.source=ct.csv`); the export, which reads the run's
+    validation data, runs from another folder."""
     root = tmp_path_factory.mktemp("ct")
     manifest = root / "ct.csv"
     with open(manifest, "w", newline="") as fh:
@@ -293,10 +296,10 @@ def ct_run(tmp_path_factory):
                 writer.writerow([LUNG / name, label, split, f"P-{split}"])
     run = root / "run"
     result = run_cli(
-        "fit", "--out", run, "--set", f"data.source={manifest}", "--set", "data.window=lung",
+        "fit", "--out", "run", "--set", "data.source=ct.csv", "--set", "data.window=lung",
         "--set", "data.image_size=32", "--set", "model.backbones=[cnn8_small]", "--set", "train.epochs=1",
         "--set", "train.steps_per_epoch=2", "--set", "train.batch_size=2", "--set", "train.run_eagerly=true",
-        "--set", "train.verbose=0", "--set", "eval.bootstrap=0",
+        "--set", "train.verbose=0", "--set", "eval.bootstrap=0", cwd=root,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     result = run_cli("export", run, "--out", root / "serving", "--name", "ct")

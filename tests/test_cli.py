@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import LUNG, run_cli
 
 
 def test_fit_writes_the_run_directory(tiny_run):
@@ -123,3 +123,20 @@ def test_kill_9_at_a_random_moment_never_leaves_a_half_written_output():
     assert result["landed"] >= 2, result  # the kills landed while the commands ran
     for case in result["cases"]:
         assert case["ok"], case
+
+
+def test_a_run_works_from_any_directory(ct_run, tmp_path):
+    """`ct_run` was fitted beside its manifest, named relatively (`data.source=ct.csv`), and exported from another
+    folder (the export reads the run's validation data); eval and predict run from a third."""
+    import yaml
+
+    run, export = ct_run
+    source = yaml.safe_load((run / "config.yaml").read_text())["data"]["source"]
+    assert source == str(run.parent / "ct.csv")  # recorded where it is, not as typed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_cli("eval", run, "--out", tmp_path / "ev", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["n"] == 3
+    result = run_cli("predict", run / "model.keras", "--out", "scored.csv", LUNG / "1-13.dcm", cwd=elsewhere)
+    assert result.returncode == 0 and (elsewhere / "scored.csv").is_file(), result.stderr[-2000:]

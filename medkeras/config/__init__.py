@@ -10,6 +10,7 @@ from medkeras.config.load import (
     load_config,
     parse_override,
     resolve_config_path,
+    resolve_paths,
     set_key,
 )
 from medkeras.config.schema import (
@@ -40,6 +41,7 @@ __all__ = [
     "load_config",
     "parse_override",
     "resolve_config_path",
+    "resolve_paths",
     "set_key",
     "validate",
 ]

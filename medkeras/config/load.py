@@ -160,7 +160,31 @@ def load_config(name_or_path="demo", overrides=()) -> Config:
         cfg.description = f"the {cfg.name} recipe on {cfg.data.source}"
         cfg.name = f"{cfg.name}-{Path(str(cfg.data.source)).stem or 'data'}"
     validate(cfg)
+    resolve_paths(cfg)
     return cfg
+
+
+def _absolute(value):
+    """An existing file or folder named relative to the working directory, as an absolute path; else as given."""
+    path = Path(str(value)).expanduser()
+    return str(path.resolve()) if path.exists() else value
+
+
+def resolve_paths(cfg: Config) -> None:
+    """The keys that name files, made absolute where they exist (`data.source` unless a bundled name,
+    `data.patient_key_file`, each `model.weights` file), so the config a run saves works from any working
+    directory: `eval`, `export`, `predict` and `cv --resume` of the run find its data and weights."""
+    from medkeras.data.sources import BUNDLED
+
+    if str(cfg.data.source) not in BUNDLED:
+        cfg.data.source = _absolute(cfg.data.source)
+    if cfg.data.patient_key_file:
+        cfg.data.patient_key_file = _absolute(cfg.data.patient_key_file)
+    keywords = ("imagenet", "none")
+    if isinstance(cfg.model.weights, dict):
+        cfg.model.weights = {k: v if str(v).lower() in keywords else _absolute(v) for k, v in cfg.model.weights.items()}
+    elif str(cfg.model.weights).lower() not in keywords:
+        cfg.model.weights = _absolute(cfg.model.weights)
 
 
 def _keys(overrides) -> list:

@@ -9,7 +9,7 @@ import contextlib
 from pathlib import Path
 
 import medkeras
-from medkeras.config import Config, validate
+from medkeras.config import Config, resolve_paths, validate
 from medkeras.errors import MedkerasError
 from medkeras.models.tta import config_flips
 from medkeras.progress import step
@@ -91,6 +91,8 @@ def fit(cfg: Config | None = None, out=None, resume: bool = False, overwrite: bo
         raise MedkerasError(f"{out}: nothing to resume (no config.yaml: the run stopped before it began; "
                             "start it again with --overwrite)")
     timer = Timer()
+    if cfg is not None and not resume:
+        resolve_paths(cfg)  # config.yaml names its data and weights so that the run works from any directory
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
     if resume and (run_dir / "config.yaml").is_file():
         cfg = load_run_config(run_dir)

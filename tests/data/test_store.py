@@ -141,3 +141,25 @@ def test_compressed_dicom_is_read_in_worker_processes_to_the_same_store(tmp_path
         prepare(cfg, tmp_path / "store2", size=32, verbose=False)
     cfg.on_bad_file = "skip"
     assert prepare(cfg, tmp_path / "store2", size=32, verbose=False)["skipped"] == 1
+
+
+def test_a_test_only_manifest_prepares_and_a_run_evaluates_on_it(tmp_path, ct_run):
+    """An external test set is a source of its own: a manifest with only test rows (the real series as TCIA lays
+    them out) prepares to a store, and `eval --data STORE` scores a run on it."""
+    from conftest import tcia_layout
+
+    manifest = tmp_path / "external.csv"
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "split"])
+        for path, label, *_ in tcia_layout(tmp_path / "tcia"):
+            writer.writerow([path, label, "test"])
+    result = run_cli("prepare", manifest, "--out", tmp_path / "store", "--window", "lung")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "train 0, val 0, test 12" in result.stdout
+    run, _ = ct_run
+    result = run_cli("eval", run, "--data", tmp_path / "store", "--out", tmp_path / "ev")
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(tmp_path / "ev" / "predictions.csv") as fh:
+        names = [r["path"] for r in csv.DictReader(fh)]
+    assert len(names) == len(set(names)) == 12  # two series' 1-01.dcm are two items
