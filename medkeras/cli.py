@@ -340,7 +340,7 @@ def config_cmd(keys, markdown):
         return
     rows = [r for r in describe_keys() if not keys or any(r[0] == k or r[0].startswith(k + ".") for k in keys)]
     if not rows:
-        from medkeras.config.load import _unknown_key
+        from medkeras.config.values import _unknown_key
 
         raise _unknown_key(keys[0])
     width = max(len(r[0]) for r in rows)

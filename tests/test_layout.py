@@ -26,14 +26,28 @@ def _modules() -> dict:
     return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
+def _lazy(module: str, modules: dict) -> dict:
+    """{name: module} of a package's lazily loaded names (its `_LAZY = {...}` mapping for `lazy_getattr`)."""
+    path = modules.get(module)
+    if path is None or path.name != "__init__.py":
+        return {}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_LAZY" for t in node.targets):
+            return ast.literal_eval(node.value)
+    return {}
+
+
 def _imports(path: Path, modules: dict) -> set:
-    """medkeras modules `path` imports anywhere in it (a `from pkg import name` of a submodule counts as it)."""
+    """medkeras modules `path` imports anywhere in it (a `from pkg import name` of a submodule counts as it, and of a
+    lazily loaded name as the module that name loads from)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("medkeras")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("medkeras"):
             subs = {f"{node.module}.{a.name}" for a in node.names} & set(modules)
+            lazy = _lazy(node.module, modules)
+            subs |= {lazy[a.name] for a in node.names if a.name in lazy}
             found |= subs or {node.module}
     return {m for m in found if m in modules}
 
@@ -94,6 +108,29 @@ def test_imports_point_one_way_through_the_layers():
             if _layer(module) is not None and _layer(other) is not None and _layer(other) > _layer(module):
                 backwards.append(f"{module} -> {other}")
     assert backwards == []
+
+
+def test_no_layer_reaches_a_later_one_through_the_modules_beside_them():
+    """Through modules outside the layers (config, errors, utils, the package), a layer still reaches only itself and
+    those to its left: the models layer reading a saved config must not pull in evaluation's or training's checks
+    (the config's schema and values are its bottom; `validate`, which runs every layer's checks, is its top)."""
+    graph = _graph()
+    reached = []
+    for module in graph:
+        if _layer(module) is None:
+            continue
+        seen, stack = set(), [(m, m) for m in graph[module] if _layer(m) is None]
+        while stack:
+            via, current = stack.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            for other in graph.get(current, ()):
+                if _layer(other) is None:
+                    stack.append((via, other))
+                elif _layer(other) > _layer(module):
+                    reached.append(f"{module} -> {via} ... -> {other}")
+    assert reached == []
 
 
 def test_no_file_over_400_lines():

@@ -1,18 +1,11 @@
-"""One typed config for a run: dataclasses with defaults (`schema.py`), loaded from YAML and `--set` overrides
-(`load.py`), validated (`checks.py`). The fully resolved config is saved with every run and model.
+"""One typed config for a run: dataclasses with defaults (`schema.py`), values and overrides checked against their
+types (`values.py`), loaded from YAML (`load.py`), validated (`checks.py`: each section's checks beside its layer).
+The fully resolved config is saved with every run and model.
+
+The schema and its values load first and import no layer, so every layer may use them; `load_config` and
+`validate` (which read the layers' registries) load on first use.
 """
 
-from medkeras.config.checks import validate
-from medkeras.config.load import (
-    CONFIG_DIR,
-    bundled_configs,
-    from_dict,
-    load_config,
-    parse_override,
-    resolve_config_path,
-    resolve_paths,
-    set_key,
-)
 from medkeras.config.schema import (
     AugmentConfig,
     Config,
@@ -23,10 +16,21 @@ from medkeras.config.schema import (
     TrackConfig,
     TrainConfig,
 )
+from medkeras.config.values import from_dict, one_of, parse_override, set_key
 from medkeras.errors import ConfigError
+from medkeras.utils import lazy_getattr
+
+_LAZY = {
+    "validate": "medkeras.config.checks",
+    "CONFIG_DIR": "medkeras.config.load",
+    "bundled_configs": "medkeras.config.load",
+    "load_config": "medkeras.config.load",
+    "resolve_config_path": "medkeras.config.load",
+    "resolve_paths": "medkeras.config.load",
+}
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 __all__ = [
-    "CONFIG_DIR",
     "AugmentConfig",
     "Config",
     "ConfigError",
@@ -36,12 +40,9 @@ __all__ = [
     "ModelConfig",
     "TrackConfig",
     "TrainConfig",
-    "bundled_configs",
     "from_dict",
-    "load_config",
+    "one_of",
     "parse_override",
-    "resolve_config_path",
-    "resolve_paths",
     "set_key",
-    "validate",
+    *sorted(_LAZY),
 ]

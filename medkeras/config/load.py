@@ -6,116 +6,17 @@ result is validated (`checks.py`) before anything uses it.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import typing
 from pathlib import Path
-from typing import Any, Union
 
 import yaml
 
 from medkeras.config.checks import validate
 from medkeras.config.schema import Config
+from medkeras.config.values import _apply, parse_override, set_key
 from medkeras.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-def _all_keys(cls, prefix="") -> list[str]:
-    keys = []
-    for f in dataclasses.fields(cls):
-        key = prefix + f.name
-        keys.append(key)
-        sub = _nested_class(cls, f.name)
-        if sub is not None:
-            keys.extend(_all_keys(sub, key + "."))
-    return keys
-
-
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
-
-
-def _nested_class(cls, name):
-    hint = _hints(cls)[name]
-    return hint if dataclasses.is_dataclass(hint) else None
-
-
-def _unknown_key(key: str) -> ConfigError:
-    close = difflib.get_close_matches(key, _all_keys(Config), n=1, cutoff=0.5)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return ConfigError(f"unknown config key '{key}'{hint}")
-
-
-def _coerce(key: str, hint, value):
-    """Check `value` against the field's type hint; ints widen to floats, everything else must match."""
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return value
-    if origin is Union:
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(key, args[0], value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    expected = origin or hint
-    if expected is list and isinstance(value, (str, int, float)):
-        return [value]
-    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise ConfigError(f"config key '{key}' must be {getattr(expected, '__name__', expected)}, got {value!r}")
-    return value
-
-
-def _apply(obj, values: dict, prefix: str = "") -> None:
-    if not isinstance(values, dict):
-        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {values!r}")
-    hints = _hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
-    for name, value in values.items():
-        key = prefix + str(name)
-        if name not in names:
-            raise _unknown_key(key)
-        current = getattr(obj, name)
-        if dataclasses.is_dataclass(current):
-            _apply(current, value, key + ".")
-        else:
-            setattr(obj, name, _coerce(key, hints[name], value))
-
-
-def set_key(cfg: Config, key: str, value) -> None:
-    """Set one dotted key (`train.epochs`) to an already-parsed value, with the same checks as YAML."""
-    parts = key.split(".")
-    nested: Any = value
-    for part in reversed(parts):
-        nested = {part: nested}
-    _apply(cfg, nested)
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """`train.epochs=3` -> ("train.epochs", 3); the value is read as YAML (`[a, b]`, `true`, `null`, `1e-3`)."""
-    if "=" not in text:
-        raise ConfigError(f"--set expects KEY=VALUE, got '{text}'")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value is not valid YAML: {raw!r}") from exc
-    if isinstance(value, str) and _looks_like_float(value):
-        value = float(value)  # YAML 1.1 reads "1e-3" as a string; users mean a number
-    return key.strip(), value
-
-
-def _looks_like_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def bundled_configs() -> dict[str, Path]:
@@ -207,10 +108,3 @@ def read_yaml(path) -> dict:
         raise ConfigError(f"{path}: a config is a mapping of sections (data:, model:, train:, ...), got "
                           f"{type(values).__name__}")
     return values or {}
-
-
-def from_dict(values: dict) -> Config:
-    cfg = Config()
-    _apply(cfg, values)
-    validate(cfg)
-    return cfg

@@ -125,9 +125,14 @@ def keep_finished_outputs(run_dir: Path) -> Path:
 
 
 def load_run_config(run_dir) -> Config:
+    """A run's own `config.yaml`, validated (a user may have edited it)."""
     import yaml
 
-    return from_dict(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))
+    from medkeras.config import validate
+
+    cfg = from_dict(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))
+    validate(cfg)
+    return cfg
 
 
 def write_rows(path, header, rows) -> None:
