@@ -114,3 +114,11 @@ def test_every_name_the_readme_shows_exists(name):
         except AttributeError:
             obj = importlib.import_module(".".join(parts[: i + 1]))
     assert callable(obj) or type(obj).__name__ == "module", name
+
+
+def test_the_readme_lists_every_bundled_config():
+    from medkeras.config import bundled_configs
+
+    table = README.split("## Bundled configs", 1)[1].split("\n\n", 2)[1]
+    listed = set(re.findall(r"^\| `([a-z0-9-]+)` \|", table, flags=re.M))
+    assert listed == set(bundled_configs())

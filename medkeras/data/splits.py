@@ -145,14 +145,18 @@ def content_hash(path) -> str:
 def _across_splits(dataset, index) -> dict:
     """{"counts": {"train/test": n, ...}, "pairs": [(split_a, name_a, split_b, name_b), ...]} of the items that share
     a key of `index` ({key: [(split, name), ...]}) but lie in different splits."""
+    return _counted(dataset, [pair for items in index.values() for pair in combinations(items, 2)])
+
+
+def _counted(dataset, candidates) -> dict:
+    """Of `candidates` ([((split, name), (split, name)), ...]) the pairs across two splits, counted by split pair."""
     counts = {f"{a}/{b}": 0 for a, b in combinations(dataset.splits, 2)}
     pairs = []
-    for items in index.values():
-        for (sa, na), (sb, nb) in combinations(items, 2):
-            if sa != sb:
-                key = f"{sa}/{sb}" if f"{sa}/{sb}" in counts else f"{sb}/{sa}"
-                counts[key] += 1
-                pairs.append((sa, na, sb, nb))
+    for (sa, na), (sb, nb) in candidates:
+        if sa != sb:
+            key = f"{sa}/{sb}" if f"{sa}/{sb}" in counts else f"{sb}/{sa}"
+            counts[key] += 1
+            pairs.append((sa, na, sb, nb))
     return {"counts": counts, "pairs": pairs}
 
 
@@ -178,10 +182,18 @@ def near_duplicates_across_splits(dataset, tolerance_mm: float = 0.5) -> dict:
     """{"counts": {"train/test": n, ...}, "pairs": [...]} of slices at the same position (within `tolerance_mm`) in
     one frame of reference (one patient's scan), found in two splits: other reconstructions or series of the same
     slice, which leak as surely as a copy. Grouping by patient prevents them; they appear where it could not."""
-    index = {}
+    scans = {}
     for split_name, split in dataset.splits.items():
         for name, where in zip(split.names(), split.positions or []):
             if where is not None and where[0] is not None:
-                index.setdefault((where[0], round(where[1] / tolerance_mm)), []).append((split_name, name))
-    return _across_splits(dataset, index)
+                scans.setdefault(where[0], []).append((float(where[1]), split_name, name))
+    candidates = []
+    for items in scans.values():  # every pair within the tolerance (buckets of it split neighbours 0.02 mm apart)
+        items.sort()
+        for i, (z, split_name, name) in enumerate(items):
+            for z2, split2, name2 in items[i + 1:]:
+                if z2 - z > tolerance_mm:
+                    break
+                candidates.append(((split_name, name), (split2, name2)))
+    return _counted(dataset, candidates)
 

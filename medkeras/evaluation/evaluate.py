@@ -104,6 +104,11 @@ def calibrate_on_validation(val_labels, val_logits, class_names, positive_class,
             "degenerate (one class throughout, or no signal); temperature scaling is not applied")}
         print(f"medkeras: warning: {flags['temperature_note']}")
         temperature = 1.0
+    if temperature != 1.0 and len(val_labels):
+        worse = calibration_worse(val_labels, val_logits, temperature, eval_cfg.ece_bins, "the validation split")
+        if worse:
+            flags["calibration_note"] = worse
+            print(f"medkeras: warning: {worse}")
     rule = eval_cfg.threshold
     threshold = operating_point(val_labels, val_logits, class_names, positive_class, temperature, rule)
     levels = {} if split is None else level_thresholds(val_labels, val_logits, names, split, class_names,
@@ -131,13 +136,30 @@ def score_logits(labels, logits, class_names, positive_class, temperature, thres
             "after": calibration_summary(labels, probs, eval_cfg.ece_bins),
             "before": calibration_summary(labels, softmax(logits, 1.0), eval_cfg.ece_bins),
         }
+        worse = calibration_worse(labels, logits, temperature, eval_cfg.ece_bins, "this split")
+        metrics["calibration"]["worse"] = bool(worse)
+        if worse:
+            metrics["notes"] = [*metrics.get("notes", []), worse]
     return metrics
 
 
+def calibration_worse(labels, logits, temperature, n_bins, where) -> str | None:
+    """A note where the temperature (fitted on validation by log-loss) makes `where` ECE worse, else None."""
+    if temperature == 1.0:
+        return None
+    before = calibration_summary(labels, softmax(logits, 1.0), n_bins)["ece"]
+    after = calibration_summary(labels, softmax(logits, temperature), n_bins)["ece"]
+    if after <= before:
+        return None
+    return (f"temperature scaling (T = {temperature:.3f}, fitted on validation by log-loss) raises the ECE of {where} "
+            f"from {before:.3f} to {after:.3f}")
+
+
 def ensemble_table(labels, members: dict, ensemble_logits, class_names, positive_class, threshold, eval_cfg,
-                   draws=None) -> list:
-    """Rows: each member alone, each leave-one-out average, the plain average and the model's own combination;
-    AUROC intervals from the split's shared `draws` (the saved model's row equals the metrics table's)."""
+                   draws=None, temperature: float = 1.0) -> list:
+    """Rows: each member alone, each leave-one-out average, the plain average and the model's own combination, all
+    at the model's temperature and threshold; AUROC intervals (or the note the metrics table gives) from the
+    split's shared `draws`, so the saved model's row equals the metrics table."""
     if not members:
         return []
     names = list(members)
@@ -148,20 +170,23 @@ def ensemble_table(labels, members: dict, ensemble_logits, class_names, positive
     rows = []
     for title, parts in combos:
         logits = np.mean([members[p] for p in parts], axis=0)
-        rows.append(_row(title, labels, logits, class_names, positive_class, threshold, eval_cfg, draws))
-    rows.append(_row("model as saved", labels, ensemble_logits, class_names, positive_class, threshold, eval_cfg, draws))
+        rows.append(_row(title, labels, logits, class_names, positive_class, threshold, eval_cfg, draws, temperature))
+    rows.append(_row("model as saved", labels, ensemble_logits, class_names, positive_class, threshold, eval_cfg, draws,
+                     temperature))
     return rows
 
 
-def _row(title, labels, logits, class_names, positive_class, threshold, eval_cfg, draws):
-    probs = softmax(logits, 1.0)
+def _row(title, labels, logits, class_names, positive_class, threshold, eval_cfg, draws, temperature):
+    probs = softmax(logits, temperature)
     point = classification_metrics(labels, probs, class_names, positive_class, threshold)
-    ci = auroc_interval(labels, probs, class_names, positive_class, draws, eval_cfg.ci_level) if draws else {}
+    ci = auroc_interval(labels, probs, class_names, positive_class, draws, eval_cfg.ci_level) if draws and \
+        draws.indices else {}
     return {
         "model": title,
         "auroc": point.get("auroc"),
         "auroc_lower": ci.get("lower"),
         "auroc_upper": ci.get("upper"),
+        "auroc_note": ci.get("note"),
         "auprc": point.get("auprc"),
         "accuracy": point.get("accuracy"),
         "ece": calibration_summary(labels, probs, eval_cfg.ece_bins)["ece"] if len(labels) else None,
@@ -270,10 +295,11 @@ def score_arrays(split_name, dataset, arrays, logits, temperature, threshold, th
         "pred": predict_labels(probs, pos, threshold),
         "metrics": metrics,
         "ensemble": ensemble_table(labels, members or {}, logits, class_names, positive_class, threshold, eval_cfg,
-                                   draws),
+                                   draws, temperature),
         "patients": patients,
         "series": series,
         "levels": levels,
+        "draws": draws.indices,  # the resamples every interval of this split comes from (the ROC band too)
         "bad_files": [],
         "tta": False,
     }

@@ -42,8 +42,8 @@ class Draws:
     def method(self) -> str:
         if not self.indices:
             return "none"
-        return (f"cluster bootstrap over {self.groups} patients ({len(self.indices)} resamples)" if self.clustered else
-                f"bootstrap over {self.unit} ({len(self.indices)} resamples)")
+        return (f"cluster bootstrap over {counted(self.groups, ('patient', 'patients'))} ({len(self.indices)} resamples)"
+                if self.clustered else f"bootstrap over {self.unit} ({len(self.indices)} resamples)")
 
 
 def auroc(y, score) -> float | None:
@@ -124,19 +124,23 @@ def _cases(labels, probs, class_names, positive_class, threshold) -> dict:
         y, hit = labels == pos, probs[:, pos] >= threshold
         positives, negatives = int(y.sum()), int((~y).sum())
         both = min(positives, negatives)
-        return {"sensitivity": (positives, "positives"), "specificity": (negatives, "negatives"),
-                "ppv": (int(hit.sum()), "predicted positives"), "npv": (int((~hit).sum()), "predicted negatives"),
-                "auroc": (both, "cases of the rarer class"), "auprc": (positives, "positives"),
-                "balanced_accuracy": (both, "cases of the rarer class"), "f1": (positives, "positives")}
+        rarer = ("case of the rarer class", "cases of the rarer class")
+        return {"sensitivity": (positives, ("positive", "positives")), "specificity": (negatives, ("negative", "negatives")),
+                "ppv": (int(hit.sum()), ("predicted positive", "predicted positives")),
+                "npv": (int((~hit).sum()), ("predicted negative", "predicted negatives")),
+                "auroc": (both, rarer), "auprc": (positives, ("positive", "positives")),
+                "balanced_accuracy": (both, rarer), "f1": (positives, ("positive", "positives"))}
     out = {}
     pred = probs.argmax(axis=1)
     for c, name in enumerate(class_names):
         count, other = int((labels == c).sum()), int((labels != c).sum())
-        out.update({f"sensitivity[{name}]": (count, f"{name} cases"), f"f1[{name}]": (count, f"{name} cases"),
-                    f"auroc[{name}]": (min(count, other), f"cases of the rarer side of {name}"),
-                    f"specificity[{name}]": (other, f"non-{name} cases"),
-                    f"ppv[{name}]": (int((pred == c).sum()), f"predicted {name}")})
-    return {**out, "_all": (n, "cases")}
+        cases = (f"{name} case", f"{name} cases")
+        out.update({f"sensitivity[{name}]": (count, cases), f"f1[{name}]": (count, cases),
+                    f"auroc[{name}]": (min(count, other), (f"case of the rarer side of {name}",
+                                                           f"cases of the rarer side of {name}")),
+                    f"specificity[{name}]": (other, (f"non-{name} case", f"non-{name} cases")),
+                    f"ppv[{name}]": (int((pred == c).sum()), (f"predicted {name}", f"predicted {name}"))})
+    return {**out, "_all": (n, ("case", "cases"))}
 
 
 def bootstrap_intervals(labels, probs, class_names, positive_class=None, threshold=0.5, n: int = 1000, seed: int = 0,
@@ -159,42 +163,50 @@ def bootstrap_intervals(labels, probs, class_names, positive_class=None, thresho
                 if v is not None and k in samples:
                     samples[k].append(v)
     cases = _cases(labels, probs, class_names, positive_class, threshold)
+    return {k: estimate(value, samples[k], *cases.get(k, cases.get("_all", (len(labels), ("case", "cases")))),
+                        len(draws.indices), level) for k, value in point.items()}
+
+
+def counted(count: int, what) -> str:
+    """`3 positives`, `1 positive`: `what` is (singular, plural)."""
+    return f"{count} {what[0] if count == 1 else what[1]}"
+
+
+def estimate(value, resampled, count: int, what, draws: int, level: float = 0.95) -> dict:
+    """The one honesty rule for an interval, wherever a figure is shown (metrics, levels, the ensemble table, the
+    ROC band): {"value", "lower", "upper"} from the resamples' quantiles, or lower and upper None with a "note"
+    where the figure is undefined, defined in too few resamples, rests on fewer than MIN_CASES cases (`count`
+    of `what`), or every resample gives the same value."""
+    values = np.asarray([v for v in resampled if v is not None], dtype=np.float64)
+    none = {"value": value, "lower": None, "upper": None}
+    if value is None:  # e.g. PPV of a model that predicts no positives
+        return {**none, "note": f"undefined: {counted(count, what)}"}
+    if len(values) < max(10, draws // 10):
+        return {**none, "note": f"defined in only {len(values)} of {draws} resamples: no interval"}
+    if count < MIN_CASES:
+        return {**none, "note": f"{counted(count, what)}: too few for an interval"}
     alpha = (1.0 - level) / 2.0
-    out = {}
-    for k, value in point.items():
-        values = np.asarray(samples[k], dtype=np.float64)
-        count, what = cases.get(k, cases.get("_all", (len(labels), "cases")))
-        if value is None:  # e.g. PPV of a model that predicts no positives
-            out[k] = {"value": None, "lower": None, "upper": None, "note": f"undefined: {count} {what}"}
-        elif len(values) < max(10, len(draws.indices) // 10):
-            out[k] = {"value": value, "lower": None, "upper": None,
-                      "note": f"defined in only {len(values)} of {len(draws.indices)} resamples: no interval"}
-        elif count < MIN_CASES:
-            out[k] = {"value": value, "lower": None, "upper": None,
-                      "note": f"{count} {what}: too few for an interval"}
-        else:
-            lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
-            out[k] = {"value": value, "lower": float(lo), "upper": float(hi)}
-            if hi - lo == 0:  # every resample agrees: e.g. every image predicted positive gives sensitivity 1.000
-                out[k] = {"value": value, "lower": None, "upper": None,
-                          "note": f"every resample gives {value:.3f}: no interval can be estimated"}
-    return out
+    lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
+    if hi - lo == 0:  # every resample agrees: e.g. every image predicted positive gives sensitivity 1.000
+        return {**none, "note": f"every resample gives {value:.3f}: no interval can be estimated"}
+    return {"value": value, "lower": float(lo), "upper": float(hi)}
 
 
 def auroc_interval(labels, probs, class_names, positive_class, draws: Draws, level: float = 0.95) -> dict:
-    """{"lower", "upper"} of the AUROC over `draws` alone (the ensemble table's rows: one interval per figure)."""
+    """The AUROC with its interval (or note) over `draws` alone, by `estimate`'s rule: the ensemble table's rows,
+    one interval per figure, noted as the metrics table notes it."""
     labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
     pos = positive_index(class_names, positive_class)
-    values = []
+
+    def value(y, p):
+        if len(np.unique(y)) < (len(class_names) if len(class_names) > 2 else 2):
+            return None
+        return auroc(y == pos, p[:, pos]) if pos is not None else skm.roc_auc_score(y, p, multi_class="ovr",
+                                                                                     average="macro")
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for idx in draws.indices:
-            y = labels[idx]
-            if len(np.unique(y)) < len(class_names) and len(class_names) > 2 or len(np.unique(y)) < 2:
-                continue
-            values.append(auroc(y == pos, probs[idx, pos]) if pos is not None else
-                          skm.roc_auc_score(y, probs[idx], multi_class="ovr", average="macro"))
-    if len(values) < max(10, len(draws.indices) // 10):
-        return {}
-    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
-    return {"lower": float(lo), "upper": float(hi)}
+        resampled = [value(labels[idx], probs[idx]) for idx in draws.indices]
+    key = "auroc" if pos is not None else "_all"
+    count, what = _cases(labels, probs, class_names, positive_class, 0.5).get(key, (len(labels), ("case", "cases")))
+    return estimate(value(labels, probs), resampled, count, what, len(draws.indices), level)

@@ -1,5 +1,5 @@
-"""The report's figures (matplotlib, PNG): ROC with a bootstrap band, PR, reliability, confusion matrix,
-training history, probability distribution per class, and metrics against the threshold."""
+"""The report's figures (matplotlib, PNG): ROC with a bootstrap band, PR, reliability (each point with its count),
+confusion matrix, training history, probability distribution per class, and metrics against the threshold."""
 
 from __future__ import annotations
 
@@ -29,15 +29,15 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def roc_with_band(y, score, out: Path, n_boot: int = 200, level: float = 0.95) -> Path:
+def roc_with_band(y, score, out: Path, draws=(), level: float = 0.95, note: str | None = None) -> Path:
+    """The ROC curve with a band from the split's own resamples (`draws`: the ones its AUROC interval comes from,
+    whole patients where known); no band where that interval has a `note` instead (too few cases, ...)."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     plt = _plt()
     grid = np.linspace(0, 1, 101)
-    rng = np.random.default_rng(0)
     curves = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
+    for idx in [] if note else draws:
         if y[idx].all() or not y[idx].any():
             continue
         fpr, tpr, _ = roc_curve(y[idx], score[idx])
@@ -47,6 +47,8 @@ def roc_with_band(y, score, out: Path, n_boot: int = 200, level: float = 0.95) -
     if curves:
         lo, hi = np.quantile(curves, [(1 - level) / 2, 1 - (1 - level) / 2], axis=0)
         ax.fill_between(grid, lo, hi, alpha=0.25, label=f"{int(level * 100)}% bootstrap band")
+    elif note:
+        ax.text(0.98, 0.3, f"no band: {note}", ha="right", fontsize=7, wrap=True, transform=ax.transAxes)
     ax.plot(fpr, tpr, lw=2, label=f"AUROC {roc_auc_score(y, score):.3f}")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC")
@@ -90,7 +92,10 @@ def reliability(labels, logits, temperature, n_bins, out: Path) -> Path:
     for title, t in (("before (T = 1)", 1.0), (f"after (T = {temperature:.2f})", temperature)):
         bins = reliability_bins(labels, softmax(logits, t), n_bins)
         used = bins["counts"] > 0
-        ax.plot(bins["confidence"][used], bins["accuracy"][used], "o-", ms=4, label=title)
+        line, = ax.plot(bins["confidence"][used], bins["accuracy"][used], "o-", ms=4, label=title)
+        for x, acc, count in zip(bins["confidence"][used], bins["accuracy"][used], bins["counts"][used]):
+            ax.annotate(str(int(count)), (x, acc), textcoords="offset points", xytext=(0, 5), ha="center",
+                        fontsize=6, color=line.get_color())  # how many images each point rests on
     ax.set(xlabel="confidence (top-label probability)", ylabel="accuracy", title="Reliability", xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="upper left", fontsize=8)
     return _save(fig, out)
@@ -183,7 +188,9 @@ def draw_all(plot_dir: Path, scored, class_names, pos, threshold, eval_cfg, hist
     if pos is not None:
         y = labels == pos
         if y.any() and not y.all():
-            figures.append(roc_with_band(y, probs[:, pos], plot_dir / "roc.png", level=eval_cfg.ci_level))
+            note = m.get("intervals", {}).get("auroc", {}).get("note")
+            figures.append(roc_with_band(y, probs[:, pos], plot_dir / "roc.png", scored.get("draws") or (),
+                                         eval_cfg.ci_level, note))
             figures.append(pr_curve(y, probs[:, pos], plot_dir / "pr.png"))
             figures.append(metrics_vs_threshold(y, probs[:, pos], threshold, plot_dir / "metrics_vs_threshold.png"))
     elif len(np.unique(labels)) > 1:

@@ -16,6 +16,8 @@ import numpy as np
 import yaml
 
 from medkeras.evaluation import plots
+from medkeras.evaluation.intervals import counted
+from medkeras.evaluation.thresholds import parse_rule
 from medkeras.models.outputs import positive_index
 from medkeras.utils import atomic_write_text
 
@@ -57,7 +59,7 @@ LEVEL_ROWS = ("auroc", "auprc", "sensitivity", "specificity", "ppv", "f1", "accu
               "brier", "ece")
 
 
-def _levels_table(m) -> str:
+def _levels_table(m, fixed: bool = False) -> str:
     """Slice, series and patient results side by side, each with its n, threshold and resampling."""
     levels = m.get("levels") or {}
     if not levels:
@@ -65,7 +67,8 @@ def _levels_table(m) -> str:
     columns = [("slice", m), *levels.items()]
     rows = [[k, *[_with_ci(lm, k) for _, lm in columns]] for k in LEVEL_ROWS
             if any(k in lm or k in lm.get("intervals", {}) for _, lm in columns)]
-    rows.append(["threshold (chosen on validation at this level)", *[_fmt(lm.get("threshold")) for _, lm in columns]])
+    what = "threshold (fixed)" if fixed else "threshold (chosen on validation at this level)"
+    rows.append([what, *[_fmt(lm.get("threshold")) for _, lm in columns]])
     rows.append(["intervals", *[html.escape(str(lm.get("resampling", "none"))) for _, lm in columns]])
     header = ["metric", *[f"{name} (n = {lm.get('n')})" for name, lm in columns]]
     rule = html.escape(str(next(iter(levels.values())).get("rule", "mean")))
@@ -177,6 +180,12 @@ def _errors_section(scored, class_names, pos, k=8) -> str:
     return "".join(out)
 
 
+def _band_note(m) -> str:
+    """Why the ROC plot has no band, where the AUROC interval is a note (the rule the tables follow)."""
+    note = m.get("intervals", {}).get("auroc", {}).get("note")
+    return f"<p>The ROC plot has no band: {html.escape(note)}.</p>" if note else ""
+
+
 def _tta_words(scored) -> str:
     """How the split was scored: TTA off, or on with its flips; and whether that is what the model serves."""
     flips = scored.get("tta_flips") or []
@@ -198,8 +207,9 @@ def write_report(out_dir, scored, dataset, cfg, meta, model=None, history_csv=No
     threshold = m.get("threshold", 0.5)
     scored = {**scored, "image_size": meta.get("image_size", cfg.data.image_size)}
     warnings = list(m.get("notes", []))
-    if meta.get("temperature_note"):
-        warnings.append(meta["temperature_note"])
+    for note in ("temperature_note", "calibration_note", "bag_note"):  # said when the model was calibrated
+        if meta.get(note):
+            warnings.append(meta[note])
 
     figures = plots.draw_all(plot_dir, scored, class_names, pos, threshold, cfg.eval, history_csv)
     data_html = _data_section(dataset, warnings)
@@ -211,11 +221,12 @@ def write_report(out_dir, scored, dataset, cfg, meta, model=None, history_csv=No
     level = int(round(100 * m.get("ci_level", 0.95)))
     sentence = ""
     if pos is not None:
+        rule = str(meta.get("threshold_rule", cfg.eval.threshold))
+        how = "fixed" if parse_rule(rule)[0] == "fixed" else f"rule: {html.escape(rule)}, chosen on validation"
         sentence = (
-            f"<p class='op'>At threshold {threshold:.3f} on p({html.escape(class_names[pos])}) "
-            f"(rule: {html.escape(str(meta.get('threshold_rule', cfg.eval.threshold)))}, chosen on validation): "
+            f"<p class='op'>At threshold {threshold:.3f} on p({html.escape(class_names[pos])}) ({how}): "
             f"sensitivity {_with_ci(m, 'sensitivity')}, specificity {_with_ci(m, 'specificity')} "
-            f"(n = {m['n']}, {m['class_counts'][class_names[pos]]} positive).</p>"
+            f"(n = {m['n']}, {counted(m['class_counts'][class_names[pos]], ('positive', 'positives'))}).</p>"
         )
     cal = m.get("calibration", {})
     cal_keys = ("ece", "ece_floor", "mce", "brier")
@@ -223,10 +234,13 @@ def write_report(out_dir, scored, dataset, cfg, meta, model=None, history_csv=No
                 [f"after (T = {cal.get('temperature', 1.0):.3f})",
                  *[_with_ci(m, k, 4) if k in m.get("intervals", {}) else _fmt(cal.get("after", {}).get(k), 4)
                    for k in cal_keys]]]
-    ens_rows = [[html.escape(r["model"]), _fmt(r["auroc"]) + (f" [{_fmt(r['auroc_lower'])}, {_fmt(r['auroc_upper'])}]"
-                 if r.get("auroc_lower") is not None else ""),
+    ens_rows = [[html.escape(r["model"]), _with_ci({"intervals": {"auroc": {
+                    "value": r["auroc"], "lower": r.get("auroc_lower"), "upper": r.get("auroc_upper"),
+                    "note": r.get("auroc_note")}}}, "auroc"),
                  _fmt(r["auprc"]), _fmt(r["accuracy"]), _fmt(r["ece"], 4)] for r in scored.get("ensemble", [])]
-    ensemble_html = _table(ens_rows, ["model", f"AUROC [{level}% CI]", "AUPRC", "accuracy", "ECE (T=1)"]) if ens_rows else "<p>single model</p>"
+    temperature = cal.get("temperature", 1.0)
+    ensemble_html = _table(ens_rows, ["model", f"AUROC [{level}% CI]", "AUPRC", "accuracy", f"ECE (T = {temperature:.3f})"]
+                           ) if ens_rows else "<p>single model</p>"
     warn_html = "".join(f"<p class='warn'>{html.escape(w)}</p>" for w in warnings)
     config_dict = cfg.to_dict()
     page = f"""<!doctype html>
@@ -250,13 +264,14 @@ pre{{background:#f7f7f7;padding:10px;overflow:auto}}
 {sentence}
 {_table(metric_rows, ["metric", f"value [{level}% CI]"])}
 {_per_class_table(m, class_names)}
-{_levels_table(m)}
+{_levels_table(m, parse_rule(str(meta.get("threshold_rule", cfg.eval.threshold)))[0] == "fixed")}
 <h2>Calibration ({cfg.eval.ece_bins} bins)</h2>
 {_table(cal_rows, ["probabilities", "ECE", "ECE if perfectly calibrated (sampling floor)", "MCE", "Brier"])}
 <p>The floor is the mean ECE that predictions with these confidences would show on {m.get('n')} images if they were
 perfectly calibrated: an ECE near it is as calibrated as this test set can tell.</p>
 <h2>Plots</h2>
 {''.join(_img(f) for f in figures)}
+{_band_note(m)}
 <h2>Ensemble</h2>
 {ensemble_html}
 <h2>Grad-CAM</h2>

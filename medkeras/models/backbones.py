@@ -227,10 +227,7 @@ def build_backbone(name: str, image_size: int, weights: str = "none", dynamic: b
             return spec.build(shape, "imagenet")
         except Exception as exc:  # noqa: BLE001 - Keras raises a bare Exception on a failed download
             if "fetch" in str(exc).lower() or "url" in str(exc).lower():
-                raise MedkerasError(
-                    f"cannot download ImageNet weights for '{name}' (offline?): put the file Keras asks for in "
-                    f"~/.keras/models/, or set model.weights to none or a local .weights.h5 file"
-                ) from exc
+                raise MedkerasError(offline_message(name, str(exc))) from exc
             raise
     model = spec.build(shape, None)
     if weights != "none":
@@ -242,6 +239,19 @@ def build_backbone(name: str, image_size: int, weights: str = "none", dynamic: b
         except Exception as exc:  # noqa: BLE001
             raise MedkerasError(f"{path}: cannot load weights into '{name}': {str(exc).splitlines()[0]}") from exc
     return model
+
+
+def offline_message(name: str, error: str) -> str:
+    """What to do when Keras cannot download a backbone's ImageNet weights: the file to place, and where."""
+    import re
+
+    url = re.search(r"https?://\S+?\.h5", error)
+    if url is None:
+        return (f"cannot download ImageNet weights for '{name}' (offline?): put the file Keras asks for in "
+                "~/.keras/models/, or set model.weights to none or a local .weights.h5 file")
+    file = url.group(0).rsplit("/", 1)[-1]
+    return (f"cannot download ImageNet weights for '{name}' (offline?): put {file} (from {url.group(0)}) in "
+            "~/.keras/models/, or set model.weights to none or a local .weights.h5 file")
 
 
 def published_params(name: str) -> int:

@@ -214,8 +214,12 @@ def bag_folds(out: Path, cfg: Config, dataset, folds: int, meta: dict, calibrati
             model, _ = load_model(out / f"fold-{i}")
             members.append(keras.Model(model.inputs[0], model.outputs[0], name=f"fold{i}"))  # unique names in one graph
         ensemble = build_ensemble(members, cfg.data.image_size, name="bagged_folds")
+        bag_note = (f"the bag's temperature ({calibration['temperature']:.3f}) and thresholds were fitted on each "
+                    f"image's out-of-fold logits, from one fold model; the bag averages {folds} models' logits, which "
+                    "spread less, so they may be miscalibrated for it (no data is left to fit them on the bag itself)")
         bag_meta = {**meta, **calibration, "backbones": [f"fold{i}" for i in range(1, folds + 1)],
-                    "bagged_from": [f"fold-{i}" for i in range(1, folds + 1)], "config": cfg.to_dict()}
+                    "bagged_from": [f"fold-{i}" for i in range(1, folds + 1)], "config": cfg.to_dict(),
+                    "bag_note": bag_note}
         save_model(ensemble, bag_dir / "model.keras", bag_meta)
         cfg.save(bag_dir / "config.yaml")
     results = {}
@@ -225,7 +229,7 @@ def bag_folds(out: Path, cfg: Config, dataset, folds: int, meta: dict, calibrati
             write_outputs(bag_dir, scored, dataset, cfg, bag_meta, model=ensemble)
         results = {"test": scored["metrics"], "ensemble": scored["ensemble"]}
     atomic_write_json(bag_dir / "metrics.json", {"config": cfg.name, "temperature": bag_meta["temperature"],
-                                                 "threshold": bag_meta["threshold"],
+                                                 "threshold": bag_meta["threshold"], "note": bag_note,
                                                  "thresholds": bag_meta.get("thresholds", {}), **results})
     return results
 

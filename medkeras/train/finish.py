@@ -88,6 +88,7 @@ def finish_run(ctx, model, best: dict) -> dict:
             "threshold": meta["threshold"],
             "threshold_rule": meta["threshold_rule"],
             "thresholds": meta.get("thresholds", {}),
+            "calibration_note": meta.get("calibration_note"),  # where the temperature worsens validation's ECE
             "fusion_weights": meta.get("fusion_weights"),
             **results,
             "timing_s": ctx.timer.marks,

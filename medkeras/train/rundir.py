@@ -42,6 +42,7 @@ class RunState:
     path: Path
     created: bool  # this command made the directory: a failure before any training leaves nothing behind
     replaced: Path | None = None  # --overwrite: the previous run, kept aside until the new one is finished
+    parents: tuple = ()  # folders this command made to hold it (`runs/`), removed with it when left empty
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -76,8 +77,9 @@ def open_run_dir(run_dir: Path, resume: bool, overwrite: bool = False, marker: s
         replaced = run_dir.with_name(f".{run_dir.name}.replaced-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
         run_dir.rename(replaced)
     created = not run_dir.exists()
+    parents = tuple(p for p in run_dir.parents if not p.exists())  # nearest first
     run_dir.mkdir(parents=True, exist_ok=True)
-    return RunState(run_dir, created=created, replaced=replaced)
+    return RunState(run_dir, created=created, replaced=replaced, parents=parents)
 
 
 def discard_new(state: RunState) -> bool:
@@ -88,6 +90,11 @@ def discard_new(state: RunState) -> bool:
     shutil.rmtree(state.path, ignore_errors=True)
     if state.replaced is not None:
         state.replaced.rename(state.path)
+    for parent in state.parents:  # a failed first fit leaves no empty runs/ behind
+        try:
+            parent.rmdir()
+        except OSError:  # not empty (another run), or gone
+            break
     return True
 
 

@@ -56,3 +56,22 @@ def test_fold_keys_are_checked():
     for folds, fold in ((1, 1), (5, 0), (5, 6), (0, 2)):
         with pytest.raises(ConfigError, match="data.folds"):
             validate(Config(data=DataConfig(folds=folds, fold=fold)))
+
+
+def test_slices_within_the_tolerance_are_one_position_wherever_they_fall():
+    """0.02 mm apart in one scan is the same position (buckets of round(z / 0.5) put 10.24 and 10.26 apart), 0.6 mm is
+    not, and another frame of reference never is."""
+    from medkeras.data.splits import near_duplicates_across_splits
+    from medkeras.data.types import Dataset, Split
+
+    def split(names, positions):
+        return Split(labels=np.zeros(len(names), np.int64), paths=names, positions=positions)
+
+    ds = Dataset("scan", ["a", "b"], {
+        "train": split(["t1.dcm", "t2.dcm"], [("scan1", 10.24), ("scan1", 20.0)]),
+        "val": split(["v1.dcm"], [("scan1", 20.6)]),
+        "test": split(["s1.dcm", "s2.dcm"], [("scan1", 10.26), ("scan2", 10.25)]),
+    })
+    found = near_duplicates_across_splits(ds)
+    assert found["pairs"] == [("train", "t1.dcm", "test", "s1.dcm")]
+    assert found["counts"] == {"train/val": 0, "train/test": 1, "val/test": 0}

@@ -117,3 +117,13 @@ def test_one_door_for_saved_models(tmp_path, tiny_run, exported):
     with pytest.raises(MedkerasError, match="model not found"):
         open_model(tmp_path)
 
+
+
+def test_the_offline_imagenet_message_names_the_file_to_place():
+    from medkeras.models.backbones import offline_message
+
+    keras_error = ("URL fetch failure on https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5: "
+                   "None -- [Errno -2] Name or service not known")
+    message = offline_message("efficientnetb0", keras_error)
+    assert "put efficientnetb0_notop.h5 (from https://storage.googleapis.com/keras-applications/" in message
+    assert "~/.keras/models/" in message and "\n" not in message

@@ -451,6 +451,10 @@ def test_a_run_is_never_replaced_without_overwrite_and_a_failed_fit_leaves_nothi
     failing = ["--set", "data.source=" + str(tmp_path / "nowhere")]
     result = run_cli("fit", "--out", tmp_path / "new", *failing)
     assert result.returncode == 1 and not (tmp_path / "new").exists()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    result = run_cli("fit", *failing, cwd=fresh)  # the default runs/<config>-<time>: no empty runs/ either
+    assert result.returncode == 1 and list(fresh.iterdir()) == []
     result = run_cli("fit", "--out", run, "--overwrite", *failing)
     assert result.returncode == 1 and (run / "model.keras").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing left aside
