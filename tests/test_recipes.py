@@ -205,6 +205,15 @@ def _check_recipe(name, run, export, tmp):
     flips = config["eval"]["tta_flips"] if config["eval"]["tta"] else []
     assert meta["tta_flips"] == facts["tta_flips"] == flips  # the recipe's TTA, said to the client
     assert facts["windows"] == (config["data"]["window"] or [])
+    from medkeras.models.ensemble import member_names
+
+    names = member_names(config["model"]["backbones"])
+    apart = config["train"]["ensemble"] == "separate" and len(names) > 1
+    for log in [run / f"train_log_{n}.csv" for n in names] if apart else [run / "train_log.csv"]:
+        with open(log, newline="") as fh:  # one row per epoch, counted from 1, through both phases
+            assert [r["epoch"] for r in csv.DictReader(fh)] == [str(e) for e in range(1, config["train"]["epochs"] + 1)]
+    members = [r["model"] for r in json.loads((run / "metrics.json").read_text())["ensemble"]]
+    assert members[: len(names)] == ([f"{n} alone" for n in names] if len(names) > 1 else [])
     gaps = through_every_door(run, export, recipe_test_files(run, tmp), tmp)
     print(name, json.dumps(gaps))
 

@@ -172,14 +172,24 @@ def balanced_draws(per_class: list, seed: int):
 def augment_batches(ds, data_cfg, augment: bool = False, seed: int = 42, size_var=None, deterministic: bool = True):
     """Batches -> augmented on the batch with Keras layers when `augment`, clipped to [0, 255], 3 channels, prefetched.
 
-    `size_var` (a tf.Variable, progressive resizing): batches are resized to its current value when it differs
-    from `data.image_size`, before augmentation; a callback sets it at each epoch's start.
+    `size_var` (a tf.Variable, progressive resizing): augmented batches are resized to its current value when it
+    differs from `data.image_size`; a callback sets it at each epoch's start.
     """
     import tensorflow as tf
 
     augmenter = build_augmenter(data_cfg.augment, seed) if augment else None
     if augmenter is not None and data_cfg.augment.randaugment > 0:  # RandAugment's colour operations need RGB
         ds = ds.map(lambda x, y: (to_model_channels(x), y))
+    if augmenter is not None:
+
+        def augment_batch(x, y):
+            return tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0), y
+
+        # `deterministic`: one batch at a time, so the layers' random draws follow the batch order: the same seed
+        # gives the same run (in parallel, batches drew from the shared generators in whatever order they ran).
+        # At data.image_size, before any progressive resizing: every layer sees one known size (CLAHE, RandomErasing
+        # and the blur fail on images of unknown size; found by bench.config_fuzz).
+        ds = ds.map(augment_batch, num_parallel_calls=None if deterministic else AUTOTUNE)
     if size_var is not None:
         full = data_cfg.image_size
 
@@ -189,14 +199,6 @@ def augment_batches(ds, data_cfg, augment: bool = False, seed: int = 42, size_va
             return tf.ensure_shape(x, [None, None, None, x.shape[-1]]), y
 
         ds = ds.map(rescale)
-    if augmenter is not None:
-
-        def augment_batch(x, y):
-            return to_model_channels(tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0)), y
-
-        # `deterministic`: one batch at a time, so the layers' random draws follow the batch order: the same seed
-        # gives the same run (in parallel, batches drew from the shared generators in whatever order they ran)
-        return ds.map(augment_batch, num_parallel_calls=None if deterministic else AUTOTUNE).prefetch(AUTOTUNE)
     return ds.map(lambda x, y: (to_model_channels(x), y)).prefetch(AUTOTUNE)
 
 

@@ -1,5 +1,5 @@
 """The train section's checks, and the combinations with the other sections that training alone makes clash
-(progressive resizing against fixed-size backbones and CLAHE, balanced sampling against class weights)."""
+(progressive resizing against fixed-size backbones, balanced sampling against class weights)."""
 
 from __future__ import annotations
 
@@ -31,9 +31,6 @@ def _check_size_schedule(cfg) -> None:
     for name in cfg.train.size_schedule_members or []:
         if name not in cfg.model.backbones:
             raise ConfigError(f"config key 'train.size_schedule_members' names '{name}', not among model.backbones")
-    if cfg.data.augment.clahe > 0:  # Keras' CLAHE tiles images of one known size (fails on unknown sizes)
-        raise ConfigError("config keys 'data.augment.clahe' and 'train.size_schedule': CLAHE needs one training image "
-                          "size; set one of them off")
     for name in cfg.train.size_schedule_members or cfg.model.backbones:
         if check_backbone_name(name).fixed_size:
             raise ConfigError(f"config key 'train.size_schedule': backbone '{name}' takes one input size only; leave it "

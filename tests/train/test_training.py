@@ -286,6 +286,12 @@ def test_progressive_resizing_schedule_pipeline_and_fit(tmp_path, breast):
     assert next(iter(ds))[0].shape == (4, 28, 28, 3)
     size.assign(16)
     assert next(iter(ds))[0].shape == (4, 16, 16, 3)  # read when each epoch's iterator runs
+    # the layers that need one known image size (CLAHE, erasing, blur; they failed on resized batches) augment at
+    # data.image_size, before the batch is resized to the epoch's size
+    cfg = load_config("demo", ["data.augment.clahe=1.0", "data.augment.erasing=0.5", "data.augment.blur=0.5"]).data
+    ds = make_tf_dataset(split.images[:8], split.labels[:8], cfg, 4, True, size_var=size)
+    batch = next(iter(ds))[0].numpy()
+    assert batch.shape == (4, 16, 16, 3) and 0.0 <= batch.min() and batch.max() <= 255.0
 
     out = tmp_path / "run"
     result = run_cli(
