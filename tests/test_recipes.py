@@ -10,6 +10,7 @@ ones (everything else as bundled); `-m slow` runs the recipes' own architectures
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -129,7 +130,7 @@ def through_every_door(run: Path, export: Path, files: dict, tmp: Path) -> dict:
     """Asserts every door gives `eval`'s probabilities and labels for each file. -> the largest gap per door."""
     import tensorflow as tf
 
-    from medkeras.data.readers import is_dicom, read_dicom_hu, read_image
+    from medkeras.data.readers import common_folder, is_dicom, read_dicom_hu, read_image
 
     evaluated = medkeras.evaluate(run, split="test", out=tmp / "eval")
     assert evaluated["tta_as_served"], "eval must score the model as it is served"
@@ -151,8 +152,9 @@ def through_every_door(run: Path, export: Path, files: dict, tmp: Path) -> dict:
             medkeras.predict(source, paths, out=out, progress=False)
         rows = _rows(out)
         assert len(rows) == len(files)
-        # predict names a file given by absolute path by its name; the test files' names are unique
-        named = {Path(p).name: by_file[Path(p).resolve()] for p in paths}
+        # predict names files given by absolute path relative to the folder they share
+        shared = common_folder(paths)
+        named = {os.path.relpath(p, shared): by_file[Path(p).resolve()] for p in paths}
         answers[door] = {named[r["path"]]: ([float(r[c]) for c in columns], r["predicted"]) for r in rows}
     signatures = tf.saved_model.load(str(export)).signatures
     windows = meta.get("windows") or []

@@ -12,6 +12,7 @@ def _sometimes(layer, probability: float, seed: int):
 
     class Sometimes(keras.layers.Layer):
         def __init__(self, **kwargs):
+            kwargs.setdefault("dtype", "float32")
             super().__init__(**kwargs)
             self.inner = layer
             self.generator = keras.random.SeedGenerator(seed)
@@ -35,28 +36,31 @@ def build_augmenter(aug_cfg, seed: int):
 
     from medkeras.data.affine import RandomAffine
 
+    f32 = {"dtype": "float32"}  # pixels stay float32 under a mixed policy (float16 rounds 255 to steps of 0.125)
     layers = []
     if aug_cfg.clahe > 0:
         clahe = keras.layers.ContrastLimitedAdaptiveHistogramEqualization(
-            value_range=(0, 255), clip_limit=aug_cfg.clahe_clip_limit, name="clahe"
+            value_range=(0, 255), clip_limit=aug_cfg.clahe_clip_limit, name="clahe", **f32
         )
         layers.append(_sometimes(clahe, aug_cfg.clahe, seed + 6))
     if aug_cfg.flip != "none" or aug_cfg.rotation > 0 or aug_cfg.zoom > 0 or aug_cfg.translation > 0:
         # One resampling for all four (Keras' four layers resampled four times: 3.6x slower at 224 px)
         layers.append(RandomAffine(aug_cfg.flip, aug_cfg.rotation, aug_cfg.zoom, aug_cfg.translation,
-                                   fill_mode=aug_cfg.fill_mode, seed=seed, name="flip_rotate_zoom_translate"))
+                                   fill_mode=aug_cfg.fill_mode, seed=seed, name="flip_rotate_zoom_translate", **f32))
     if aug_cfg.brightness > 0:
-        layers.append(keras.layers.RandomBrightness(aug_cfg.brightness, value_range=(0, 255), seed=seed + 4))
+        layers.append(keras.layers.RandomBrightness(aug_cfg.brightness, value_range=(0, 255), seed=seed + 4, **f32))
     if aug_cfg.contrast > 0:
-        layers.append(keras.layers.RandomContrast(aug_cfg.contrast, value_range=(0, 255), seed=seed + 5))
+        layers.append(keras.layers.RandomContrast(aug_cfg.contrast, value_range=(0, 255), seed=seed + 5, **f32))
     if aug_cfg.randaugment > 0:
-        layers.append(keras.layers.RandAugment((0, 255), aug_cfg.randaugment, aug_cfg.randaugment_factor, seed=seed + 7))
+        layers.append(keras.layers.RandAugment((0, 255), aug_cfg.randaugment, aug_cfg.randaugment_factor, seed=seed + 7,
+                                               **f32))
     if aug_cfg.blur > 0:
-        layers.append(keras.layers.RandomGaussianBlur(aug_cfg.blur, 3, aug_cfg.blur_sigma, (0, 255), seed=seed + 8))
+        layers.append(keras.layers.RandomGaussianBlur(aug_cfg.blur, 3, aug_cfg.blur_sigma, (0, 255), seed=seed + 8, **f32))
     if aug_cfg.erasing > 0:
-        layers.append(keras.layers.RandomErasing(aug_cfg.erasing, value_range=(0, 255), seed=seed + 9))
+        layers.append(keras.layers.RandomErasing(aug_cfg.erasing, value_range=(0, 255), seed=seed + 9, **f32))
     if aug_cfg.noise > 0:
         # Keras' GaussianNoise takes a standard deviation in [0, 1]: apply it on pixels / 255
-        layers += [keras.layers.Rescaling(1 / 255.0), keras.layers.GaussianNoise(aug_cfg.noise / 255.0, seed=seed + 10),
-                   keras.layers.Rescaling(255.0)]
+        layers += [keras.layers.Rescaling(1 / 255.0, **f32), keras.layers.GaussianNoise(aug_cfg.noise / 255.0, seed=seed + 10,
+                                                                                        **f32),
+                   keras.layers.Rescaling(255.0, **f32)]
     return keras.Sequential(layers, name="augment") if layers else None

@@ -85,7 +85,9 @@ def read_data(cfg, run_dir, size_var=None) -> RunData:
 
     def train_batches(training):
         split, (images, labels, _) = dataset.splits["train"], arrays["train"]
-        sv = size_var if training else None
+        # the multi-worker loop resizes inside its step instead (loop.py): workers prefetch differently, and a
+        # batch of another size on one worker alone retraced its step apart from the others' (a hung all-reduce)
+        sv = size_var if training and tc.strategy != "multiworker" else None
         if split.store is not None:
             return stream_tf_dataset(split, cfg.data, tc.batch_size, training, tc.seed, size_var=sv,
                                      deterministic=tc.deterministic, balanced=tc.sampling == "balanced")

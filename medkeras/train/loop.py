@@ -51,10 +51,14 @@ def make_multiworker_strategy():
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
-def custom_fit(model, dataset, *, strategy, loss, optimizer, epochs, initial_epoch, steps, callbacks, verbose=1):
+def custom_fit(model, dataset, *, strategy, loss, optimizer, epochs, initial_epoch, steps, callbacks, verbose=1,
+               size_var=None):
     """Train `model` on `dataset` (global batches of (x, y[, sample_weight])) for epochs initial..epochs-1.
 
-    Returns the Keras History the callbacks filled. `model` must have been built under `strategy.scope()`.
+    `size_var` (progressive resizing): each step resizes its batch to the variable's value, read inside the step,
+    so every worker trains the same step at the same size with one traced step (the pipeline's batches stay at
+    `data.image_size`). Returns the Keras History the callbacks filled. `model` must have been built under
+    `strategy.scope()`.
     """
     import keras
     import tensorflow as tf
@@ -73,6 +77,10 @@ def custom_fit(model, dataset, *, strategy, loss, optimizer, epochs, initial_epo
     def replica_step(batch):
         x, y = batch[0], batch[1]
         weight = batch[2] if len(batch) > 2 else None
+        if size_var is not None:
+            size = tf.convert_to_tensor(size_var)
+            x = tf.cond(tf.equal(size, tf.shape(x)[1]), lambda: x,
+                        lambda: tf.image.resize(x, tf.stack([size, size]), antialias=True))
         with tf.GradientTape() as tape:
             logits = tf.cast(model(x, training=True), tf.float32)
             per_example = loss.call(y, logits)
@@ -83,6 +91,8 @@ def custom_fit(model, dataset, *, strategy, loss, optimizer, epochs, initial_epo
                 total += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
             scaled = optimizer.scale_loss(total)  # times the dynamic loss scale under mixed_float16, else total
         grads = tape.gradient(scaled, model.trainable_variables)
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            grads = _skip_together(grads)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))  # unscaled; a non-finite step is skipped
         labels = tf.argmax(y, axis=-1) if y.shape.rank == 2 else y
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=-1), tf.cast(labels, tf.int64)), tf.float32))
@@ -118,6 +128,23 @@ def custom_fit(model, dataset, *, strategy, loss, optimizer, epochs, initial_epo
             break
     callback_list.on_train_end()
     return history
+
+
+def _skip_together(grads):
+    """Gradients every replica skips together when any replica's are not finite.
+
+    Keras' LossScaleOptimizer decides on each worker's own gradients (its comment assumes they were all-reduced
+    already; in Keras 3 the all-reduce happens inside the finite branch), so a float16 overflow on one worker alone
+    left the others waiting in an all-reduce it never joined: a hung step (seen at the second size of a schedule).
+    One scalar all-reduce makes the decision global: where any replica overflowed, every replica's gradients are
+    made non-finite, every replica skips the step and halves the loss scale.
+    """
+    import tensorflow as tf
+
+    present = [g for g in grads if g is not None]
+    bad = tf.cast(tf.logical_not(tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in present])), tf.float32)
+    bad = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, bad)
+    return [None if g is None else tf.where(bad > 0, tf.cast(float("nan"), g.dtype), g) for g in grads]
 
 
 def local_predict(model, dataset) -> np.ndarray:

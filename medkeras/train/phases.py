@@ -209,6 +209,7 @@ def train_model(ctx: Context, model, tag: str | None = None, sized: bool = False
             custom_fit(
                 model, data.train_ds, strategy=ctx.multiworker, loss=data.loss, optimizer=optimizer, epochs=end,
                 initial_epoch=start, steps=data.steps, callbacks=callbacks, verbose=_verbose(tc.verbose),
+                size_var=ctx.size_var if sized else None,
             )
         else:
             model.fit(

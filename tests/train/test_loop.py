@@ -49,3 +49,31 @@ def test_the_loop_scales_the_loss_under_mixed_float16_and_keeps_the_ema(breast):
     for got, want, before in zip(seen[-1], ema, start):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)  # validation saw the averaged weights
         assert not np.allclose(got, before)
+
+
+_TWO_REPLICAS = """
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from medkeras.train.loop import _skip_together
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def step(bad):
+    first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group, 0)
+    g = tf.where(first & bad, float("inf"), 1.0) * tf.ones((3,))
+    return _skip_together([g, None])[0]
+for bad in (False, True):
+    out = strategy.experimental_local_results(tf.function(lambda: strategy.run(step, args=(tf.constant(bad),)))())
+    print(len(out), [bool(np.all(np.isfinite(o.numpy()))) for o in out])
+"""
+
+
+def test_an_overflow_on_one_replica_skips_the_step_on_every_replica():
+    """Keras' LossScaleOptimizer decides on each replica's own gradients; where one worker's float16 gradients
+    overflowed alone, it skipped while the others waited in the all-reduce it never joined (the two-worker fit hung
+    at its second image size). `_skip_together` makes the decision global: two replicas, an overflow on the first."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _TWO_REPLICAS], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:2] == ["2 [True, True]", "2 [False, False]"]
