@@ -22,6 +22,18 @@ FIXTURES = Path(__file__).parent / "fixtures"
 LUNG = FIXTURES / "lung_pet_ct_dx_A0001"
 
 
+# Each test file runs on one xdist worker (its module and session fixtures are built once: `-n 2 --dist loadgroup`
+# in pyproject), except the recipes harness, whose tests share nothing costly: one recipe to a worker.
+SPREAD = {"test_recipes.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            group = item.nodeid if item.path.name in SPREAD else str(item.path)
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def breast():
     from medkeras.config import DataConfig
