@@ -32,10 +32,10 @@ def main():
     args = parser.parse_args()
 
     import keras
-    from config_space import overrides, refused_in_one_line, served_as_evaluated, with_source, write_sources
+    from config_space import (fit_or_refused_by_data, overrides, refused_in_one_line, served_as_evaluated,
+                              with_source, write_sources)
     from hypothesis import HealthCheck, given, seed, settings
 
-    import medkeras
     from medkeras.config import DataConfig, load_config
     from medkeras.data.sources import load_dataset
     from medkeras.errors import ConfigError
@@ -64,7 +64,10 @@ def main():
         out = work / f"case{tally['drawn']}"
         t0 = time.perf_counter()
         try:
-            run = medkeras.fit(cfg, out=out / "run")
+            run = fit_or_refused_by_data(cfg, out / "run")
+            if run is None:
+                tally["refused by the data"] += 1
+                return
             gaps.append(served_as_evaluated(run, out / "serving"))
             tally["run whole"] += 1
         except Exception as exc:  # noqa: BLE001 - every failure is a finding, recorded with its config

@@ -121,6 +121,20 @@ def refused_in_one_line(exc) -> str:
     return message
 
 
+def fit_or_refused_by_data(cfg, run: Path):
+    """`medkeras.fit`, or None where a key is refused once the data is listed (a class weight naming a class the
+    source lacks): then in one line naming the key, and before any training (no epoch logged)."""
+    import medkeras
+    from medkeras.errors import ConfigError
+
+    try:
+        return medkeras.fit(cfg, out=run)
+    except ConfigError as exc:
+        refused_in_one_line(exc)
+        assert not (run / "train_log.csv").exists(), f"refused after training began: {exc}"
+        return None
+
+
 def served_as_evaluated(run: Path, base: Path) -> float:
     """Export `run` (library, in this process) and hold every test image's served probabilities and label to the
     ones in `run/predictions.csv`. -> the largest gap."""

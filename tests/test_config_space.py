@@ -5,7 +5,8 @@ same property over a few hundred configs."""
 import shutil
 
 import pytest
-from config_space import overrides, refused_in_one_line, served_as_evaluated, with_source, write_sources
+from config_space import (fit_or_refused_by_data, overrides, refused_in_one_line, served_as_evaluated, with_source,
+                          write_sources)
 from conftest import LUNG
 from hypothesis import HealthCheck, given, seed, settings
 
@@ -25,8 +26,6 @@ def sources(tmp_path_factory, breast):
 def test_a_config_is_refused_in_one_line_or_runs_whole(drawn, sources, tmp_path_factory):
     import keras
 
-    import medkeras
-
     try:
         cfg = load_config("demo", with_source(drawn, sources))
     except ConfigError as exc:
@@ -34,8 +33,9 @@ def test_a_config_is_refused_in_one_line_or_runs_whole(drawn, sources, tmp_path_
         return
     work = tmp_path_factory.mktemp("case")
     try:
-        run = medkeras.fit(cfg, out=work / "run")
-        served_as_evaluated(run, work / "serving")
+        run = fit_or_refused_by_data(cfg, work / "run")
+        if run is not None:
+            served_as_evaluated(run, work / "serving")
     finally:
         keras.backend.clear_session()
         shutil.rmtree(work, ignore_errors=True)

@@ -60,6 +60,10 @@ class DataConfig:
     mean: Optional[list] = None  # filled in by fit with normalize: dataset (per channel, pixels / 255)
     std: Optional[list] = None  # filled in by fit with normalize: dataset (per channel, pixels / 255)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # where training augmentation runs: "data" (tf.data on the CPU), "model" (a block at the front of the training
+    # model, so an accelerator does it; never in the saved, evaluated or exported model) or "auto" (model where
+    # TensorFlow sees a GPU, else data)
+    augment_on: str = "auto"
 
 
 @dataclass

@@ -1,5 +1,9 @@
 """Training-split augmentation as one Keras Sequential: Keras' own layers, with flip, rotation, zoom and
 translation fused into one `RandomAffine` resampling. Seeded; applied to batches, never at evaluation.
+
+Where it runs (`data.augment_on`, decided in `augment_where`): in the tf.data pipeline (`pipeline.augment_batches`)
+or, as `TrainingFront`, at the front of the model being fitted, so an accelerator does it (the saved model is the
+one behind the front: nothing of it is evaluated, saved or exported).
 """
 
 from __future__ import annotations
@@ -64,3 +68,49 @@ def build_augmenter(aug_cfg, seed: int):
                                                                                         **f32),
                    keras.layers.Rescaling(255.0, **f32)]
     return keras.Sequential(layers, name="augment") if layers else None
+
+
+def augment_where(setting: str) -> str:
+    """"data" or "model" for `data.augment_on` ("auto": the model where TensorFlow sees a GPU, else the data)."""
+    if setting != "auto":
+        return setting
+    import tensorflow as tf
+
+    return "model" if tf.config.list_physical_devices("GPU") else "data"
+
+
+def training_front(aug_cfg, seed: int, size_var=None, full_size: int | None = None):
+    """The augmentation (then, under progressive resizing, the resize to `size_var`) as one Keras layer for the front
+    of the fitted model: what `pipeline.augment_batches` does to a training batch (grey images augmented on their one
+    channel, then repeated to 3), on the device that trains. Outside training it only repeats the channel.
+
+    The pipeline then feeds batches as read (`front=True`): `data.image_size`, the data's own channels.
+    """
+    import keras
+    import tensorflow as tf
+
+    from medkeras.data.resize import to_model_channels
+
+    augmenter = build_augmenter(aug_cfg, seed)
+
+    class TrainingFront(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(dtype="float32", **kwargs)
+            self.augmenter = augmenter
+
+        def call(self, x, training=False):
+            if training and self.augmenter is not None:
+                if aug_cfg.randaugment > 0:  # its colour operations need RGB
+                    x = to_model_channels(x)
+                x = tf.clip_by_value(self.augmenter(x, training=True), 0.0, 255.0)
+            if training and size_var is not None:
+                size = tf.convert_to_tensor(size_var)
+                x = tf.cond(tf.equal(size, full_size), lambda: x,
+                            lambda: tf.image.resize(x, tf.stack([size, size]), antialias=True))
+            return to_model_channels(x)
+
+        def compute_output_shape(self, input_shape):
+            side = (None, None) if size_var is not None else tuple(input_shape[1:3])
+            return (input_shape[0], *side, 3)
+
+    return TrainingFront(name="training_front")

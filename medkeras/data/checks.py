@@ -14,6 +14,7 @@ def check_data(cfg) -> None:
     one_of("data.on_bad_file", data.on_bad_file, ("fail", "skip"))
     one_of("data.cache", data.cache, ("auto", "memory", "none"))
     one_of("data.normalize", data.normalize, ("backbone", "dataset"))
+    one_of("data.augment_on", data.augment_on, ("auto", "data", "model"))
     one_of("data.augment.fill_mode", data.augment.fill_mode, ("reflect", "constant", "nearest", "wrap"))
     one_of("data.augment.flip", data.augment.flip, ("horizontal", "vertical", "horizontal_and_vertical", "none"))
     if data.image_size < 8:

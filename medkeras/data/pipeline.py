@@ -107,6 +107,7 @@ def make_tf_dataset(
     size_var=None,
     deterministic: bool = True,
     balanced: bool = False,
+    front: bool = False,
 ):
     """Arrays -> a batched, prefetched tf.data.Dataset of (float32 [B, S, S, 3] in [0, 255], int labels).
 
@@ -126,7 +127,7 @@ def make_tf_dataset(
     ds = gather_batches(images, labels, batch_size, shuffle=training, seed=seed, balanced=training and balanced)
     if resize:
         ds = ds.map(lambda x, y: (resize_images(x, size), y), num_parallel_calls=AUTOTUNE)
-    return augment_batches(ds, data_cfg, training and augment, seed, size_var, deterministic)
+    return augment_batches(ds, data_cfg, training and augment, seed, size_var, deterministic, front and training)
 
 
 def gather_batches(images: np.ndarray, labels, batch_size: int, shuffle: bool = False, seed: int = 42,
@@ -169,14 +170,18 @@ def balanced_draws(per_class: list, seed: int):
                                                 rerandomize_each_iteration=True)
 
 
-def augment_batches(ds, data_cfg, augment: bool = False, seed: int = 42, size_var=None, deterministic: bool = True):
+def augment_batches(ds, data_cfg, augment: bool = False, seed: int = 42, size_var=None, deterministic: bool = True,
+                    front: bool = False):
     """Batches -> augmented on the batch with Keras layers when `augment`, clipped to [0, 255], 3 channels, prefetched.
 
     `size_var` (a tf.Variable, progressive resizing): augmented batches are resized to its current value when it
-    differs from `data.image_size`; a callback sets it at each epoch's start.
+    differs from `data.image_size`; a callback sets it at each epoch's start. `front` (`data.augment_on: model`):
+    batches leave as read, and `augment.training_front` in the fitted model does all of this on its device.
     """
     import tensorflow as tf
 
+    if front:
+        return ds.prefetch(AUTOTUNE)
     augmenter = build_augmenter(data_cfg.augment, seed) if augment else None
     if augmenter is not None and data_cfg.augment.randaugment > 0:  # RandAugment's colour operations need RGB
         ds = ds.map(lambda x, y: (to_model_channels(x), y))
@@ -203,7 +208,7 @@ def augment_batches(ds, data_cfg, augment: bool = False, seed: int = 42, size_va
 
 
 def stream_tf_dataset(split: Split, data_cfg, batch_size: int, training=False, seed=42, augment=True, size_var=None,
-                      deterministic: bool = True, balanced: bool = False):
+                      deterministic: bool = True, balanced: bool = False, front: bool = False):
     """A prepared-store split streamed as batches (never held in memory): files shuffled, then a bounded buffer."""
     import tensorflow as tf
 
@@ -215,4 +220,5 @@ def stream_tf_dataset(split: Split, data_cfg, batch_size: int, training=False, s
         # Files are shuffled each epoch; the example buffer is capped at ~64 MiB so memory stays flat as data grows.
         per_image = data_cfg.image_size**2 * max(split.channels or [3]) * 4
         ds = ds.shuffle(min(len(split), max(256, 64 * 2**20 // per_image)), seed=seed, reshuffle_each_iteration=True)
-    return augment_batches(ds.batch(batch_size), data_cfg, training and augment, seed, size_var, deterministic)
+    return augment_batches(ds.batch(batch_size), data_cfg, training and augment, seed, size_var, deterministic,
+                           front and training)

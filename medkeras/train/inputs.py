@@ -27,6 +27,7 @@ class RunData:
     one_hot: bool
     positive_index: int | None
     normalization: tuple | None  # (mean, std) with data.normalize: dataset
+    augment_in_model: bool = False  # data.augment_on resolved: the fitted model's front augments (train_batches don't)
 
 
 def dataset_statistics(batches) -> tuple[list, list]:
@@ -71,6 +72,7 @@ def _decode_splits(cfg, dataset, run_dir):
 def read_data(cfg, run_dir, size_var=None) -> RunData:
     """Load `cfg.data`, decode its splits, and build the training and validation batches. Fills in the config's
     class names, positive class and (data.normalize: dataset) the training set's mean and std."""
+    from medkeras.data.augment import augment_where
     from medkeras.data.pipeline import make_tf_dataset, stream_tf_dataset
     from medkeras.data.sources import check_trainable, load_dataset
     from medkeras.models.outputs import positive_index
@@ -79,9 +81,14 @@ def read_data(cfg, run_dir, size_var=None) -> RunData:
     tc = cfg.train
     dataset = load_dataset(cfg.data, seed=tc.seed)
     check_trainable(dataset, cfg.data.source)
+    k = dataset.num_classes
+    pos = positive_index(dataset.class_names, dataset.positive_class)
+    loss, one_hot = make_loss(tc, k)  # the class-dependent keys checked before any file is decoded
+    class_weights(tc, dataset.splits["train"].labels, dataset.class_names, pos)
     arrays = _decode_splits(cfg, dataset, run_dir)
     cfg.data.class_names = list(dataset.class_names)
     cfg.data.positive_class = dataset.positive_class
+    in_model = augment_where(cfg.data.augment_on) == "model"
 
     def train_batches(training):
         split, (images, labels, _) = dataset.splits["train"], arrays["train"]
@@ -89,18 +96,15 @@ def read_data(cfg, run_dir, size_var=None) -> RunData:
         # batch of another size on one worker alone retraced its step apart from the others' (a hung all-reduce)
         sv = size_var if training and tc.strategy != "multiworker" else None
         if split.store is not None:
-            return stream_tf_dataset(split, cfg.data, tc.batch_size, training, tc.seed, size_var=sv,
+            return stream_tf_dataset(split, cfg.data, tc.batch_size, training, tc.seed, size_var=sv, front=in_model,
                                      deterministic=tc.deterministic, balanced=tc.sampling == "balanced")
-        return make_tf_dataset(images, labels, cfg.data, tc.batch_size, training, tc.seed, size_var=sv,
+        return make_tf_dataset(images, labels, cfg.data, tc.batch_size, training, tc.seed, size_var=sv, front=in_model,
                                deterministic=tc.deterministic, balanced=tc.sampling == "balanced")
 
     if cfg.data.normalize == "dataset" and cfg.data.mean is None:
         cfg.data.mean, cfg.data.std = dataset_statistics(train_batches(training=False))
     normalization = (cfg.data.mean, cfg.data.std) if cfg.data.normalize == "dataset" else None
 
-    k = dataset.num_classes
-    pos = positive_index(dataset.class_names, dataset.positive_class)
-    loss, one_hot = make_loss(tc, k)
     train_labels = arrays["train"][1]
     weights = class_weights(tc, train_labels, dataset.class_names, pos)
     train_ds = train_batches(training=True)
@@ -120,4 +124,4 @@ def read_data(cfg, run_dir, size_var=None) -> RunData:
         train_ds = train_ds.repeat()
     val_images, val_labels, _ = arrays["val"]
     val_ds = make_tf_dataset(val_images, val_labels, cfg.data, cfg.eval.batch_size).map(lambda x, y: x)
-    return RunData(dataset, arrays, train_ds, val_ds, steps, loss, one_hot, pos, normalization)
+    return RunData(dataset, arrays, train_ds, val_ds, steps, loss, one_hot, pos, normalization, in_model)

@@ -121,6 +121,22 @@ def _first_step_callback(timer, what: str = "building the graph"):
     return FirstStep()
 
 
+def _with_front(ctx, model, sized: bool):
+    """`model` behind the training augmentation (`data.augment_on: model`): one functional model sharing its layers,
+    fitted in its place; callbacks save and validate `model` itself."""
+    import keras
+
+    from medkeras.data.augment import training_front
+
+    full = ctx.cfg.data.image_size
+    resize = ctx.size_var if sized else None
+    with ctx.multiworker.scope() if ctx.multiworker is not None else contextlib.nullcontext():
+        channels = ctx.data.train_ds.element_spec[0].shape[-1]  # as read: the front repeats grey to the model's 3
+        inputs = keras.Input((full, full, channels), name="pixels")
+        front = training_front(ctx.cfg.data.augment, ctx.cfg.train.seed, resize, full)
+        return keras.Model(inputs, model(front(inputs)), name=f"{model.name}_training")
+
+
 def train_model(ctx: Context, model, tag: str | None = None, sized: bool = False):
     """Fit `model` through the recipe's phases; returns the best model (by `train.monitor`) and its record.
 
@@ -146,6 +162,7 @@ def train_model(ctx: Context, model, tag: str | None = None, sized: bool = False
     log = ctx.run_dir / (f"train_log_{tag}.csv" if tag else "train_log.csv")
     start = 0
     plan = phases(tc)
+    fitted = _with_front(ctx, model, sized) if data.augment_in_model else model  # what fit steps; `model` is saved
     for index, (name, end, rate, frozen) in enumerate(plan):
         done = ckpt / f"{name}.weights.h5"
         if ctx.resume and done.is_file() and index < len(plan) - 1:
@@ -160,7 +177,7 @@ def train_model(ctx: Context, model, tag: str | None = None, sized: bool = False
         with ctx.multiworker.scope() if ctx.multiworker is not None else contextlib.nullcontext():
             optimizer = make_optimizer(tc, data.steps, end - start, rate)  # its variables mirrored where trained
         if ctx.multiworker is None:
-            model.compile(
+            fitted.compile(
                 optimizer=optimizer,
                 loss=data.loss,
                 # logged as `accuracy`, beside ValidationMetrics' val_accuracy
@@ -170,14 +187,14 @@ def train_model(ctx: Context, model, tag: str | None = None, sized: bool = False
                 run_eagerly=tc.run_eagerly,
                 steps_per_execution=steps_per_execution(tc.steps_per_execution, data.steps),
             )
-            build_optimizer(model)
+            build_optimizer(fitted)
         ctx.timer.mark("setup_s", once=True)
         predict = None
         if ctx.multiworker is not None:
             from medkeras.train.loop import local_predict as predict
         callbacks = [
             ValidationMetrics(data.val_ds, data.arrays["val"][1], data.positive_index, predict),
-            BestCheckpoint(ckpt, tc.monitor, save=lambda m, p: save_model(m, p, ctx.meta)),
+            BestCheckpoint(ckpt, tc.monitor, save=lambda m, p: save_model(model, p, ctx.meta)),  # never the front
             EpochLog(str(log), append=ctx.resume or start > 0),
             # kept after training (delete_checkpoint=False): `--resume` with more epochs continues a finished run
             AtomicBackupAndRestore(str(backup), double_checkpoint=True, delete_checkpoint=False),
@@ -207,12 +224,12 @@ def train_model(ctx: Context, model, tag: str | None = None, sized: bool = False
             from medkeras.train.loop import custom_fit
 
             custom_fit(
-                model, data.train_ds, strategy=ctx.multiworker, loss=data.loss, optimizer=optimizer, epochs=end,
+                fitted, data.train_ds, strategy=ctx.multiworker, loss=data.loss, optimizer=optimizer, epochs=end,
                 initial_epoch=start, steps=data.steps, callbacks=callbacks, verbose=_verbose(tc.verbose),
-                size_var=ctx.size_var if sized else None,
+                size_var=ctx.size_var if sized and not data.augment_in_model else None,
             )
         else:
-            model.fit(
+            fitted.fit(
                 data.train_ds, initial_epoch=start, epochs=end, steps_per_epoch=data.steps, callbacks=callbacks,
                 verbose=_verbose(tc.verbose),
             )

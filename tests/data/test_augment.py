@@ -1,7 +1,9 @@
-"""Augmentation: every layer seeded and training-only; the fused affine transform's geometry exact."""
+"""Augmentation: every layer seeded and training-only; the fused affine transform's geometry exact; the same draws
+in the model's front (`data.augment_on: model`) as in the pipeline."""
 
 
 import numpy as np
+from conftest import FIXTURES
 
 from medkeras.config import DataConfig
 from medkeras.data.pipeline import make_tf_dataset
@@ -56,3 +58,26 @@ def test_random_affine_geometry_is_exact(breast):
     a, b = (ops.convert_to_numpy(RandomAffine("horizontal", 0.05, 0.1, 0.05, seed=3)(x)) for _ in range(2))
     np.testing.assert_array_equal(a, b)  # seeded
     assert not np.allclose(a, x)
+
+
+def test_the_training_front_augments_as_the_pipeline_does(breast):
+    """`data.augment_on: model`: the block at the front of the fitted model gives what the tf.data pipeline gives,
+    draw for draw (same seed), on real ultrasound and chest X-ray: grey images augmented on their one channel, then
+    repeated to 3; outside training it only repeats the channel. `auto` is the pipeline where no GPU is seen."""
+    from medkeras.config import AugmentConfig
+    from medkeras.data.augment import augment_where, training_front
+    from medkeras.data.sources import load_dataset
+
+    chest = load_dataset(DataConfig(source=str(FIXTURES / "pneumoniamnist" / "pneumoniamnist.npz")))
+    every = AugmentConfig(flip="horizontal_and_vertical", rotation=0.1, zoom=0.1, translation=0.1, brightness=0.2,
+                          contrast=0.2, noise=5.0, blur=0.5, clahe=0.5, erasing=0.5)
+    for data, aug in ((breast, every), (chest, every), (breast, AugmentConfig(randaugment=2))):
+        split = data.splits["val"]
+        cfg = DataConfig(source="breastmnist", image_size=32, augment=aug)
+        piped = next(iter(make_tf_dataset(split.images, split.labels, cfg, 16, training=True, seed=3)))[0].numpy()
+        raw = next(iter(make_tf_dataset(split.images, split.labels, cfg, 16, training=True, seed=3, front=True)))[0]
+        assert raw.shape == (16, 32, 32, 1)  # as read: the front does the rest
+        front = training_front(aug, 3)
+        np.testing.assert_allclose(front(raw, training=True).numpy(), piped, atol=1e-3)  # graph vs eager rounding
+        np.testing.assert_array_equal(front(raw, training=False).numpy(), np.repeat(raw.numpy(), 3, axis=-1))
+    assert augment_where("auto") == "data" and augment_where("model") == "model"  # no GPU on this machine
