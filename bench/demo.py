@@ -28,6 +28,7 @@ VARIANTS = {
     "eager": ["--set", "train.run_eagerly=true"],
     "parallel": ["--set", "train.deterministic=false"],  # augmentation in parallel: not reproducible
     "opdet": ["--set", "train.op_determinism=true"],
+    "epochs30": ["--set", "train.epochs=30"],  # the demo before #24 (15 epochs since)
     "epochs20": ["--set", "train.epochs=20"],
     "epochs15": ["--set", "train.epochs=15"],
     "before": [],  # the demo run by the checkout given with --before

@@ -77,3 +77,25 @@ def keyed(kind: str, value, key_file=None) -> str | None:
 
 def patient_key(patient_id, key_file=None) -> str | None:
     return keyed("patient", patient_id, key_file)
+
+
+def id_masks(path, raw_id, key: str | None) -> tuple:
+    """((part, shown), ...) for each folder or file name of `path` holding the raw patient ID (TCIA names each
+    patient's folder by its PatientID): what outputs show in its place, the ID replaced by `patient-KEY`. Nothing
+    of the raw ID is kept beyond the path itself."""
+    import re
+
+    text = str(raw_id or "").strip()
+    if len(text) < 3 or key is None:  # a one- or two-character ID would mask every path
+        return ()
+    pattern = re.compile(re.escape(text), re.IGNORECASE)
+    return tuple((part, pattern.sub(f"patient-{key}", part)) for part in Path(str(path)).parts if pattern.search(part))
+
+
+def masked_name(name: str, masks) -> str:
+    """`name` (a relative path) with each part that holds a patient ID shown as `id_masks` gives it."""
+    if not masks:
+        return name
+    shown = dict(masks)
+    return "/".join(shown.get(part, part) for part in name.split("/"))
+

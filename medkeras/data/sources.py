@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medkeras.data.keys import keyed
+from medkeras.data.keys import id_masks, keyed
 from medkeras.data.readers import READABLE_SUFFIXES, common_folder, dicom_items, is_dicom
 from medkeras.data.splits import split_groups, split_indices
 from medkeras.data.store import is_store, load_store
@@ -104,8 +104,11 @@ def _file_dataset(source, paths, label_names, split_col, patient_ids, cfg, seed,
             raise DataError(source, f"class '{c}' has no images")
     if patient_ids is not None:  # keyed here; the raw IDs go no further
         patients = [keyed("patient", patient_ids[i], key_file) for i, _ in rows]
+        masks = {m for (i, _), name, key in zip(rows, names, patients) for m in id_masks(name, patient_ids[i], key)}
     else:
         patients = [info.patient if info is not None else None for _, info in rows]
+        masks = set()
+    masks |= {m for _, info in rows if info is not None for m in info.masks}  # folders named by the PatientID
     if series_ids is not None:  # a manifest's series_id column (keyed like patients: UIDs can identify)
         series = [keyed("series", series_ids[i], key_file) if series_ids[i] else None for i, _ in rows]
     else:
@@ -142,7 +145,7 @@ def _file_dataset(source, paths, label_names, split_col, patient_ids, cfg, seed,
             series=[series[i] for i in ix] if any(series) else None,
             positions=[positions[i] for i in ix] if any(positions) else None,
             root=shown, redact=bool(getattr(cfg, "redact_paths", False)),
-            patient_labels=[given[i] for i in ix] if given is not None else None,
+            patient_labels=[given[i] for i in ix] if given is not None else None, masks=tuple(sorted(masks)),
         )
     return Dataset(name=Path(source).stem, class_names=list(class_names), splits=splits)
 

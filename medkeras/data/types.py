@@ -30,6 +30,7 @@ class Split:
     root: str | None = None  # the data source's folder: outputs name files relative to it, never absolutely
     redact: bool = False  # data.redact_paths: outputs name items by keyed patient and index only
     patient_labels: list | None = None  # class index of each item's patient (a manifest's patient_label), or None
+    masks: tuple = ()  # path parts holding a patient ID, and what names show instead (keys.id_masks)
 
     def __len__(self):
         return len(self.labels)
@@ -44,7 +45,9 @@ class Split:
             return list(self.keys)
         if self.paths is None:
             return [str(i) for i in range(len(self.labels))]
-        return [relative_name(p, self.root) for p in self.paths]
+        from medkeras.data.keys import masked_name
+
+        return [masked_name(relative_name(p, self.root), self.masks) for p in self.paths]
 
 
     def keys_of(self, names) -> tuple[list, list]:

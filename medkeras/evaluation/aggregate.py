@@ -95,6 +95,6 @@ def write_group_predictions(path, level, groups, probs, pred, class_names, label
     writer.writerow([level, "images", *[f"p_{c}" for c in class_names], "predicted", *(["label"] if labels is not None else [])])
     for i, key in enumerate(groups["keys"]):
         extra = [class_names[labels[i]]] if labels is not None else []
-        writer.writerow([key, groups["sizes"][i], *[f"{v:.6f}" for v in probs[i]], class_names[pred[i]], *extra])
+        writer.writerow([key, groups["sizes"][i], *[f"{v:.9g}" for v in probs[i]], class_names[pred[i]], *extra])
     with atomic_path(path) as tmp:
         tmp.write_text(buf.getvalue())

@@ -8,6 +8,7 @@ The ensemble's map is the mean of its members' maps for the ensemble's class.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -93,10 +94,12 @@ def overlay(pixels: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndar
 
 
 def write_overlays(model, meta, inputs, out_dir, scale: int = 8) -> list[Path]:
-    """`medkeras gradcam`: one PNG per input file (original | overlay), named after the file; returns the paths."""
+    """`medkeras gradcam`: one PNG per input file (original | overlay), numbered and named after the file, and
+    `gradcam.csv` saying which input each is (its name as `predict` gives it: two series' 1-01.dcm apart); returns
+    the PNG paths."""
     from PIL import Image
 
-    from medkeras.data.readers import collect_inputs, read_image
+    from medkeras.data.readers import named_inputs, read_image
     from medkeras.data.resize import to_model_pixels
     from medkeras.utils import atomic_path
 
@@ -104,9 +107,9 @@ def write_overlays(model, meta, inputs, out_dir, scale: int = 8) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     size = int(meta["image_size"])
     windows = meta.get("windows") or []
-    files = collect_inputs(inputs)
+    named = named_inputs(inputs)
     written = []
-    for i, path in enumerate(files):
+    for i, (path, _, _) in enumerate(named):
         pixels = to_model_pixels(read_image(path, windows)[None], size)
         cam = gradcam(model, pixels)[0]
         picture = np.concatenate([np.clip(pixels[0], 0, 255).astype(np.uint8), overlay(pixels[0], cam)], axis=1)
@@ -115,4 +118,6 @@ def write_overlays(model, meta, inputs, out_dir, scale: int = 8) -> list[Path]:
         with atomic_path(target, suffix=".png") as tmp:
             big.save(tmp, format="PNG")
         written.append(target)
+    with atomic_path(out_dir / "gradcam.csv", suffix=".csv") as tmp, open(tmp, "w", newline="") as fh:
+        csv.writer(fh).writerows([["png", "path"], *[[p.name, name] for p, (_, name, _) in zip(written, named)]])
     return written

@@ -105,7 +105,7 @@ def predict(model_path, inputs, out=None, on_bad_file="fail", batch_size=32, pro
                      *(["patient", "series"] if keys else [])])
     for name, info, probs, label, _ in rows:
         extra = ([info.patient or "", info.series or ""] if info else ["", ""]) if keys else []
-        writer.writerow([name, *[f"{p:.6f}" for p in probs], scorer.class_names[label], *extra])
+        writer.writerow([name, *[f"{p:.9g}" for p in probs], scorer.class_names[label], *extra])
     if out is None:
         sys.stdout.write(buf.getvalue())
     else:

@@ -1,7 +1,7 @@
 """Items known by what they are: the repo's real CT series laid out as TCIA serves them (every series folder holds
 `1-01.dcm` ...), listed in a manifest of absolute paths kept elsewhere. Names stay unique relative paths, series
 and patient groups get their own members, the cluster bootstrap resamples the right patients, `predict` names two
-series' `1-01.dcm` apart."""
+series' `1-01.dcm` apart, and no name shows a folder named by the PatientID."""
 
 import csv
 
@@ -9,6 +9,7 @@ import numpy as np
 from conftest import TCIA_STUDY, tcia_layout
 
 from medkeras.config import DataConfig
+from medkeras.data.keys import patient_key
 from medkeras.data.sources import load_dataset
 
 
@@ -31,8 +32,9 @@ def test_series_and_patients_keep_their_own_members(tmp_path):
     split = load_dataset(DataConfig(source=str(manifest), split=[0.0, 0.0, 1.0])).splits["test"]
     names = split.names()
     assert len(set(names)) == len(names) == 12  # 2 patients x 2 series x 3 files, no name said twice
-    assert f"Lung_Dx-A0001/{TCIA_STUDY}/3.000000-5mm-41315/1-01.dcm" in names  # relative to the data's own folder
-    assert not any(n.startswith("/") for n in names)
+    # relative to the data's own folder, the patient's folder (TCIA names it by the PatientID) shown by its key
+    assert f"patient-{patient_key('Lung_Dx-A0001')}/{TCIA_STUDY}/3.000000-5mm-41315/1-01.dcm" in names
+    assert not any(n.startswith("/") or "Lung_Dx" in n for n in names)
     keys = level_keys(split, names, ["series", "patient"])
     series, patients = keys["series"]["keys"], keys["patient"]["keys"]
     assert sorted(np.unique(series, return_counts=True)[1].tolist()) == [3, 3, 3, 3]
@@ -71,3 +73,34 @@ def test_predict_names_two_series_files_apart(tmp_path, ct_run):
         scored = list(csv.DictReader(fh))
     assert sorted(r["path"] for r in scored) == ["2.000000-5mm-40805/1-01.dcm", "3.000000-5mm-41315/1-01.dcm"]
     assert len({r["series"] for r in scored}) == 2
+
+
+def test_predict_names_two_series_folders_apart_and_hides_the_patient_folder(tmp_path, ct_run):
+    """Two series folders given together (each with its 1-01.dcm ...): names relative to the folder both share;
+    a whole patient folder: the PatientID that names it shown by its key, in every row."""
+    from medkeras.export.predict import predict
+
+    run, _ = ct_run
+    tcia_layout(tmp_path / "tcia", second_patient=False)
+    study = tmp_path / "tcia" / "Lung_Dx-A0001" / TCIA_STUDY
+    for inputs, out in (([study / "2.000000-5mm-40805", study / "3.000000-5mm-41315"], "two.csv"),
+                        ([tmp_path / "tcia"], "patient.csv")):
+        predict(run, [str(i) for i in inputs], out=tmp_path / out, progress=False)
+        with open(tmp_path / out) as fh:
+            names = [r["path"] for r in csv.DictReader(fh)]
+        assert len(names) == len(set(names)) == 6, names
+        assert not any("Lung_Dx" in n for n in names), names
+        if out == "two.csv":
+            assert sorted(names)[::3] == ["2.000000-5mm-40805/1-01.dcm", "3.000000-5mm-41315/1-01.dcm"]
+    assert all(n.startswith(f"patient-{patient_key('Lung_Dx-A0001')}/{TCIA_STUDY}/") for n in names)
+
+
+def test_a_manifest_patient_id_that_names_a_folder_is_hidden_too(tmp_path):
+    rows = tcia_layout(tmp_path / "tcia", second_patient=False)
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "split", "patient_id"])
+        writer.writerows([[path, label, "test", patient] for path, label, patient, _ in rows])
+    names = load_dataset(DataConfig(source=str(manifest), split=[0.0, 0.0, 1.0])).splits["test"].names()
+    assert len(set(names)) == 6 and not any("Lung_Dx" in n for n in names)

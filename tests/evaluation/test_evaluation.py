@@ -185,6 +185,8 @@ def test_gradcam_command_on_an_ensemble(tiny_run, tmp_path, breast):
     assert result.returncode == 0, result.stderr
     written = sorted((tmp_path / "cams").glob("*.png"))
     assert [p.name for p in written] == ["0000_t0_gradcam.png", "0001_t1_gradcam.png"]
+    index = (tmp_path / "cams" / "gradcam.csv").read_text().splitlines()  # which input each picture is
+    assert index == ["png,path", "0000_t0_gradcam.png,t0.png", "0001_t1_gradcam.png,t1.png"]
 
 
 def test_eval_config_defaults():

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medkeras.data.keys import keyed
+from medkeras.data.keys import id_masks, keyed
 from medkeras.data.readers.dicom import (
     _functional,
     dcmread,
@@ -31,6 +31,7 @@ class SliceInfo:
     series: str | None  # keyed SeriesInstanceUID
     frame_of_reference: str | None  # keyed FrameOfReferenceUID: positions compare only within one
     position: float | None  # mm along the slice normal (ImagePositionPatient . normal)
+    masks: tuple = ()  # parts of the path holding the PatientID, and what outputs show instead (keys.id_masks)
 
 
 def _normal(orientation) -> np.ndarray | None:
@@ -61,13 +62,14 @@ def dicom_items(path, key_file=None) -> list[SliceInfo]:
     path, number = split_frame(path)
     ds = dcmread(path, stop_before_pixels=True)
     patient = keyed("patient", getattr(ds, "PatientID", None), key_file)
+    masks = id_masks(path, getattr(ds, "PatientID", None), patient)
     series = keyed("series", getattr(ds, "SeriesInstanceUID", None), key_file)
     reference = keyed("frame-of-reference", getattr(ds, "FrameOfReferenceUID", None), key_file)
     frames = frame_count(ds, path)
     if frames == 1:
         position = _position(getattr(ds, "ImagePositionPatient", None), getattr(ds, "ImageOrientationPatient", None))
         return [SliceInfo(str(path) if number is None else frame_name(path, number), patient, series, reference,
-                          position)]
+                          position, masks)]
     shared = _functional(ds, None, "PlaneOrientationSequence")
     items = []
     for i in range(frames):
@@ -76,7 +78,7 @@ def dicom_items(path, key_file=None) -> list[SliceInfo]:
         position = _position(getattr(plane, "ImagePositionPatient", None) if plane is not None else None,
                              getattr(orientation, "ImageOrientationPatient", None) if orientation is not None else
                              getattr(ds, "ImageOrientationPatient", None))
-        items.append(SliceInfo(frame_name(path, i + 1), patient, series, reference, position))
+        items.append(SliceInfo(frame_name(path, i + 1), patient, series, reference, position, masks))
     if number is not None:
         return [item for item in items if split_frame(item.name)[1] == number]
     if all(item.position is not None for item in items):

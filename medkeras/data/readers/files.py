@@ -123,10 +123,12 @@ def named_inputs(inputs, key_file=None) -> list[tuple]:
     and NPY files (sorted; each folder's DICOM slices along the slice normal), a multi-frame DICOM file as its
     frames (`FILE#N`, in z order). Names are what outputs show: relative to a folder given, a file as typed (files
     typed as absolute paths relative to the folder they share, so `/a/s2/1-01.dcm` and `/a/s3/1-01.dcm` are
-    `s2/1-01.dcm` and `s3/1-01.dcm`); never an absolute path. DICOM images come with their keyed patient and
-    series (`dicom_tags.SliceInfo`)."""
+    `s2/1-01.dcm` and `s3/1-01.dcm`; with several inputs and a folder among them, everything relative to the folder
+    all inputs share); never an absolute path; a part named by the PatientID shown by its key. DICOM images come
+    with their keyed patient and series (`dicom_tags.SliceInfo`)."""
     import os
 
+    from medkeras.data.keys import masked_name
     from medkeras.data.readers.dicom_tags import dicom_items, series_in_z_order
 
     typed = [Path(item) for item in inputs if Path(item).is_absolute() and not Path(item).is_dir()]
@@ -152,16 +154,23 @@ def named_inputs(inputs, key_file=None) -> list[tuple]:
             files.append((item, os.path.relpath(path, shared) if path.is_absolute() else str(item)))
         else:
             raise DataError(path, "file not found")
+    if len(inputs) > 1 and any(Path(item).is_dir() for item in inputs):
+        # several inputs, a folder among them (two series folders of TCIA's, each with its 1-01.dcm): every name
+        # relative to the folder they all share, so no two inputs' files can share one
+        base = os.path.commonpath([str(Path(item).resolve() if Path(item).is_dir() else Path(item).resolve().parent)
+                                   for item in inputs])
+        files = [(f, os.path.relpath(Path(f).resolve(), base)) for f, _ in files]
     out = []
     for f, name in files:  # frames of multi-frame files, each an input of its own
         try:
             frames = dicom_items(f, key_file) if is_dicom(f) else None
         except DataError:
             frames = None  # unreadable: reported when it is read
+        shown = masked_name(name, frames[0].masks) if frames else name  # a folder named by the PatientID
         if frames is None or len(frames) == 1:
-            out.append((f, name, frames[0] if frames else None))
+            out.append((f, shown, frames[0] if frames else None))
         else:
-            out += [(frame.name, name + frame.name[len(str(f)):], frame) for frame in frames]
+            out += [(frame.name, shown + frame.name[len(str(f)):], frame) for frame in frames]
     return out
 
 
