@@ -32,6 +32,7 @@ from medkeras.data.readers.pixels import (
     scale_uint16,
     to_pixels,
 )
+from medkeras.data.readers.volume import Volume, is_volume_file, read_nifti, read_volume
 
 __all__ = [
     "ARRAY_SUFFIXES",
@@ -58,4 +59,8 @@ __all__ = [
     "series_in_z_order",
     "split_frame",
     "to_pixels",
+    "Volume",
+    "is_volume_file",
+    "read_nifti",
+    "read_volume",
 ]

@@ -1,0 +1,115 @@
+"""Volumes (`readers/volume.py`) on the repo's real CT: slices ordered along the normal, spacing from positions,
+each slice's own rescale, the canonical LPS frame, NIfTI written by nibabel with a known affine read back to the
+same voxels and affine, and a series that cannot be one volume refused in one line naming the file."""
+
+import shutil
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import LUNG
+
+from medkeras.data.readers.volume import read_volume
+from medkeras.errors import DataError
+
+SERIES_3 = LUNG / "3.000000-5mm-41315"
+
+
+def _hu(path):
+    ds = pydicom.dcmread(path)
+    return ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+
+
+def test_a_series_is_one_volume_in_z_order_with_its_geometry(tmp_path):
+    for folder in (LUNG, SERIES_3):
+        series = tmp_path / folder.name
+        series.mkdir()
+        for name in ("1-14.dcm", "1-13.dcm"):  # z -189, -184: contiguous, listed out of order
+            shutil.copy(folder / name, series / name)
+        volume = read_volume(series)
+        assert volume.shape == (2, 512, 512) and volume.hu.dtype == np.float32
+        assert [n.rsplit("/", 1)[1] for n in volume.names] == ["1-14.dcm", "1-13.dcm"]  # inferior first (+z up)
+        for k, name in enumerate(("1-14.dcm", "1-13.dcm")):
+            np.testing.assert_array_equal(volume.hu[k], _hu(folder / name))  # exact HU, each slice's own rescale
+        ds = pydicom.dcmread(folder / "1-14.dcm")
+        dy, dx = (float(v) for v in ds.PixelSpacing)
+        assert volume.spacing == pytest.approx((5.0, dy, dx))  # the step between positions, not SliceThickness
+        origin = np.asarray([float(v) for v in ds.ImagePositionPatient])
+        np.testing.assert_allclose(volume.affine[:3, 3], origin)
+        # columns: d along +z (5 mm), h along +y (dy), w along +x (dx): an axial scan in LPS as stored
+        np.testing.assert_allclose(volume.affine[:3, :3], [[0, 0, dx], [0, dy, 0], [5.0, 0, 0]], atol=1e-9)
+
+
+def test_nifti_written_by_nibabel_reads_back_to_the_same_voxels_and_affine(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    volume = read_volume([LUNG / "1-13.dcm", LUNG / "1-14.dcm"])
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+    # stored as NIfTI usually is: index (i, j, k) = (x, y, z) in RAS, here with x reversed (i toward the right)
+    data = volume.hu.transpose(2, 1, 0)[::-1]  # (w, h, d), w reversed
+    index_to_dhw = np.zeros((4, 4))
+    index_to_dhw[0, 2] = index_to_dhw[1, 1] = 1.0  # (i, j, k) -> (d = k, h = j, w = W - 1 - i)
+    index_to_dhw[2, 0], index_to_dhw[2, 3], index_to_dhw[3, 3] = -1.0, data.shape[0] - 1, 1.0
+    affine = lps_to_ras @ volume.affine @ index_to_dhw
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(data), affine), path)
+    back = read_volume(path)
+    np.testing.assert_array_equal(back.hu, volume.hu)
+    np.testing.assert_allclose(back.affine, volume.affine, atol=1e-4)  # NIfTI stores the affine in float32
+    assert back.spacing == pytest.approx(volume.spacing, abs=1e-5)
+
+
+def test_a_multi_frame_file_is_a_volume_with_each_frames_geometry(tmp_path):
+    hd = pytest.importorskip("highdicom")
+    from pydicom.uid import generate_uid
+
+    sources = [pydicom.dcmread(LUNG / n) for n in ("1-13.dcm", "1-14.dcm")]
+    lce = hd.legacy.LegacyConvertedEnhancedCTImage(legacy_datasets=sources, series_instance_uid=generate_uid(),
+                                                   series_number=99, sop_instance_uid=generate_uid(), instance_number=1)
+    path = tmp_path / "lce.dcm"
+    lce.save_as(path, enforce_file_format=True)
+    volume, loose = read_volume(path), read_volume([LUNG / "1-13.dcm", LUNG / "1-14.dcm"])
+    np.testing.assert_array_equal(volume.hu, loose.hu)
+    np.testing.assert_allclose(volume.affine, loose.affine, atol=1e-6)
+
+
+def _copy(tmp_path, name, edit=None, source=LUNG / "1-14.dcm"):
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(source)
+    ds.SOPInstanceUID = generate_uid()
+    if edit:
+        edit(ds)
+    target = tmp_path / name
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
+def test_a_series_that_cannot_be_one_volume_is_refused_naming_the_file(tmp_path):
+    def tilted(ds):
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0.9950042, -0.0998334]
+
+    def localiser(ds):
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+
+    def smaller(ds):
+        ds.PixelData = ds.pixel_array[::2, ::2].copy().tobytes()
+        ds.Rows, ds.Columns = 256, 256
+
+    def unplaced(ds):
+        del ds.ImagePositionPatient
+
+    cases = {
+        "gap": ([LUNG / "1-01.dcm", LUNG / "1-13.dcm", LUNG / "1-14.dcm"], "1-01.dcm", "a gap of 60.00 mm after 1-13.dcm"),
+        "same position": ([LUNG / "1-14.dcm", _copy(tmp_path, "again.dcm")], "", "at the same position"),
+        "orientation": ([LUNG / "1-13.dcm", _copy(tmp_path, "tilted.dcm", tilted)], "tilted.dcm", "orientation"),
+        "localiser": ([LUNG / "1-13.dcm", _copy(tmp_path, "scout.dcm", localiser)], "scout.dcm", "localiser"),
+        "matrix": ([LUNG / "1-13.dcm", _copy(tmp_path, "small.dcm", smaller)], "small.dcm", "matrix 256x256"),
+        "position": ([LUNG / "1-13.dcm", _copy(tmp_path, "nowhere.dcm", unplaced)], "nowhere.dcm",
+                     "no ImagePositionPatient"),
+        "series": ([LUNG / "1-13.dcm", SERIES_3 / "1-14.dcm"], "3.000000-5mm-41315/1-14.dcm", "another series"),
+    }
+    for case, (files, named, cause) in cases.items():
+        with pytest.raises(DataError) as caught:
+            read_volume(files)
+        message = str(caught.value)
+        assert "\n" not in message and cause in message and named in message, (case, message)
