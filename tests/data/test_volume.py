@@ -113,3 +113,40 @@ def test_a_series_that_cannot_be_one_volume_is_refused_naming_the_file(tmp_path)
             read_volume(files)
         message = str(caught.value)
         assert "\n" not in message and cause in message and named in message, (case, message)
+
+
+def _reference(hu, out):
+    """Trilinear by scipy on the half-pixel coordinates TF's resize samples: the independent reference."""
+    from scipy.ndimage import map_coordinates
+
+    axes = [np.clip((np.arange(o) + 0.5) * n / o - 0.5, 0, n - 1) for n, o in zip(hu.shape, out)]
+    grid = np.meshgrid(*axes, indexing="ij")
+    return map_coordinates(hu.astype(np.float64), grid, order=1, mode="nearest")
+
+
+def test_resampling_to_a_spacing_or_a_shape_is_trilinear_in_the_graph():
+    import tensorflow as tf
+
+    from medkeras.data.volumes import resample_volume, resampled_shape
+
+    volume = read_volume([LUNG / "1-13.dcm", LUNG / "1-14.dcm"])
+    hu = volume.hu[:, 200:296, 250:346]  # a real 96 x 96 patch of lung and tumour, two slices 5 mm apart
+    target = (2.5, 1.5, 1.5)
+    out = resampled_shape(hu.shape, volume.spacing, target)
+    assert out == (4, 54, 54)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32), tf.TensorSpec([3], tf.float32)])
+    def graph(x, spacing):  # shapes unknown until run: as in tf.data
+        return resample_volume(x, spacing, target_spacing=target)
+
+    got, spacing = graph(hu, np.asarray(volume.spacing, np.float32))
+    np.testing.assert_allclose(got.numpy(), _reference(hu, out), atol=0.02)  # HU; float32 arithmetic
+    np.testing.assert_allclose(spacing.numpy(), np.asarray(volume.spacing) * hu.shape / np.asarray(out), rtol=1e-6)
+    shaped, _ = resample_volume(hu, volume.spacing, size=(3, 40, 64))
+    np.testing.assert_allclose(shaped.numpy(), _reference(hu, (3, 40, 64)), atol=0.02)
+    both, kept = resample_volume(hu, volume.spacing, target_spacing=target, size=(6, 50, 60))
+    full = _reference(hu, out)  # (4, 54, 54): padded 1 + 1 slices of air, cropped 2 + 2 rows, padded 3 + 3 columns
+    assert both.shape == (6, 50, 60)
+    np.testing.assert_allclose(both.numpy()[1:5, :, 3:57], full[:, 2:52, :], atol=0.02)
+    assert (both.numpy()[0] == -1024).all() and (both.numpy()[:, :, :3] == -1024).all()
+    np.testing.assert_allclose(kept.numpy(), spacing.numpy(), rtol=1e-6)
