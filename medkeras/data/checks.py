@@ -24,7 +24,10 @@ def check_data(cfg) -> None:
     folds, fold = data.folds, data.fold
     if folds and (folds < 2 or not 1 <= fold <= folds) or (not folds and fold):
         raise ConfigError(f"config keys 'data.folds' / 'data.fold' must be K >= 2 and 1..K (or 0 and 0), got {folds} / {fold}")
-    data.window = parse_windows(data.window) or None  # resolved once: [[level, width], ...]
+    try:
+        data.window = parse_windows(data.window) or None  # resolved once: [[level, width], ...]
+    except ConfigError as exc:
+        raise ConfigError(f"config key 'data.window': {exc}") from None
     if data.window and len(data.window) not in (1, 3):  # each window a channel; the stems take 3
         raise ConfigError(f"config key 'data.window' gives {len(data.window)} windows, one channel each; the "
                           "backbones take 3 channels: give 1 window (repeated to 3) or 3")
