@@ -271,3 +271,20 @@ def test_a_seeded_fuzz_run_reads_every_mutated_file_or_names_its_fault():
     result = json.loads(proc.stdout[proc.stdout.index("{\n"):])
     assert result["findings"] == [] and sum(result["outcomes"].values()) == 300
     assert result["outcomes"]["pixels"] > 50 and result["outcomes"]["DicomError"] > 50
+
+
+def test_a_file_without_a_preamble_reads_and_a_text_file_named_dcm_is_not_dicom(tmp_path):
+    """pydicom reads preamble-less files only when forced, and forced it parses anything: a real slice written
+    without its preamble and file meta still gives the same HU; a text file named .dcm is called what it is."""
+    import pydicom
+
+    ds = pydicom.dcmread(LUNG / "1-13.dcm")
+    bare = tmp_path / "bare.dcm"
+    ds.save_as(bare, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    raw = bare.read_bytes()
+    bare.write_bytes(raw[raw.index(b"DICM") + 4:] if b"DICM" in raw[:200] else raw)
+    np.testing.assert_array_equal(read_dicom_hu(bare), read_dicom_hu(LUNG / "1-13.dcm"))
+    text = tmp_path / "notes.dcm"
+    text.write_text("hello, this is not an image\n")
+    with pytest.raises(DicomError, match="notes.dcm: not a DICOM file"):
+        read_dicom_hu(text)

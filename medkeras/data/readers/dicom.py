@@ -72,10 +72,14 @@ def dcmread(path, stop_before_pixels=False, defer_size=None):
         return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels, defer_size=defer_size)
     except InvalidDicomError:
         try:  # files written without the 128-byte preamble are still DICOM
-            return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels, defer_size=defer_size, force=True)
+            ds = pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels, defer_size=defer_size, force=True)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds for garbage
             raise_if_resource(exc, path)
             raise DicomError(path, f"not a DICOM file ({type(exc).__name__})") from exc
+        # forced, anything parses: a text file named .dcm gave "no pixel data in this DICOM file"
+        if not any(key in ds for key in ("SOPClassUID", "Modality", "Rows", "PixelData")):
+            raise DicomError(path, "not a DICOM file (no DICM preamble, and no image elements where DICOM has them)")
+        return ds
     except Exception as exc:  # noqa: BLE001
         raise_if_resource(exc, path)
         raise DicomError(path, f"cannot parse DICOM: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
