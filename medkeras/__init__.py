@@ -35,6 +35,8 @@ _LAZY = {
     "evaluate": "medkeras.evaluation.evaluate",
     "export_savedmodel": "medkeras.export.savedmodel",
     "predict": "medkeras.export.predict",
+    "read_volume": "medkeras.data.readers.volume",
+    "resample_volume": "medkeras.data.volumes",
 }
 __getattr__ = lazy_getattr(__name__, _LAZY)
 
