@@ -70,6 +70,18 @@ def build_augmenter(aug_cfg, seed: int):
     return keras.Sequential(layers, name="augment") if layers else None
 
 
+def augment_pixels(augmenter, aug_cfg, x):
+    """One training batch through `build_augmenter`'s layers, clipped to [0, 255]: the pipeline's and the front's
+    one sequence (RandAugment's colour operations need RGB, so grey is repeated to 3 channels first for it)."""
+    import tensorflow as tf
+
+    from medkeras.data.resize import to_model_channels
+
+    if aug_cfg.randaugment > 0:
+        x = to_model_channels(x)
+    return tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0)
+
+
 def augment_where(setting: str) -> str:
     """"data" or "model" for `data.augment_on` ("auto": the model where TensorFlow sees a GPU, else the data)."""
     if setting != "auto":
@@ -79,7 +91,7 @@ def augment_where(setting: str) -> str:
     return "model" if tf.config.list_physical_devices("GPU") else "data"
 
 
-def training_front(aug_cfg, seed: int, size_var=None, full_size: int | None = None):
+def training_front(aug_cfg, seed: int, size_var=None):
     """The augmentation (then, under progressive resizing, the resize to `size_var`) as one Keras layer for the front
     of the fitted model: what `pipeline.augment_batches` does to a training batch (grey images augmented on their one
     channel, then repeated to 3), on the device that trains. Outside training it only repeats the channel.
@@ -87,9 +99,8 @@ def training_front(aug_cfg, seed: int, size_var=None, full_size: int | None = No
     The pipeline then feeds batches as read (`front=True`): `data.image_size`, the data's own channels.
     """
     import keras
-    import tensorflow as tf
 
-    from medkeras.data.resize import to_model_channels
+    from medkeras.data.resize import resize_to, to_model_channels
 
     augmenter = build_augmenter(aug_cfg, seed)
 
@@ -100,13 +111,9 @@ def training_front(aug_cfg, seed: int, size_var=None, full_size: int | None = No
 
         def call(self, x, training=False):
             if training and self.augmenter is not None:
-                if aug_cfg.randaugment > 0:  # its colour operations need RGB
-                    x = to_model_channels(x)
-                x = tf.clip_by_value(self.augmenter(x, training=True), 0.0, 255.0)
+                x = augment_pixels(self.augmenter, aug_cfg, x)
             if training and size_var is not None:
-                size = tf.convert_to_tensor(size_var)
-                x = tf.cond(tf.equal(size, full_size), lambda: x,
-                            lambda: tf.image.resize(x, tf.stack([size, size]), antialias=True))
+                x = resize_to(x, size_var)
             return to_model_channels(x)
 
         def compute_output_shape(self, input_shape):

@@ -11,11 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from medkeras.data.augment import build_augmenter
+from medkeras.data.augment import augment_pixels, build_augmenter
 from medkeras.data.readers import decode_dicom_graph, is_dicom, read_image
 from medkeras.data.resize import (
     resize_dynamic,
     resize_images,
+    resize_to,
     resized_array,
     to_model_channels,
 )
@@ -178,32 +179,18 @@ def augment_batches(ds, data_cfg, augment: bool = False, seed: int = 42, size_va
     differs from `data.image_size`; a callback sets it at each epoch's start. `front` (`data.augment_on: model`):
     batches leave as read, and `augment.training_front` in the fitted model does all of this on its device.
     """
-    import tensorflow as tf
-
     if front:
         return ds.prefetch(AUTOTUNE)
     augmenter = build_augmenter(data_cfg.augment, seed) if augment else None
-    if augmenter is not None and data_cfg.augment.randaugment > 0:  # RandAugment's colour operations need RGB
-        ds = ds.map(lambda x, y: (to_model_channels(x), y))
     if augmenter is not None:
-
-        def augment_batch(x, y):
-            return tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0), y
-
         # `deterministic`: one batch at a time, so the layers' random draws follow the batch order: the same seed
         # gives the same run (in parallel, batches drew from the shared generators in whatever order they ran).
         # At data.image_size, before any progressive resizing: every layer sees one known size (CLAHE, RandomErasing
         # and the blur fail on images of unknown size; found by bench.config_fuzz).
-        ds = ds.map(augment_batch, num_parallel_calls=None if deterministic else AUTOTUNE)
+        ds = ds.map(lambda x, y: (augment_pixels(augmenter, data_cfg.augment, x), y),
+                    num_parallel_calls=None if deterministic else AUTOTUNE)
     if size_var is not None:
-        full = data_cfg.image_size
-
-        def rescale(x, y):
-            size = tf.convert_to_tensor(size_var)
-            x = tf.cond(tf.equal(size, full), lambda: x, lambda: tf.image.resize(x, tf.stack([size, size]), antialias=True))
-            return tf.ensure_shape(x, [None, None, None, x.shape[-1]]), y
-
-        ds = ds.map(rescale)
+        ds = ds.map(lambda x, y: (resize_to(x, size_var), y))
     return ds.map(lambda x, y: (to_model_channels(x), y)).prefetch(AUTOTUNE)
 
 

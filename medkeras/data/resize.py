@@ -35,6 +35,17 @@ def resize_dynamic(images, size: int):
     return tf.ensure_shape(resized, target)
 
 
+def resize_to(images, size):
+    """A (N, H, W, C) batch resized to `size` x `size` (a tensor: progressive resizing's variable, read per batch),
+    unresampled where it is already at that size; the spatial shape is left unknown, as the size changes."""
+    import tensorflow as tf
+
+    size = tf.convert_to_tensor(size)
+    same = tf.logical_and(tf.equal(size, tf.shape(images)[1]), tf.equal(size, tf.shape(images)[2]))
+    out = tf.cond(same, lambda: images, lambda: tf.image.resize(images, tf.stack([size, size]), antialias=True))
+    return tf.ensure_shape(out, [None, None, None, images.shape[-1]])
+
+
 def to_model_channels(images, channels: int = 3):
     """Repeat a single grayscale channel to `channels`; pass 3-channel images through."""
     import tensorflow as tf

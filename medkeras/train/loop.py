@@ -63,6 +63,8 @@ def custom_fit(model, dataset, *, strategy, loss, optimizer, epochs, initial_epo
     import keras
     import tensorflow as tf
 
+    from medkeras.data.resize import resize_to
+
     if keras.mixed_precision.global_policy().name == "mixed_float16" and not isinstance(
             optimizer, keras.optimizers.LossScaleOptimizer):
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # as Keras' compile does under mixed_float16
@@ -78,9 +80,7 @@ def custom_fit(model, dataset, *, strategy, loss, optimizer, epochs, initial_epo
         x, y = batch[0], batch[1]
         weight = batch[2] if len(batch) > 2 else None
         if size_var is not None:
-            size = tf.convert_to_tensor(size_var)
-            x = tf.cond(tf.equal(size, tf.shape(x)[1]), lambda: x,
-                        lambda: tf.image.resize(x, tf.stack([size, size]), antialias=True))
+            x = resize_to(x, size_var)
         with tf.GradientTape() as tape:
             logits = tf.cast(model(x, training=True), tf.float32)
             per_example = loss.call(y, logits)

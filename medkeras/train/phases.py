@@ -133,7 +133,7 @@ def _with_front(ctx, model, sized: bool):
     with ctx.multiworker.scope() if ctx.multiworker is not None else contextlib.nullcontext():
         channels = ctx.data.train_ds.element_spec[0].shape[-1]  # as read: the front repeats grey to the model's 3
         inputs = keras.Input((full, full, channels), name="pixels")
-        front = training_front(ctx.cfg.data.augment, ctx.cfg.train.seed, resize, full)
+        front = training_front(ctx.cfg.data.augment, ctx.cfg.train.seed, resize)
         return keras.Model(inputs, model(front(inputs)), name=f"{model.name}_training")
 
 
