@@ -1,0 +1,185 @@
+"""Studies: one item per CT study (a DICOM series folder, a multi-frame DICOM file or a NIfTI file), labelled whole.
+
+Sources end as the same `Dataset` as slices (`types.py`), each split's `paths` naming studies:
+- a folder of class folders, each holding studies at any depth: every folder that directly holds DICOM files is one
+  series (TCIA's `Patient/Study/Series/1-01.dcm` as it comes), every `.nii` / `.nii.gz` file one volume;
+- a CSV manifest `path,label[,split][,patient_id]` whose paths name series folders, multi-frame files or NIfTI files.
+A study is named by its path relative to the source's folder (series folders repeat file names, never paths), with
+any path part holding the PatientID shown as its key. Patients come from the manifest's `patient_id` or the first
+slice's PatientID (keyed), so splits keep a patient's studies together; a NIfTI file without one is its own group.
+
+`study_arrays` reads the studies in parallel threads (pydicom and nibabel release the GIL while reading; the
+resampling is TensorFlow's), resamples each to `data.spacing` and/or `data.volume_size` (`volumes.py`), applies the
+windows, and returns (N, D, H, W, C) pixels in [0, 255], the layout of `serve_volume`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from medkeras.data.keys import id_masks, keyed
+from medkeras.data.readers import common_folder, dicom_items, is_dicom, is_volume_file, read_volume
+from medkeras.data.splits import split_groups, split_indices
+from medkeras.data.types import SPLITS, Dataset, Split
+from medkeras.errors import DataError
+
+STUDY_COLUMNS = ("path", "label")
+
+
+def find_studies(folder) -> list[Path]:
+    """The studies below `folder`, sorted: each folder directly holding DICOM files, and each NIfTI file."""
+    out = []
+    for here, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        paths = [Path(here) / f for f in sorted(files) if not f.startswith(".")]
+        out += [p for p in paths if is_volume_file(p)]
+        if any(is_dicom(p) for p in paths if not is_volume_file(p)):
+            out.append(Path(here))
+    return sorted(out)
+
+
+def _study_header(path: Path, key_file):
+    """(keyed patient, keyed series, masks) from a study's first DICOM file; (None, None, ()) for NIfTI."""
+    if is_volume_file(path):
+        return None, None, ()
+    first = path if path.is_file() else next((p for p in sorted(path.iterdir()) if p.is_file() and is_dicom(p)), None)
+    if first is None:
+        raise DataError(path, "holds no DICOM files: not a study")
+    info = dicom_items(first, key_file)[0]  # an unreadable header: a DicomError naming the file
+    return info.patient, info.series, tuple(info.masks)
+
+
+def _study_dataset(source, studies, label_names, split_col, patient_ids, cfg, seed, root) -> Dataset:
+    key_file = getattr(cfg, "patient_key_file", None)
+    class_names = cfg.class_names or sorted({str(n) for n in label_names})
+    index = {c: i for i, c in enumerate(class_names)}
+    unknown = sorted({str(n) for n in label_names} - set(index))
+    if unknown:
+        raise DataError(source, f"label(s) {unknown[:3]} are not one of the classes {class_names}")
+    labels = np.asarray([index[str(n)] for n in label_names], np.int64)
+    for k, c in enumerate(class_names):
+        if not (labels == k).any():
+            raise DataError(source, f"class '{c}' has no studies")
+    headers = [_study_header(p, key_file) for p in studies]
+    names = [str(p) for p in studies]
+    if len(set(names)) != len(names):
+        repeated = next(n for n in names if names.count(n) > 1)
+        raise DataError(source, f"study {repeated} is listed twice")
+    masks = {m for _, _, ms in headers for m in ms}
+    if patient_ids is not None:  # keyed here; the raw IDs go no further
+        patients = [keyed("patient", pid, key_file) for pid in patient_ids]
+        masks |= {m for name, pid, key in zip(names, patient_ids, patients) for m in id_masks(name, pid, key)}
+    else:
+        patients = [h[0] for h in headers]
+    series = [h[1] for h in headers]
+    groups = split_groups(patients, series, names)
+    if split_col is not None:
+        column = np.asarray(split_col)
+        by_split = {s: np.flatnonzero(column == s) for s in SPLITS}
+    else:
+        by_split = split_indices(labels, groups, cfg.split, seed, source=source)
+    below = all(n.startswith(str(root).rstrip("/") + "/") for n in names)
+    shown = str(root) if below else common_folder(names)
+    splits = {
+        s: Split(labels=labels[ix], paths=[names[i] for i in ix],
+                 groups=[patients[i] for i in ix] if any(patients) else None,
+                 series=[series[i] for i in ix] if any(series) else None,
+                 root=shown, redact=bool(getattr(cfg, "redact_paths", False)), masks=tuple(sorted(masks)))
+        for s, ix in by_split.items()
+    }
+    return Dataset(name=Path(source).stem, class_names=list(class_names), splits=splits)
+
+
+def load_study_folder(path, cfg, seed=42) -> Dataset:
+    """A folder with one sub-folder per class, each holding studies (see the module's docstring)."""
+    path = Path(path).resolve()
+    class_dirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise DataError(path, "no class sub-folders (expected one folder per class holding the studies)")
+    studies, names = [], []
+    for d in class_dirs:
+        found = find_studies(d)
+        if not found and (cfg.class_names is None or d.name in cfg.class_names):
+            raise DataError(d, f"class '{d.name}' has no studies (series folders of DICOM files or NIfTI files)")
+        studies += found
+        names += [d.name] * len(found)
+    return _study_dataset(path, studies, names, None, None, cfg, seed, path)
+
+
+def load_study_manifest(path, cfg, seed=42) -> Dataset:
+    """A CSV `path,label[,split][,patient_id]` naming one study a row; relative paths are relative to the CSV."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(path, f"cannot read CSV manifest: {exc}") from exc
+    if not rows:
+        raise DataError(path, "manifest has no rows")
+    missing = set(STUDY_COLUMNS) - set(rows[0])
+    if missing:
+        raise DataError(path, f"manifest lacks required column(s) {', '.join(sorted(missing))}")
+    studies = []
+    for line, row in enumerate(rows, start=2):
+        study = (path.parent / row["path"]).resolve()
+        if not study.exists():
+            raise DataError(path, f"line {line}: {row['path']} not found")
+        if study.is_file() and not (is_volume_file(study) or is_dicom(study)):
+            raise DataError(path, f"line {line}: {row['path']} is not a study (a series folder, a multi-frame "
+                                  "DICOM file or a NIfTI file)")
+        studies.append(study)
+    split_col = None
+    if "split" in rows[0]:
+        split_col = [r["split"].strip().lower() for r in rows]
+        bad = sorted(set(split_col) - set(SPLITS))
+        if bad:
+            raise DataError(path, f"unknown split value(s) {bad}: use train, val or test")
+    patient_ids = [r["patient_id"] for r in rows] if "patient_id" in rows[0] else None
+    return _study_dataset(path, studies, [r["label"].strip() for r in rows], split_col, patient_ids, cfg, seed,
+                          path.parent.resolve())
+
+
+def load_studies(cfg, seed=42) -> Dataset:
+    """`data.source` (a folder of class folders of studies, or a study manifest) -> `Dataset` of studies."""
+    path = Path(str(cfg.source)).expanduser()
+    if not path.exists():
+        raise DataError(path, "data source not found")
+    if path.is_dir():
+        return load_study_folder(path, cfg, seed)
+    if path.suffix.lower() == ".csv":
+        return load_study_manifest(path, cfg, seed)
+    raise DataError(path, "a study source is a folder of class folders or a .csv manifest")
+
+
+def study_volume(path, windows, spacing=None, size=None):
+    """One study -> float32 (D, H, W, C) pixels in [0, 255]: read, resampled, windowed (C = number of windows)."""
+    from medkeras.data.volumes import resample_volume
+    from medkeras.data.windows import apply_windows
+
+    volume = read_volume(path)
+    hu, _ = resample_volume(volume.hu, volume.spacing, spacing, size)
+    return np.asarray(apply_windows(hu, windows)) * np.float32(255.0)
+
+
+def study_arrays(split: Split, windows, spacing=None, size=None, workers: int | None = None) -> np.ndarray:
+    """Every study of `split` as `study_volume` does it, read in parallel threads -> (N, D, H, W, C) float32.
+
+    `size` (D, H, W) is required: a batch holds one shape. A study that cannot be read raises its `DataError`.
+    """
+    if size is None:
+        raise DataError(split.root or "data", "studies need data.volume_size [D, H, W] to be batched")
+    if not windows:
+        raise DataError(split.root or "data", "studies need data.window: CT volumes are windowed from HU")
+    out = np.empty((len(split), *size, len(windows)), np.float32)
+
+    def fill(i):
+        out[i] = study_volume(split.paths[i], windows, spacing, size)
+
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(fill, range(len(split))))
+    return out
