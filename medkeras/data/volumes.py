@@ -61,3 +61,18 @@ def crop_or_pad(volume, size, pad_value: float = AIR_HU):
         pads[axis] = [short // 2, short - short // 2]
         volume = tf.pad(volume, pads, constant_values=pad_value)
     return tf.ensure_shape(volume, list(size))
+
+
+def slabs(volume, k: int):
+    """(D, H, W, C) -> (D, H, W, k * C): at each slice the k slices centred on it (2.5D), the first and last slices
+    repeated past the ends; channels slice-major (slice d - k // 2 first, each with its C windows)."""
+    import tensorflow as tf
+
+    volume = tf.convert_to_tensor(volume)
+    depth = tf.shape(volume)[0]
+    offsets = tf.range(k) - k // 2
+    index = tf.clip_by_value(tf.range(depth)[:, None] + offsets[None, :], 0, depth - 1)  # (D, k)
+    stacked = tf.gather(volume, index)  # (D, k, H, W, C)
+    stacked = tf.transpose(stacked, [0, 2, 3, 1, 4])  # (D, H, W, k, C)
+    shape = tf.shape(stacked)
+    return tf.reshape(stacked, tf.concat([shape[:3], [k * volume.shape[-1]]], 0))

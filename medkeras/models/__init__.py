@@ -34,6 +34,7 @@ def register_custom_objects():
     importlib.import_module("medkeras.models.ensemble")
     importlib.import_module("medkeras.models.convnextv2")
     importlib.import_module("medkeras.models.vgg")
+    importlib.import_module("medkeras.models.study")
 
 
 __all__ = sorted(_LAZY)

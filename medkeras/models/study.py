@@ -1,0 +1,116 @@
+"""Members that see a CT study rather than a slice: all take pixels in [0, 255] and give K float32 logits a study.
+
+- `slab` (2.5D): K adjacent slices as the channels of one image (H, W, K) into any 2D backbone; K = 3 fits an
+  ImageNet stem as it is, any other K goes through a learned 1x1 convolution to 3 channels first.
+- `series` (multiple-instance learning): one shared 2D backbone encodes every slice of a study (D, H, W, 3), and
+  gated-attention pooling (Ilse, Tomczak & Welling 2018, "Attention-based Deep Multiple Instance Learning") weighs
+  the slices into one study feature; trained from study labels alone. `slice_attention` gives the weights.
+- `volume` (3D): a `volume3d` backbone on the resampled volume (D, H, W, 3).
+Each is a `keras.Model` with the backbone's own preprocessing inside, like a slice member (`ensemble.build_member`),
+so members of different kinds that score the same study average in one ensemble.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from medkeras.models.backbones import build_backbone, get_backbone_spec
+from medkeras.models.ensemble import build_head
+from medkeras.models.preprocessing import ImagePreprocessing
+
+ATTENTION_LAYER = "slice_attention"
+
+
+@keras.saving.register_keras_serializable(package="medkeras")
+class GatedAttentionPooling(keras.layers.Layer):
+    """(B, N, F) instance features -> (B, F) bag feature, sum_k a_k h_k with a = softmax_k(w . (tanh(V h_k) *
+    sigmoid(U h_k))) (Ilse et al. 2018, eq. 9). With `return_attention`, also a (B, N)."""
+
+    def __init__(self, units: int = 128, return_attention: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        self.return_attention = bool(return_attention)
+        self.tanh_branch = layers.Dense(self.units, activation="tanh", name="V")
+        self.gate_branch = layers.Dense(self.units, activation="sigmoid", name="U")
+        self.score = layers.Dense(1, name="w")
+
+    def build(self, input_shape):
+        for branch in (self.tanh_branch, self.gate_branch):
+            branch.build(input_shape)
+        self.score.build((*input_shape[:-1], self.units))
+
+    def call(self, features):
+        scores = self.score(self.tanh_branch(features) * self.gate_branch(features))[..., 0]  # (B, N)
+        attention = ops.softmax(ops.cast(scores, "float32"), axis=-1)
+        pooled = ops.sum(ops.cast(features, "float32") * attention[..., None], axis=1)
+        pooled = ops.cast(pooled, self.compute_dtype)
+        return (pooled, attention) if self.return_attention else pooled
+
+    def compute_output_shape(self, input_shape):
+        pooled = (input_shape[0], input_shape[-1])
+        return (pooled, tuple(input_shape[:2])) if self.return_attention else pooled
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "return_attention": self.return_attention}
+
+
+def _preprocessing(name: str, normalization=None):
+    spec = get_backbone_spec(name)
+    if normalization is not None and spec.preprocessing != "none":
+        return ImagePreprocessing("dataset", *normalization, name="preprocess")
+    return ImagePreprocessing(spec.preprocessing, name="preprocess")
+
+
+def build_slab_member(name: str, num_classes: int, image_size: int, slab: int = 3, weights: str = "none",
+                      head: str = "linear", dropout: float = 0.0, member_name: str | None = None,
+                      normalization=None, windows: int = 1):
+    """A 2D backbone on slabs (B, S, S, `slab` x `windows`) of adjacent slices (`volumes.slabs`) -> logits (B, K)."""
+    if slab < 1 or slab % 2 == 0:
+        from medkeras.errors import ConfigError
+
+        raise ConfigError(f"data.slab must be an odd number of slices, got {slab}")
+    channels = slab * windows
+    inputs = keras.Input((image_size, image_size, channels), name="slab")
+    x = inputs
+    if channels != 3:  # to the 3 channels an ImageNet stem takes; starts as each channel the slab's mean
+        x = layers.Conv2D(3, 1, kernel_initializer=keras.initializers.Constant(1.0 / channels), use_bias=False,
+                          name="slab_to_rgb")(x)
+    x = _preprocessing(name, normalization)(x)
+    logits = build_head(build_backbone(name, image_size, weights)(x), num_classes, head, dropout)
+    return keras.Model(inputs, logits, name=member_name or f"{name}_slab")
+
+
+def build_series_member(name: str, num_classes: int, image_size: int, slices: int, weights: str = "none",
+                        head: str = "linear", dropout: float = 0.0, member_name: str | None = None,
+                        normalization=None, attention_units: int = 128):
+    """One 2D backbone shared by every slice of a study (B, D, S, S, 3), gated attention over the slices -> (B, K).
+
+    The attention weights (B, D) are the output of the layer named `ATTENTION_LAYER` (`slice_attention`)."""
+    encoder_in = keras.Input((image_size, image_size, 3), name="slice")
+    encoder = keras.Model(encoder_in, build_backbone(name, image_size, weights)(
+        _preprocessing(name, normalization)(encoder_in)), name=f"{name}_encoder")
+    inputs = keras.Input((slices, image_size, image_size, 3), name="series")
+    features = layers.TimeDistributed(encoder, name="slice_features")(inputs)  # (B, D, F)
+    pooled, _ = GatedAttentionPooling(attention_units, return_attention=True, name=ATTENTION_LAYER)(features)
+    logits = build_head(pooled, num_classes, head, dropout)
+    return keras.Model(inputs, logits, name=member_name or f"{name}_series")
+
+
+def slice_attention(model):
+    """A model from a series member's input to its slice attention (B, D), sharing its weights."""
+    layer = model.get_layer(ATTENTION_LAYER)
+    return keras.Model(model.inputs, layer.output[1], name=f"{model.name}_attention")
+
+
+def build_volume_member(name: str, num_classes: int, volume_shape, weights: str = "none", head: str = "linear",
+                        dropout: float = 0.0, member_name: str | None = None, stem_depth: int = 7,
+                        stem_depth_stride: int = 1):
+    """A 3D backbone on volumes (B, D, H, W, 3) -> logits (B, K), its 2D source's preprocessing inside."""
+    from medkeras.models.volume3d import build_volume_backbone, preprocessing_of
+
+    inputs = keras.Input((*volume_shape, 3), name="volume")
+    x = ImagePreprocessing(preprocessing_of(name), name="preprocess")(inputs)
+    backbone = build_volume_backbone(name, volume_shape, weights, stem_depth, stem_depth_stride)
+    logits = build_head(backbone(x), num_classes, head, dropout)
+    return keras.Model(inputs, logits, name=member_name or name)

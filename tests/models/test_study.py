@@ -1,0 +1,96 @@
+"""Study members (`models/study.py`): slab, series (gated-attention MIL) and volume models take real CT studies read
+by `data/studies.py`, give float32 logits, train, and save to `.keras` and back to the same logits; the attention
+pooling is a weighted mean whose weights sum to one and do not depend on the slices' order."""
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import LUNG, SERIES_3
+
+from medkeras.data.volumes import slabs
+from medkeras.models.study import (
+    GatedAttentionPooling,
+    build_series_member,
+    build_slab_member,
+    build_volume_member,
+    slice_attention,
+)
+
+
+@pytest.fixture(scope="module")
+def real_studies(tmp_path_factory):
+    """Two real CT studies (16 x 32 x 32, lung window, 3 channels): the tumour block of each of the patient's two
+    series, and a normal slice of each, as `study_arrays` reads them; labels 1, 1, 0, 0."""
+    from medkeras.data.studies import study_volume
+
+    root = tmp_path_factory.mktemp("studies")
+    out = []
+    for label, names in (("tumour", ("1-13.dcm", "1-14.dcm")), ("normal", ("1-01.dcm",))):
+        for source in (LUNG, SERIES_3):
+            folder = root / label / source.name
+            folder.mkdir(parents=True)
+            for name in names:
+                pydicom.dcmread(source / name).save_as(folder / name)
+            out.append(study_volume(folder, [[-600.0, 1500.0]], size=(16, 32, 32)))
+    volumes = np.repeat(np.stack(out), 3, axis=-1)  # grey to the 3 channels every backbone takes
+    return volumes, np.asarray([1, 1, 0, 0])
+
+
+def _trains_and_round_trips(model, x, y, tmp_path):
+    import keras
+
+    logits = model(x, training=False)
+    assert logits.shape == (len(x), 2) and logits.dtype == "float32"
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x, y, batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert any(not np.allclose(a, b.numpy()) for a, b in zip(before, model.trainable_weights))
+    path = tmp_path / f"{model.name}.keras"
+    model.save(path)
+    back = keras.saving.load_model(path)
+    np.testing.assert_allclose(np.asarray(back(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+    return back
+
+
+def test_a_volume_member_trains_on_real_studies_and_round_trips(real_studies, tmp_path):
+    x, y = real_studies
+    _trains_and_round_trips(build_volume_member("resnet18_3d", 2, x.shape[1:4]), x, y, tmp_path)
+
+
+def test_a_series_member_attends_over_slices_trains_and_round_trips(real_studies, tmp_path):
+    x, y = real_studies
+    model = build_series_member("cnn8_small", 2, 32, slices=16)
+    back = _trains_and_round_trips(model, x, y, tmp_path)
+    attention = np.asarray(slice_attention(back)(x))
+    assert attention.shape == (4, 16)
+    np.testing.assert_allclose(attention.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(attention, np.asarray(slice_attention(model)(x)), rtol=1e-5, atol=1e-7)
+
+
+def test_a_slab_member_takes_k_adjacent_real_slices_as_channels(real_studies, tmp_path):
+    x, y = real_studies
+    grey = x[..., :1]
+    five = np.stack([np.asarray(slabs(v, 5)) for v in grey])  # (4, 16, 32, 32, 5)
+    np.testing.assert_array_equal(five[0, 7, ..., 2], grey[0, 7, ..., 0])  # the centre slice in the middle channel
+    np.testing.assert_array_equal(five[0, 7, ..., 0], grey[0, 5, ..., 0])  # two slices down first
+    np.testing.assert_array_equal(five[0, 0, ..., 0], grey[0, 0, ..., 0])  # the first slice repeated past the end
+    centre = five[:, 8]  # one slab a study, labelled by the study
+    _trains_and_round_trips(build_slab_member("cnn8_small", 2, 32, slab=5), centre, y, tmp_path)
+    three = build_slab_member("cnn8_small", 2, 32, slab=3)
+    assert "slab_to_rgb" not in [layer.name for layer in three.layers]  # K = 3 fits an ImageNet stem as it is
+    with pytest.raises(Exception, match="odd number"):
+        build_slab_member("cnn8_small", 2, 32, slab=4)
+
+
+def test_gated_attention_is_an_order_free_weighted_mean():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(3, 7, 16)).astype("float32")
+    layer = GatedAttentionPooling(8, return_attention=True)
+    pooled, attention = (np.asarray(t) for t in layer(features))
+    np.testing.assert_allclose(attention.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(pooled, np.einsum("bn,bnf->bf", attention, features), rtol=1e-5, atol=1e-6)
+    order = rng.permutation(7)
+    shuffled, moved = (np.asarray(t) for t in layer(features[:, order]))
+    np.testing.assert_allclose(shuffled, pooled, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(moved, attention[:, order], rtol=1e-5, atol=1e-7)
