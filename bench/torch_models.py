@@ -229,3 +229,20 @@ def count_parameters(model: nn.Module) -> int:
     trainable = sum(p.numel() for p in model.parameters())
     running = sum(b.numel() for name, b in model.named_buffers() if "running" in name)
     return trainable + running
+
+
+class GatedAttentionMIL(nn.Module):
+    """medkeras' series member in PyTorch: one shared encoder (`PlainCNN`'s features, mean-pooled) over every slice
+    of a study (B, D, 3, H, W), gated attention (Ilse et al. 2018: V tanh, U sigmoid, w; 128 units), a linear head."""
+
+    def __init__(self, widths=(32, 64, 128, 256), classes=2, units=128):
+        super().__init__()
+        self.encoder = PlainCNN(widths, classes).features
+        self.V, self.U, self.w = nn.Linear(widths[-1], units), nn.Linear(widths[-1], units), nn.Linear(units, 1)
+        self.head = nn.Linear(widths[-1], classes)
+
+    def forward(self, x):
+        b, d = x.shape[:2]
+        h = self.encoder(x.flatten(0, 1) / 127.5 - 1.0).mean(dim=(2, 3)).view(b, d, -1)
+        a = torch.softmax(self.w(torch.tanh(self.V(h)) * torch.sigmoid(self.U(h)))[..., 0], dim=1)
+        return self.head((a[..., None] * h).sum(dim=1))

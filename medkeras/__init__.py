@@ -37,6 +37,12 @@ _LAZY = {
     "predict": "medkeras.export.predict",
     "read_volume": "medkeras.data.readers.volume",
     "resample_volume": "medkeras.data.volumes",
+    "load_studies": "medkeras.data.studies",
+    "study_arrays": "medkeras.data.studies",
+    "study_volume": "medkeras.data.studies",
+    "build_volume_member": "medkeras.models.study",
+    "build_series_member": "medkeras.models.study",
+    "build_slab_member": "medkeras.models.study",
 }
 __getattr__ = lazy_getattr(__name__, _LAZY)
 

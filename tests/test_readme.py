@@ -86,9 +86,12 @@ def test_the_readme_commands_that_run_on_bundled_data(tmp_path, tiny_run):
 
 
 def test_the_readme_python_blocks_run_as_written(tmp_path):
-    """Every Python block in a fresh folder holding the file it reads (`slice.dcm`: a real CT slice); fits cut to a
-    few steps."""
+    """Every Python block in a fresh folder holding the files it reads (`slice.dcm`: a real CT slice; `series/`: a
+    folder of two contiguous real slices); fits cut to a few steps."""
     shutil.copy(LUNG / "1-13.dcm", tmp_path / "slice.dcm")
+    (tmp_path / "series").mkdir()
+    for name in ("1-13.dcm", "1-14.dcm"):  # two contiguous real slices: a series folder
+        shutil.copy(LUNG / name, tmp_path / "series" / name)
     blocks = _blocks("python")
     assert blocks
     for block in blocks:

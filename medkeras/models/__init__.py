@@ -35,6 +35,7 @@ def register_custom_objects():
     importlib.import_module("medkeras.models.convnextv2")
     importlib.import_module("medkeras.models.vgg")
     importlib.import_module("medkeras.models.study")
+    importlib.import_module("medkeras.models.conv3d")
 
 
 __all__ = sorted(_LAZY)

@@ -25,7 +25,9 @@ def spatial_layers(dims: int) -> dict:
         return {"conv": layers.Conv2D, "pad": layers.ZeroPadding2D, "max": layers.MaxPooling2D,
                 "avg": layers.AveragePooling2D, "gap": layers.GlobalAveragePooling2D}
     if dims == 3:
-        return {"conv": layers.Conv3D, "pad": layers.ZeroPadding3D, "max": layers.MaxPooling3D,
+        from medkeras.models.conv3d import TapConv3D  # Conv3D, without TF's CPU gradient cliff
+
+        return {"conv": TapConv3D, "pad": layers.ZeroPadding3D, "max": layers.MaxPooling3D,
                 "avg": layers.AveragePooling3D, "gap": layers.GlobalAveragePooling3D}
     raise ValueError(f"dims must be 2 or 3, got {dims}")
 

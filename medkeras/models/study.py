@@ -55,6 +55,32 @@ class GatedAttentionPooling(keras.layers.Layer):
         return {**super().get_config(), "units": self.units, "return_attention": self.return_attention}
 
 
+@keras.saving.register_keras_serializable(package="medkeras")
+class FoldSlices(keras.layers.Layer):
+    """(B, D, ...) -> (B * D, ...): a study's slices as one batch for a 2D encoder (`slices=None`), or back,
+    (B * D, ...) -> (B, D, ...) (`slices=D`). Keras' TimeDistributed instead calls its layer once per slice: D
+    copies of the encoder in the graph (a 64 s first step for 32 slices) and BatchNorm statistics over the B
+    studies' slice d alone, not over every slice of the batch."""
+
+    def __init__(self, slices: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.slices = slices
+
+    def call(self, x):
+        if self.slices is None:
+            return ops.reshape(x, (-1, *x.shape[2:]))
+        return ops.reshape(x, (-1, self.slices, *x.shape[1:]))
+
+    def compute_output_shape(self, input_shape):
+        if self.slices is None:
+            batch = None if input_shape[0] is None or input_shape[1] is None else input_shape[0] * input_shape[1]
+            return (batch, *input_shape[2:])
+        return (None if input_shape[0] is None else input_shape[0] // self.slices, self.slices, *input_shape[1:])
+
+    def get_config(self):
+        return {**super().get_config(), "slices": self.slices}
+
+
 def _preprocessing(name: str, normalization=None):
     spec = get_backbone_spec(name)
     if normalization is not None and spec.preprocessing != "none":
@@ -91,7 +117,8 @@ def build_series_member(name: str, num_classes: int, image_size: int, slices: in
     encoder = keras.Model(encoder_in, build_backbone(name, image_size, weights)(
         _preprocessing(name, normalization)(encoder_in)), name=f"{name}_encoder")
     inputs = keras.Input((slices, image_size, image_size, 3), name="series")
-    features = layers.TimeDistributed(encoder, name="slice_features")(inputs)  # (B, D, F)
+    flat = FoldSlices(name="fold_slices")(inputs)  # (B * D, S, S, 3): every slice of the batch at once
+    features = FoldSlices(slices, name="slice_features")(encoder(flat))  # (B, D, F)
     pooled, _ = GatedAttentionPooling(attention_units, return_attention=True, name=ATTENTION_LAYER)(features)
     logits = build_head(pooled, num_classes, head, dropout)
     return keras.Model(inputs, logits, name=member_name or f"{name}_series")
@@ -105,7 +132,7 @@ def slice_attention(model):
 
 def build_volume_member(name: str, num_classes: int, volume_shape, weights: str = "none", head: str = "linear",
                         dropout: float = 0.0, member_name: str | None = None, stem_depth: int = 7,
-                        stem_depth_stride: int = 1):
+                        stem_depth_stride: int | None = None):
     """A 3D backbone on volumes (B, D, H, W, 3) -> logits (B, K), its 2D source's preprocessing inside."""
     from medkeras.models.volume3d import build_volume_backbone, preprocessing_of
 

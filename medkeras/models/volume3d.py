@@ -5,7 +5,8 @@ and its own weight downloads, while inflation needs each 3D layer to carry its 2
 ImageNet weights Keras ships (ResNet50, DenseNet121) and the `.weights.h5` files `medkeras convert-weights` writes
 (torchvision / timm ResNet-18/34) load layer by layer. The networks follow MONAI's `ResNet` and `DenseNet121`:
 the 2D network with every convolution and pool turned 3D, the stem `stem_depth` x 7 x 7 with stride 1 along the
-slices (CT slices are thicker than pixels are wide), every later stride 2 on all three axes.
+slices for the ResNets (CT slices are thicker than pixels are wide; MONAI's `conv1_t_stride` default) and 2 for
+DenseNet-121 (MONAI's conv0), every later stride 2 on all three axes.
 
 Volumes take three channels, as every 2D backbone does (grey is repeated): the backbone's own preprocessing then
 applies unchanged and inflated weights are exact, not re-derived for one channel.
@@ -25,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from medkeras.errors import ConfigError, MedkerasError
+from medkeras.models.conv3d import TapConv3D  # Conv3D itself, computed without TF's CPU gradient cliff
 
 BN_EPSILON = 1.001e-5  # keras.applications' BatchNormalization epsilon
 
@@ -44,7 +46,7 @@ def _stem(inputs, use_bias: bool, stem_depth: int, stem_depth_stride: int, pad_n
 
     kernel, stride, pad = stem_geometry(3, stem_depth, stem_depth_stride)
     x = layers.ZeroPadding3D(pad, name=pad_names[0])(inputs)
-    x = layers.Conv3D(64, kernel, strides=stride, use_bias=use_bias, name="conv1_conv")(x)
+    x = TapConv3D(64, kernel, strides=stride, use_bias=use_bias, name="conv1_conv")(x)
     x = _bn("conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
     x = layers.ZeroPadding3D(1, name=pad_names[1])(x)
@@ -56,15 +58,15 @@ def _bottleneck(x, filters, stride, shortcut_conv, name):
     from keras import layers
 
     if shortcut_conv:
-        shortcut = layers.Conv3D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(x)
+        shortcut = TapConv3D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(x)
         shortcut = _bn(f"{name}_0_bn")(shortcut)
     else:
         shortcut = x
-    y = layers.Conv3D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
+    y = TapConv3D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
     y = layers.Activation("relu", name=f"{name}_1_relu")(_bn(f"{name}_1_bn")(y))
-    y = layers.Conv3D(filters, 3, padding="same", name=f"{name}_2_conv")(y)
+    y = TapConv3D(filters, 3, padding="same", name=f"{name}_2_conv")(y)
     y = layers.Activation("relu", name=f"{name}_2_relu")(_bn(f"{name}_2_bn")(y))
-    y = _bn(f"{name}_3_bn")(layers.Conv3D(4 * filters, 1, name=f"{name}_3_conv")(y))
+    y = _bn(f"{name}_3_bn")(TapConv3D(4 * filters, 1, name=f"{name}_3_conv")(y))
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.Activation("relu", name=f"{name}_out")(y)
 
@@ -83,7 +85,7 @@ def resnet50_3d(input_shape, stem_depth: int = 7, stem_depth_stride: int = 1, na
     return keras.Model(inputs, layers.GlobalAveragePooling3D(name="avg_pool")(x), name=name)
 
 
-def densenet121_3d(input_shape, stem_depth: int = 7, stem_depth_stride: int = 1, growth: int = 32,
+def densenet121_3d(input_shape, stem_depth: int = 7, stem_depth_stride: int = 2, growth: int = 32,
                    blocks=(6, 12, 24, 16), name: str = "densenet121_3d"):
     """DenseNet-121 on volumes (as MONAI's DenseNet121), under keras.applications.DenseNet121's layer names."""
     import keras
@@ -95,14 +97,14 @@ def densenet121_3d(input_shape, stem_depth: int = 7, stem_depth_stride: int = 1,
         for b in range(n):
             prefix = f"conv{stage + 2}_block{b + 1}"
             y = layers.Activation("relu", name=f"{prefix}_0_relu")(_bn(f"{prefix}_0_bn")(x))
-            y = layers.Conv3D(4 * growth, 1, use_bias=False, name=f"{prefix}_1_conv")(y)
+            y = TapConv3D(4 * growth, 1, use_bias=False, name=f"{prefix}_1_conv")(y)
             y = layers.Activation("relu", name=f"{prefix}_1_relu")(_bn(f"{prefix}_1_bn")(y))
-            y = layers.Conv3D(growth, 3, padding="same", use_bias=False, name=f"{prefix}_2_conv")(y)
+            y = TapConv3D(growth, 3, padding="same", use_bias=False, name=f"{prefix}_2_conv")(y)
             x = layers.Concatenate(name=f"{prefix}_concat")([x, y])
         if stage < len(blocks) - 1:
             prefix = f"pool{stage + 2}"
             x = layers.Activation("relu", name=f"{prefix}_relu")(_bn(f"{prefix}_bn")(x))
-            x = layers.Conv3D(x.shape[-1] // 2, 1, use_bias=False, name=f"{prefix}_conv")(x)
+            x = TapConv3D(x.shape[-1] // 2, 1, use_bias=False, name=f"{prefix}_conv")(x)
             x = layers.AveragePooling3D(2, strides=2, name=f"{prefix}_pool")(x)
     x = layers.Activation("relu", name="relu")(_bn("bn")(x))
     return keras.Model(inputs, layers.GlobalAveragePooling3D(name="avg_pool")(x), name=name)
@@ -124,6 +126,7 @@ class VolumeBackboneSpec:
     source_2d: str
     description: str
     min_size: int = 16
+    stem_depth_stride: int = 1  # as MONAI builds it: ResNet's conv1_t_stride 1, DenseNet's conv0 stride 2
 
 
 VOLUME_BACKBONES = {
@@ -136,7 +139,8 @@ VOLUME_BACKBONES = {
         VolumeBackboneSpec("resnet50_3d", resnet50_3d, "resnet50",
                            "ResNet-50 3D (bottlenecks; inflates keras.applications ResNet50 weights)"),
         VolumeBackboneSpec("densenet121_3d", densenet121_3d, "densenet121",
-                           "DenseNet-121 3D (as MONAI's; inflates keras.applications DenseNet121 weights)"),
+                           "DenseNet-121 3D (as MONAI's; inflates keras.applications DenseNet121 weights)",
+                           min_size=32, stem_depth_stride=2),
     )
 }
 
@@ -154,13 +158,17 @@ def preprocessing_of(name: str) -> str:
     return get_backbone_spec(volume_backbone_spec(name).source_2d).preprocessing
 
 
-def build_volume_backbone(name: str, volume_shape, weights="none", stem_depth: int = 7, stem_depth_stride: int = 1):
+def build_volume_backbone(name: str, volume_shape, weights="none", stem_depth: int = 7,
+                          stem_depth_stride: int | None = None):
     """A 3D backbone for volumes of `volume_shape` (D, H, W) with 3 channels -> pooled features.
 
     `weights`: "none", "imagenet" (Keras' 2D ImageNet weights of the source backbone, inflated) or a 2D
     `.weights.h5` file of the source backbone (as `medkeras convert-weights` writes), inflated.
+    `stem_depth_stride`: None for the backbone's own (`VolumeBackboneSpec.stem_depth_stride`).
     """
     spec = volume_backbone_spec(name)
+    if stem_depth_stride is None:
+        stem_depth_stride = spec.stem_depth_stride
     if min(volume_shape) < spec.min_size:
         raise ConfigError(f"backbone '{name}' needs volumes of at least {spec.min_size} voxels a side, got "
                           f"{list(volume_shape)}")

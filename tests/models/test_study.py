@@ -59,8 +59,14 @@ def test_a_volume_member_trains_on_real_studies_and_round_trips(real_studies, tm
 
 
 def test_a_series_member_attends_over_slices_trains_and_round_trips(real_studies, tmp_path):
+    import keras
+
     x, y = real_studies
     model = build_series_member("cnn8_small", 2, 32, slices=16)
+    features = keras.Model(model.inputs, model.get_layer("slice_features").output)(x)  # (4, 16, F)
+    encoder = model.get_layer("cnn8_small_encoder")
+    assert len(encoder._inbound_nodes) == 1  # one encoder call on every slice at once, not one per slice
+    np.testing.assert_allclose(np.asarray(features[:, 5]), np.asarray(encoder(x[:, 5])), rtol=1e-5, atol=1e-5)
     back = _trains_and_round_trips(model, x, y, tmp_path)
     attention = np.asarray(slice_attention(back)(x))
     assert attention.shape == (4, 16)

@@ -20,8 +20,8 @@ def _randomise_batchnorm(model, seed=0):
 
 @pytest.mark.parametrize("name", list(VOLUME_BACKBONES))
 def test_each_3d_backbone_builds_on_a_small_volume_and_pools_features(name):
-    model = build_volume_backbone(name, (16, 32, 32))
-    features = model(np.random.default_rng(0).uniform(0, 1, (2, 16, 32, 32, 3)).astype("float32"))
+    model = build_volume_backbone(name, (32, 32, 32))
+    features = model(np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 32, 3)).astype("float32"))
     assert features.shape[0] == 2 and features.shape[1] in (512, 1024, 2048)
     assert np.isfinite(np.asarray(features)).all()
 
@@ -46,7 +46,7 @@ def test_resnet50_and_densenet121_take_every_weight_of_their_keras_twins():
 
     for name, twin in (("resnet50_3d", keras.applications.ResNet50), ("densenet121_3d", keras.applications.DenseNet121)):
         net2d = twin(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
-        net3d = build_volume_backbone(name, (16, 32, 32))
+        net3d = build_volume_backbone(name, (32, 32, 32))
         assert inflate_weights(net3d, net2d) == sum(1 for layer in net2d.layers if layer.weights)
         stem2d, stem3d = net2d.get_layer("conv1_conv").kernel.numpy(), net3d.get_layer("conv1_conv").kernel.numpy()
         np.testing.assert_allclose(stem3d.sum(axis=0), stem2d, rtol=1e-5, atol=1e-7)  # repeated, divided by kt
