@@ -48,6 +48,11 @@ def split_indices(labels, groups, fractions, seed, source="data") -> dict:
             n_splits = min(max(2, int(round(1 / frac))), len(set(g)))
             if n_splits < 2:
                 return sub, sub[:0]
+            if np.bincount(labels[sub]).max(initial=0) < n_splits:  # too few per class to stratify: grouped only
+                from sklearn.model_selection import GroupShuffleSplit
+
+                a, b = next(GroupShuffleSplit(n_splits=1, test_size=frac, random_state=seed).split(sub, groups=g))
+                return sub[a], sub[b]
             folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # few members per class: sklearn warns, the split stays grouped

@@ -9,8 +9,8 @@ any path part holding the PatientID shown as its key. Patients come from the man
 slice's PatientID (keyed), so splits keep a patient's studies together; a NIfTI file without one is its own group.
 
 `study_arrays` reads the studies in parallel threads (pydicom and nibabel release the GIL while reading; the
-resampling is TensorFlow's), resamples each to `data.spacing` and/or `data.volume_size` (`volumes.py`), applies the
-windows, and returns (N, D, H, W, C) pixels in [0, 255], the layout of `serve_volume`.
+resampling is TensorFlow's), resamples each to a spacing (mm) and/or a size [D, H, W] (`volumes.py`), applies the
+windows, and returns (N, D, H, W, C) pixels in [0, 255].
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from medkeras.data.keys import id_masks, keyed
 from medkeras.data.readers import common_folder, dicom_items, is_dicom, is_volume_file, read_volume
 from medkeras.data.splits import split_groups, split_indices
 from medkeras.data.types import SPLITS, Dataset, Split
-from medkeras.errors import DataError
+from medkeras.errors import ConfigError, DataError
 
 STUDY_COLUMNS = ("path", "label")
 
@@ -132,6 +132,8 @@ def load_study_manifest(path, cfg, seed=42) -> Dataset:
         if study.is_file() and not (is_volume_file(study) or is_dicom(study)):
             raise DataError(path, f"line {line}: {row['path']} is not a study (a series folder, a multi-frame "
                                   "DICOM file or a NIfTI file)")
+        if study.is_file() and is_dicom(study) and len(dicom_items(study)) < 2:
+            raise DataError(path, f"line {line}: {row['path']} is one slice, not a study: name its series folder")
         studies.append(study)
     split_col = None
     if "split" in rows[0]:
@@ -156,11 +158,30 @@ def load_studies(cfg, seed=42) -> Dataset:
     raise DataError(path, "a study source is a folder of class folders or a .csv manifest")
 
 
-def study_volume(path, windows, spacing=None, size=None):
-    """One study -> float32 (D, H, W, C) pixels in [0, 255]: read, resampled, windowed (C = number of windows)."""
-    from medkeras.data.volumes import resample_volume
-    from medkeras.data.windows import apply_windows
+def _geometry(values, what: str):
+    if values is None:
+        return None
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError):
+        out = []
+    if len(out) != 3 or min(out) <= 0:
+        raise ConfigError(f"{what} must be three positive numbers [D, H, W] ([z, y, x] mm for a spacing), "
+                          f"got {values!r}")
+    return [int(v) for v in out] if what == "size" else out
 
+
+def study_volume(path, windows, spacing=None, size=None):
+    """One study -> float32 (D, H, W, C) pixels in [0, 255]: read, resampled, windowed (C = number of windows).
+
+    `windows` as `data.window` takes them: "lung", [-600, 1500], or a list of presets or [level, width] pairs."""
+    from medkeras.data.volumes import resample_volume
+    from medkeras.data.windows import apply_windows, parse_windows
+
+    windows = parse_windows(windows)
+    if not windows:
+        raise ConfigError("studies need windows (data.window): CT volumes are windowed from HU")
+    spacing, size = _geometry(spacing, "spacing"), _geometry(size, "size")
     volume = read_volume(path)
     hu, _ = resample_volume(volume.hu, volume.spacing, spacing, size)
     return np.asarray(apply_windows(hu, windows)) * np.float32(255.0)
@@ -171,11 +192,12 @@ def study_arrays(split: Split, windows, spacing=None, size=None, workers: int | 
 
     `size` (D, H, W) is required: a batch holds one shape. A study that cannot be read raises its `DataError`.
     """
+    from medkeras.data.windows import parse_windows
+
     if size is None:
-        raise DataError(split.root or "data", "studies need data.volume_size [D, H, W] to be batched")
-    if not windows:
-        raise DataError(split.root or "data", "studies need data.window: CT volumes are windowed from HU")
-    out = np.empty((len(split), *size, len(windows)), np.float32)
+        raise ConfigError("studies need a size [D, H, W] to be batched (one shape a batch)")
+    size, windows = _geometry(size, "size"), parse_windows(windows)
+    out = np.empty((len(split), *size, max(1, len(windows))), np.float32)
 
     def fill(i):
         out[i] = study_volume(split.paths[i], windows, spacing, size)

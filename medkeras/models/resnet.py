@@ -11,6 +11,8 @@ every axis), so 2D weights inflate into it layer by layer (`volume3d.inflate_wei
 
 from __future__ import annotations
 
+from functools import partial
+
 import keras
 from keras import layers
 
@@ -27,8 +29,9 @@ def spatial_layers(dims: int) -> dict:
     if dims == 3:
         from medkeras.models.conv3d import TapConv3D  # Conv3D, without TF's CPU gradient cliff
 
-        return {"conv": TapConv3D, "pad": layers.ZeroPadding3D, "max": layers.MaxPooling3D,
-                "avg": layers.AveragePooling3D, "gap": layers.GlobalAveragePooling3D}
+        # 3D pools in float32: TensorFlow has no float16 MaxPool3D kernel on CPU (mixed_float16 failed to run)
+        return {"conv": TapConv3D, "pad": layers.ZeroPadding3D, "max": partial(layers.MaxPooling3D, dtype="float32"),
+                "avg": partial(layers.AveragePooling3D, dtype="float32"), "gap": layers.GlobalAveragePooling3D}
     raise ValueError(f"dims must be 2 or 3, got {dims}")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from medkeras.models import conv3d  # noqa: F401 - registers TapConv3D, so a saved volume member loads
 from medkeras.models.backbones import build_backbone, get_backbone_spec
 from medkeras.models.ensemble import build_head
 from medkeras.models.preprocessing import ImagePreprocessing
@@ -127,7 +128,7 @@ def build_series_member(name: str, num_classes: int, image_size: int, slices: in
 def slice_attention(model):
     """A model from a series member's input to its slice attention (B, D), sharing its weights."""
     layer = model.get_layer(ATTENTION_LAYER)
-    return keras.Model(model.inputs, layer.output[1], name=f"{model.name}_attention")
+    return keras.Model(model.input, layer.output[1], name=f"{model.name}_attention")
 
 
 def build_volume_member(name: str, num_classes: int, volume_shape, weights: str = "none", head: str = "linear",

@@ -50,7 +50,7 @@ def _stem(inputs, use_bias: bool, stem_depth: int, stem_depth_stride: int, pad_n
     x = _bn("conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
     x = layers.ZeroPadding3D(1, name=pad_names[1])(x)
-    return layers.MaxPooling3D(3, strides=2, name=pool_name)(x)
+    return layers.MaxPooling3D(3, strides=2, name=pool_name, dtype="float32")(x)  # no float16 MaxPool3D on CPU
 
 
 def _bottleneck(x, filters, stride, shortcut_conv, name):
@@ -105,7 +105,7 @@ def densenet121_3d(input_shape, stem_depth: int = 7, stem_depth_stride: int = 2,
             prefix = f"pool{stage + 2}"
             x = layers.Activation("relu", name=f"{prefix}_relu")(_bn(f"{prefix}_bn")(x))
             x = TapConv3D(x.shape[-1] // 2, 1, use_bias=False, name=f"{prefix}_conv")(x)
-            x = layers.AveragePooling3D(2, strides=2, name=f"{prefix}_pool")(x)
+            x = layers.AveragePooling3D(2, strides=2, name=f"{prefix}_pool", dtype="float32")(x)
     x = layers.Activation("relu", name="relu")(_bn("bn")(x))
     return keras.Model(inputs, layers.GlobalAveragePooling3D(name="avg_pool")(x), name=name)
 

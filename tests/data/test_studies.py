@@ -124,7 +124,9 @@ def test_bad_studies_are_refused_in_one_line_naming_the_file(tmp_path):
     stray.save_as(gap / "1-01.dcm")  # now of the series, but slices are missing between
     with pytest.raises(DataError, match=r"1-01\.dcm: a gap of 60\.00 mm"):
         study_arrays(ds.splits["train"], [[-600.0, 1500.0]], size=(2, 16, 16))
-    with pytest.raises(DataError, match="data.volume_size"):
+    from medkeras.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"studies need a size \[D, H, W\]"):
         study_arrays(ds.splits["train"], [[-600.0, 1500.0]])
     manifest = tmp_path / "bad.csv"
     manifest.write_text("path,label\nno/such/series,tumour\n")
@@ -134,3 +136,26 @@ def test_bad_studies_are_refused_in_one_line_naming_the_file(tmp_path):
     manifest.write_text("path,label\nnotes.txt,tumour\n")
     with pytest.raises(DataError, match="is not a study"):
         load_studies(data_cfg(source=str(manifest)))
+
+
+def test_inputs_users_type_are_taken_or_refused_in_one_line(tmp_path):
+    """A single slice named as a study, windows written as `data.window` takes them, a size of two numbers, and two
+    patients with one study per class (too few to stratify: split by patient only, no scikit-learn error)."""
+    from medkeras.errors import ConfigError
+
+    root = _tcia_studies(tmp_path / "ct")
+    one = root / "tumour" / "Lung_Dx-A0001" / TCIA_STUDY / "2.000000-5mm-40805" / "1-13.dcm"
+    manifest = tmp_path / "one.csv"
+    manifest.write_text(f"path,label\n{one},tumour\n")
+    with pytest.raises(DataError, match="line 2: .*1-13.dcm is one slice, not a study: name its series folder"):
+        load_studies(data_cfg(source=str(manifest)))
+    series = one.parent
+    np.testing.assert_array_equal(study_volume(series, "lung", size=(2, 16, 16)),
+                                  study_volume(series, [[-600.0, 1500.0]], size=(2, 16, 16)))
+    with pytest.raises(ConfigError, match=r"size must be three positive numbers \[D, H, W\]"):
+        study_volume(series, "lung", size=(32, 32))
+    two = tmp_path / "two.csv"
+    normal = root / "normal" / "Lung_Dx-A0002" / TCIA_STUDY / "2.000000-5mm-40805"
+    two.write_text(f"path,label\n{series},tumour\n{normal},normal\n")
+    ds = load_studies(data_cfg(source=str(two), split=[0.5, 0.0, 0.5]), seed=0)
+    assert sorted(len(ds.splits[s]) for s in ("train", "test")) == [1, 1]

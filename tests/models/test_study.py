@@ -100,3 +100,36 @@ def test_gated_attention_is_an_order_free_weighted_mean():
     shuffled, moved = (np.asarray(t) for t in layer(features[:, order]))
     np.testing.assert_allclose(shuffled, pooled, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(moved, attention[:, order], rtol=1e-5, atol=1e-7)
+
+
+def test_saved_study_members_load_in_a_fresh_process_and_run_under_mixed_precision(real_studies, tmp_path):
+    """`import medkeras.models.study` registers every layer a study member holds (TapConv3D, FoldSlices, the
+    attention pooling), so `keras.saving.load_model` reads the file in a new Python; under mixed_float16 (what GPU
+    users train) a volume member runs (TF has no float16 MaxPool3D on CPU: its pools stay float32)."""
+    import subprocess
+    import sys
+
+    import keras
+
+    x = real_studies[0][:1]
+    want = {}
+    for name, model in (("volume", build_volume_member("resnet18_3d", 2, x.shape[1:4])),
+                        ("series", build_series_member("cnn8_small", 2, 32, slices=16))):
+        model.save(tmp_path / f"{name}.keras")
+        want[name] = np.asarray(model(x))
+    np.save(tmp_path / "x.npy", x)
+    code = ("import sys, numpy as np, keras, medkeras.models.study\n"
+            "x = np.load(sys.argv[1] + '/x.npy')\n"
+            "for name in ('volume', 'series'):\n"
+            "    np.save(sys.argv[1] + f'/{name}.npy', np.asarray(keras.saving.load_model(sys.argv[1] + f'/{name}.keras')(x)))\n")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name, logits in want.items():
+        np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), logits, rtol=1e-5, atol=1e-5)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        mixed = build_volume_member("resnet18_3d", 2, x.shape[1:4])
+        logits = mixed(x)
+        assert logits.dtype == "float32" and np.isfinite(np.asarray(logits)).all()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -130,7 +130,8 @@ def _dicom_volume(files: list[Path], source: str) -> Volume:
             raise DataError(s.name, f"matrix {s.matrix[0]}x{s.matrix[1]} differs from the first slice's "
                                     f"{first.matrix[0]}x{first.matrix[1]}")
         if np.abs(np.subtract(s.spacing, first.spacing)).max() > 1e-4:
-            raise DataError(s.name, f"PixelSpacing {list(s.spacing)} differs from the first slice's {list(first.spacing)}")
+            raise DataError(s.name, f"PixelSpacing {[float(v) for v in s.spacing]} differs from the first slice's "
+                                    f"{[float(v) for v in first.spacing]}")
     row, col = first.orientation[:3], first.orientation[3:]
     normal = np.cross(row, col)
     depth = np.asarray([s.position @ normal for s in slices])
