@@ -32,7 +32,7 @@ BUNDLED = {
 }
 
 
-def _labels_from_names(source, names, class_names):
+def labels_from_names(source, names, class_names):
     index = {c: i for i, c in enumerate(class_names)}
     labels = []
     for name in names:
@@ -98,7 +98,7 @@ def _file_dataset(source, paths, label_names, split_col, patient_ids, cfg, seed,
     rows = [(i, info) for i, infos in enumerate(structure) for info in infos]  # one row per image (frame)
     names = [info.name if info is not None else str(paths[i]) for i, info in rows]
     label_names = [label_names[i] for i, _ in rows]
-    labels = _labels_from_names(source, label_names, class_names)
+    labels = labels_from_names(source, label_names, class_names)
     for k, c in enumerate(class_names):
         if not (labels == k).any():
             raise DataError(source, f"class '{c}' has no images")
@@ -153,28 +153,32 @@ def _file_dataset(source, paths, label_names, split_col, patient_ids, cfg, seed,
 def load_folder(path, cfg, seed=42) -> Dataset:
     """A folder with one sub-folder per class; files are split by `data.split` fractions, stratified."""
     path = Path(path).resolve()
+    paths, names = class_folders(path, cfg, "images", "PNG, JPEG, DICOM or NPY", lambda d: sorted(
+        f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in READABLE_SUFFIXES))
+    return _file_dataset(path, paths, names, None, None, cfg, seed, root=path)
+
+
+def class_folders(path: Path, cfg, what: str, kinds: str, find) -> tuple[list, list]:
+    """(items, their class names) of a folder with one sub-folder per class; `find(folder)` lists a class's items
+    (`what`, of `kinds`, in errors). A class folder with none is refused unless `data.class_names` leaves it out."""
     class_dirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
-        raise DataError(path, "no class sub-folders (expected one folder per class holding the images)")
-    paths, names = [], []
+        raise DataError(path, f"no class sub-folders (expected one folder per class holding the {what})")
+    items, names = [], []
     for d in class_dirs:
-        files = sorted(f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in READABLE_SUFFIXES)
-        if not files and (cfg.class_names is None or d.name in cfg.class_names):
-            raise DataError(d, f"class '{d.name}' has no images (PNG, JPEG, DICOM or NPY)")
-        paths += files
-        names += [d.name] * len(files)
-    return _file_dataset(path, paths, names, None, None, cfg, seed, root=path)
+        found = find(d)
+        if not found and (cfg.class_names is None or d.name in cfg.class_names):
+            raise DataError(d, f"class '{d.name}' has no {what} ({kinds})")
+        items += found
+        names += [d.name] * len(found)
+    return items, names
 
 
 def load_manifest(path, cfg, seed=42) -> Dataset:
     """A CSV with `path,label[,split][,patient_id][,series_id][,patient_label]`; relative paths are relative to the
     CSV. `patient_label`: the patient's class where it is not "positive if any slice is" (eval.aggregate)."""
     path = Path(path)
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(path, f"cannot read CSV manifest: {exc}") from exc
+    rows = manifest_rows(path)
     columns = set(rows[0]) if rows else set()
     missing = {"path", "label"} - columns
     if missing:
@@ -182,18 +186,33 @@ def load_manifest(path, cfg, seed=42) -> Dataset:
     if not rows:
         raise DataError(path, "manifest has no rows")
     paths = [(path.parent / r["path"]).resolve() for r in rows]  # an absolute path stays itself, resolved
-    split_col = None
-    if "split" in columns:
-        split_col = [r["split"].strip().lower() for r in rows]
-        bad = sorted(set(split_col) - set(SPLITS))
-        if bad:
-            raise DataError(path, f"unknown split value(s) {bad}: use train, val or test")
+    split_col = split_column(rows, path)
     patient_ids = [r["patient_id"] for r in rows] if "patient_id" in columns else None
     series_ids = [r["series_id"].strip() for r in rows] if "series_id" in columns else None
     patient_labels = [r["patient_label"].strip() for r in rows] if "patient_label" in columns else None
     names = [r["label"].strip() for r in rows]
     return _file_dataset(path, paths, names, split_col, patient_ids, cfg, seed, root=path.parent.resolve(),
                          series_ids=series_ids, patient_labels=patient_labels)
+
+
+def manifest_rows(path: Path) -> list[dict]:
+    """A CSV manifest's rows as dicts, or a `DataError` naming the file."""
+    try:
+        with open(path, newline="") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(path, f"cannot read CSV manifest: {exc}") from exc
+
+
+def split_column(rows, path) -> list | None:
+    """A manifest's `split` column, lower-cased, or None without one; an unknown value is refused."""
+    if not rows or "split" not in rows[0]:
+        return None
+    column = [r["split"].strip().lower() for r in rows]
+    bad = sorted(set(column) - set(SPLITS))
+    if bad:
+        raise DataError(path, f"unknown split value(s) {bad}: use train, val or test")
+    return column
 
 
 def load_dataset(cfg, seed=42) -> Dataset:

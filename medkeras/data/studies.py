@@ -15,7 +15,6 @@ windows, and returns (N, D, H, W, C) pixels in [0, 255].
 
 from __future__ import annotations
 
-import csv
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 
 from medkeras.data.keys import id_masks, keyed
 from medkeras.data.readers import common_folder, dicom_items, is_dicom, is_volume_file, read_volume
+from medkeras.data.sources import class_folders, labels_from_names, manifest_rows, split_column
 from medkeras.data.splits import split_groups, split_indices
 from medkeras.data.types import SPLITS, Dataset, Split
 from medkeras.errors import ConfigError, DataError
@@ -57,11 +57,7 @@ def _study_header(path: Path, key_file):
 def _study_dataset(source, studies, label_names, split_col, patient_ids, cfg, seed, root) -> Dataset:
     key_file = getattr(cfg, "patient_key_file", None)
     class_names = cfg.class_names or sorted({str(n) for n in label_names})
-    index = {c: i for i, c in enumerate(class_names)}
-    unknown = sorted({str(n) for n in label_names} - set(index))
-    if unknown:
-        raise DataError(source, f"label(s) {unknown[:3]} are not one of the classes {class_names}")
-    labels = np.asarray([index[str(n)] for n in label_names], np.int64)
+    labels = labels_from_names(source, label_names, class_names)
     for k, c in enumerate(class_names):
         if not (labels == k).any():
             raise DataError(source, f"class '{c}' has no studies")
@@ -98,27 +94,14 @@ def _study_dataset(source, studies, label_names, split_col, patient_ids, cfg, se
 def load_study_folder(path, cfg, seed=42) -> Dataset:
     """A folder with one sub-folder per class, each holding studies (see the module's docstring)."""
     path = Path(path).resolve()
-    class_dirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not class_dirs:
-        raise DataError(path, "no class sub-folders (expected one folder per class holding the studies)")
-    studies, names = [], []
-    for d in class_dirs:
-        found = find_studies(d)
-        if not found and (cfg.class_names is None or d.name in cfg.class_names):
-            raise DataError(d, f"class '{d.name}' has no studies (series folders of DICOM files or NIfTI files)")
-        studies += found
-        names += [d.name] * len(found)
+    studies, names = class_folders(path, cfg, "studies", "series folders of DICOM files or NIfTI files", find_studies)
     return _study_dataset(path, studies, names, None, None, cfg, seed, path)
 
 
 def load_study_manifest(path, cfg, seed=42) -> Dataset:
     """A CSV `path,label[,split][,patient_id]` naming one study a row; relative paths are relative to the CSV."""
     path = Path(path)
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(path, f"cannot read CSV manifest: {exc}") from exc
+    rows = manifest_rows(path)
     if not rows:
         raise DataError(path, "manifest has no rows")
     missing = set(STUDY_COLUMNS) - set(rows[0])
@@ -135,12 +118,7 @@ def load_study_manifest(path, cfg, seed=42) -> Dataset:
         if study.is_file() and is_dicom(study) and len(dicom_items(study)) < 2:
             raise DataError(path, f"line {line}: {row['path']} is one slice, not a study: name its series folder")
         studies.append(study)
-    split_col = None
-    if "split" in rows[0]:
-        split_col = [r["split"].strip().lower() for r in rows]
-        bad = sorted(set(split_col) - set(SPLITS))
-        if bad:
-            raise DataError(path, f"unknown split value(s) {bad}: use train, val or test")
+    split_col = split_column(rows, path)
     patient_ids = [r["patient_id"] for r in rows] if "patient_id" in rows[0] else None
     return _study_dataset(path, studies, [r["label"].strip() for r in rows], split_col, patient_ids, cfg, seed,
                           path.parent.resolve())
