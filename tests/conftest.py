@@ -353,3 +353,34 @@ def tcia_layout(root, second_patient=True) -> list[tuple]:
                     ds.save_as(target, enforce_file_format=True)
                 rows.append((target, label, patient, folder))
     return rows
+
+
+def study_source(root) -> Path:
+    """Real CT studies laid out as TCIA lays them out, `<patient>/<study>/<series>/1-NN.dcm`, and a manifest
+    `studies.csv` naming each series folder by its absolute path with its label and split (patients from the files'
+    PatientID). Four patients (copies of Lung_Dx-A0001 with their own IDs and UIDs), each with two studies per
+    series: `tumour` (the real block 1-13, 1-14 holding the tumour box) and `normal` (the real slice 1-01); P1 and
+    P2 train, P3 validates, P4 tests. Every series folder repeats the file names of the others."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    root = Path(root)
+    rows = []
+    for p, split in zip(range(1, 5), ("train", "train", "val", "test")):
+        patient = f"Lung_Dx-B000{p}"
+        for label, names in (("tumour", ("1-13.dcm", "1-14.dcm")), ("normal", ("1-01.dcm",))):
+            study = f"{TCIA_STUDY}-{label}"
+            for folder, source in TCIA_SERIES.items():
+                series = root / patient / study / folder
+                series.mkdir(parents=True)
+                uid = generate_uid()
+                for name in names:
+                    ds = pydicom.dcmread(source / name)
+                    ds.PatientID, ds.PatientName = patient, f"{patient}^Test"
+                    ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, generate_uid()
+                    ds.save_as(series / name, enforce_file_format=True)
+                rows.append([series, label, split])
+    manifest = root / "studies.csv"
+    with open(manifest, "w", newline="") as fh:
+        csv.writer(fh).writerows([["path", "label", "split"], *rows])
+    return manifest

@@ -64,12 +64,22 @@ class DataConfig:
     # model, so an accelerator does it; never in the saved, evaluated or exported model) or "auto" (model where
     # TensorFlow sees a GPU, else data)
     augment_on: str = "auto"
+    # Studies (model.input slab, series or volume): each item a CT study (a DICOM series folder, a multi-frame file
+    # or a NIfTI file), resampled trilinearly to `spacing` [z, y, x] mm and/or `volume_size` [D, H, W] (required:
+    # a batch holds one shape; with a spacing, the resampled volume is centre-cropped or padded with air to it)
+    spacing: Optional[list] = None
+    volume_size: Optional[list] = None
+    slab: int = 3  # model.input slab: the adjacent slices (odd) stacked as the channels of one 2D image
 
 
 @dataclass
 class ModelConfig:
     """What to build: one backbone or an ensemble of several, each with a replaced class head."""
 
+    # what a sample is: "slice" (one image), or a whole CT study: "slab" (2.5D: every K adjacent slices through a 2D
+    # backbone, the study's logits their mean), "series" (a 2D backbone over every slice, gated attention pooling
+    # them) or "volume" (3D backbones). Under slab or series a 3D backbone name (resnet18_3d, ...) is a volume member
+    input: str = "slice"
     # names from `medkeras backbones`; several make an ensemble averaging their logits
     backbones: list = field(default_factory=lambda: ["resnet50"])
     weights: Any = "none"  # "imagenet", "none", a .weights.h5 path, or {backbone: one of those, default: ...}

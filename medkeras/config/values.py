@@ -16,6 +16,14 @@ from medkeras.config.schema import Config
 from medkeras.errors import ConfigError
 
 
+STUDY_INPUTS = ("slab", "series", "volume")  # model.input values whose items are whole CT studies
+
+
+def is_study(cfg) -> bool:
+    """Whether a run's items are CT studies (`model.input` slab, series or volume) rather than slices."""
+    return cfg.model.input in STUDY_INPUTS
+
+
 def one_of(key, value, allowed) -> None:
     """Refuse `value` for `key` unless it is one of `allowed`, naming the closest allowed value."""
     if value not in allowed:

@@ -89,7 +89,12 @@ def decode_files(split: Split, data_cfg, on_bad_file: str = "fail", workers: int
 
 
 def split_arrays(split: Split, data_cfg, on_bad_file="fail", verbose=True):
-    """(images, labels, names, bad) for a split, whether it is held in memory, as files or in a prepared store."""
+    """(images, labels, names, bad) for a split, whether it is held in memory, as files or in a prepared store; a
+    split of studies gives (N, D, H, W, C) volumes (`studies.study_split_arrays`)."""
+    if split.studies:
+        from medkeras.data.studies import study_split_arrays
+
+        return study_split_arrays(split, data_cfg, on_bad_file)
     if split.store is not None:
         return (*store_arrays(split, data_cfg), [])
     if split.images is not None:
@@ -118,6 +123,9 @@ def make_tf_dataset(
     (`data.cache: memory`, or `auto` below 4 GiB resized) or per batch (`none`, or `auto` above). Grayscale stays
     one channel through augmentation (a third of the work) and is repeated to 3 at the end.
     """
+    if images.ndim == 5:  # (N, D, H, W, C) studies, already at data.volume_size
+        return study_batches(images, labels, data_cfg, batch_size, training and augment, seed, deterministic,
+                             balanced)
     size = data_cfg.image_size
     if images.ndim == 3:  # (N, H, W) grayscale: a view with a channel axis, not a copy
         images = images[..., None]
@@ -129,6 +137,20 @@ def make_tf_dataset(
     if resize:
         ds = ds.map(lambda x, y: (resize_images(x, size), y), num_parallel_calls=AUTOTUNE)
     return augment_batches(ds, data_cfg, training and augment, seed, size_var, deterministic, front and training)
+
+
+def study_batches(volumes, labels, data_cfg, batch_size: int, training: bool = False, seed: int = 42,
+                  deterministic: bool = True, balanced: bool = False):
+    """Studies (N, D, H, W, C) read at `data.volume_size` (`studies.study_arrays`) -> batches of float32
+    (B, D, H, W, 3) in [0, 255]: on the training split augmented with one draw per study (`augment3d.py`), a single
+    window repeated to 3 channels at the end, as slices are."""
+    from medkeras.data.augment3d import build_volume_augmenter
+
+    ds = gather_batches(volumes, labels, batch_size, shuffle=training, seed=seed, balanced=training and balanced)
+    augmenter = build_volume_augmenter(data_cfg.augment, seed) if training else None
+    if augmenter is not None:
+        ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=None if deterministic else AUTOTUNE)
+    return ds.map(lambda x, y: (to_model_channels(x), y)).prefetch(AUTOTUNE)
 
 
 def gather_batches(images: np.ndarray, labels, batch_size: int, shuffle: bool = False, seed: int = 42,

@@ -215,10 +215,18 @@ def split_column(rows, path) -> list | None:
     return column
 
 
-def load_dataset(cfg, seed=42) -> Dataset:
-    """`data.source` -> `Dataset`, dispatching on what the source is."""
+def load_dataset(cfg, seed=42, studies: bool = False) -> Dataset:
+    """`data.source` -> `Dataset`, dispatching on what the source is; with `studies` (`config.is_study`: model.input
+    slab, series or volume), a `Dataset` of CT studies (`studies.load_studies`)."""
     source = str(cfg.source)
-    if source in BUNDLED:
+    if studies:
+        from medkeras.data.studies import load_studies
+
+        if source in BUNDLED or is_store(Path(source).expanduser()):
+            raise DataError(source, "is a dataset of images; study models read a folder of class folders of "
+                                    "series / NIfTI files, or a study manifest")
+        ds = load_studies(cfg, seed)
+    elif source in BUNDLED:
         file, names, positive = BUNDLED[source]
         ds = load_npz(DATASETS_DIR / file, class_names=cfg.class_names or names, name=source)
         ds.positive_class = positive

@@ -85,7 +85,8 @@ def _study_dataset(source, studies, label_names, split_col, patient_ids, cfg, se
         s: Split(labels=labels[ix], paths=[names[i] for i in ix],
                  groups=[patients[i] for i in ix] if any(patients) else None,
                  series=[series[i] for i in ix] if any(series) else None,
-                 root=shown, redact=bool(getattr(cfg, "redact_paths", False)), masks=tuple(sorted(masks)))
+                 root=shown, redact=bool(getattr(cfg, "redact_paths", False)), masks=tuple(sorted(masks)),
+                 studies=True)
         for s, ix in by_split.items()
     }
     return Dataset(name=Path(source).stem, class_names=list(class_names), splits=splits)
@@ -136,17 +137,19 @@ def load_studies(cfg, seed=42) -> Dataset:
     raise DataError(path, "a study source is a folder of class folders or a .csv manifest")
 
 
-def _geometry(values, what: str):
+def geometry(values, what: str = "size", whole: bool = False):
+    """A size [D, H, W] (`whole`: integers) or a spacing [z, y, x] mm as a list of three positive numbers; None
+    stays None; anything else refused in one line naming `what`."""
     if values is None:
         return None
     try:
         out = [float(v) for v in values]
     except (TypeError, ValueError):
         out = []
-    if len(out) != 3 or min(out) <= 0:
-        raise ConfigError(f"{what} must be three positive numbers [D, H, W] ([z, y, x] mm for a spacing), "
-                          f"got {values!r}")
-    return [int(v) for v in out] if what == "size" else out
+    if len(out) != 3 or min(out) <= 0 or (whole and any(v != int(v) for v in out)):
+        raise ConfigError(f"{what} must be three positive {'whole ' if whole else ''}numbers "
+                          f"{'[D, H, W]' if whole else '[z, y, x] mm'}, got {values!r}")
+    return [int(v) for v in out] if whole else out
 
 
 def study_volume(path, windows, spacing=None, size=None):
@@ -159,27 +162,47 @@ def study_volume(path, windows, spacing=None, size=None):
     windows = parse_windows(windows)
     if not windows:
         raise ConfigError("studies need windows (data.window): CT volumes are windowed from HU")
-    spacing, size = _geometry(spacing, "spacing"), _geometry(size, "size")
+    spacing, size = geometry(spacing, "spacing"), geometry(size, "size", whole=True)
     volume = read_volume(path)
     hu, _ = resample_volume(volume.hu, volume.spacing, spacing, size)
     return np.asarray(apply_windows(hu, windows)) * np.float32(255.0)
 
 
-def study_arrays(split: Split, windows, spacing=None, size=None, workers: int | None = None) -> np.ndarray:
+def study_arrays(split: Split, windows, spacing=None, size=None, workers: int | None = None,
+                 on_bad_file: str = "fail", skipped: list | None = None) -> np.ndarray:
     """Every study of `split` as `study_volume` does it, read in parallel threads -> (N, D, H, W, C) float32.
 
-    `size` (D, H, W) is required: a batch holds one shape. A study that cannot be read raises its `DataError`.
+    `size` (D, H, W) is required: a batch holds one shape. A study that cannot be read raises its `DataError`, or
+    under `on_bad_file: skip` is left out and appended to `skipped` as (index, cause).
     """
     from medkeras.data.windows import parse_windows
 
     if size is None:
         raise ConfigError("studies need a size [D, H, W] to be batched (one shape a batch)")
-    size, windows = _geometry(size, "size"), parse_windows(windows)
+    size, windows = geometry(size, "size", whole=True), parse_windows(windows)
     out = np.empty((len(split), *size, max(1, len(windows))), np.float32)
+    failed = {}
 
     def fill(i):
-        out[i] = study_volume(split.paths[i], windows, spacing, size)
+        try:
+            out[i] = study_volume(split.paths[i], windows, spacing, size)
+        except DataError as exc:
+            if on_bad_file == "fail":
+                raise
+            failed[i] = exc.cause
 
     with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
         list(pool.map(fill, range(len(split))))
-    return out
+    if skipped is not None:
+        skipped += sorted(failed.items())
+    return np.delete(out, sorted(failed), axis=0) if failed else out
+
+
+def study_split_arrays(split: Split, data_cfg, on_bad_file: str = "fail"):
+    """(volumes (N, D, H, W, C), labels, names, bad) of a study split, as `pipeline.split_arrays` gives slices."""
+    skipped = []
+    volumes = study_arrays(split, data_cfg.window, data_cfg.spacing, data_cfg.volume_size, on_bad_file=on_bad_file,
+                           skipped=skipped)
+    names = split.names()
+    keep = np.setdiff1d(np.arange(len(split)), [i for i, _ in skipped])
+    return volumes, split.labels[keep], [names[i] for i in keep], [(names[i], cause) for i, cause in skipped]

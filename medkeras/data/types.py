@@ -31,6 +31,7 @@ class Split:
     redact: bool = False  # data.redact_paths: outputs name items by keyed patient and index only
     patient_labels: list | None = None  # class index of each item's patient (a manifest's patient_label), or None
     masks: tuple = ()  # path parts holding a patient ID, and what names show instead (keys.id_masks)
+    studies: bool = False  # each path a CT study (a series folder, a multi-frame file or a NIfTI file: studies.py)
 
     def __len__(self):
         return len(self.labels)

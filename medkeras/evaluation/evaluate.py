@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medkeras.config.values import is_study
 from medkeras.errors import DataError, MedkerasError
 from medkeras.evaluation.aggregate import aggregate, level_keys, write_group_predictions
 from medkeras.evaluation.calibration import at_search_bound, calibration_summary, fit_temperature
@@ -42,6 +43,34 @@ def predict_logits(model, images, data_cfg, batch_size: int = 64, flips=()) -> n
     ds = make_tf_dataset(images, labels, data_cfg, batch_size, training=False).map(lambda x, y: x)
     out = with_tta(model, flips).predict(ds, verbose=0)  # (N, K), or [(N, K)] * outputs
     return np.asarray(out, dtype=np.float32)
+
+
+def study_attention(model, volumes, data_cfg, batch_size: int = 64) -> dict:
+    """{series member: its slice attention (N, D)} for studies (N, D, H, W, C) (`models.study.attention_models`);
+    {} for models without series members, or slices."""
+    if volumes is None or np.ndim(volumes) != 5:
+        return {}
+    from medkeras.data.pipeline import make_tf_dataset
+    from medkeras.models.study import attention_models
+
+    found = attention_models(model)
+    if not found:
+        return {}
+    ds = make_tf_dataset(volumes, np.zeros(len(volumes), np.int64), data_cfg, batch_size).map(lambda x, y: x)
+    return {name: np.asarray(m.predict(ds, verbose=0), np.float32) for name, m in found.items()}
+
+
+def write_attention(path, names, attention: dict) -> None:
+    """`attention.csv`: per study and series member, the slice it weighed most and every slice's weight."""
+    depth = next(iter(attention.values())).shape[1]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "member", "top_slice", *[f"slice_{d}" for d in range(depth)]])
+    for member, weights in attention.items():
+        for name, w in zip(names, weights):
+            writer.writerow([name, member, int(np.argmax(w)), *[f"{v:.6g}" for v in w]])
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue())
 
 
 def member_logits(model, images, data_cfg, batch_size=64, flips=()) -> dict:
@@ -263,8 +292,9 @@ def score_split(model, meta, split_name, dataset, cfg, tta=None, threshold=None,
     thr = float(meta.get("threshold", 0.5)) if threshold is None else float(threshold)
     scored = score_arrays(split_name, dataset, (images, labels, names), logits, float(meta.get("temperature", 1.0)),
                           thr, thresholds, eval_cfg, members)
+    attention = study_attention(model, images, cfg.data, eval_cfg.batch_size) if analysis else {}
     return {**scored, "bad_files": bad, "tta": bool(flips), "tta_flips": flips,
-            "tta_as_served": flips == flips_of(meta)}
+            "tta_as_served": flips == flips_of(meta), "attention": attention}
 
 
 def score_arrays(split_name, dataset, arrays, logits, temperature, threshold, thresholds, eval_cfg, members=None,
@@ -314,6 +344,8 @@ def write_outputs(out_dir, scored, dataset, cfg, meta, model=None, history_csv=N
     write_predictions(
         out_dir / "predictions.csv", scored["names"], scored["labels"], scored["probs"], scored["pred"], dataset.class_names
     )
+    if scored.get("attention"):
+        write_attention(out_dir / "attention.csv", scored["names"], scored["attention"])
     for level, groups in scored.get("levels", {}).items():
         write_group_predictions(out_dir / f"predictions.{level}.csv", level, groups, groups["probs"], groups["pred"],
                                 dataset.class_names, groups["labels"])
@@ -341,7 +373,7 @@ def evaluate(model_path, data=None, split="test", out=None, tta=None, threshold=
         cfg.data.source = str(data)
         cfg.data.class_names = None  # read the new source's own classes, then compare with the model's
         cfg.data.positive_class = None
-    dataset = load_dataset(cfg.data, seed=cfg.train.seed)
+    dataset = load_dataset(cfg.data, seed=cfg.train.seed, studies=is_study(cfg))
     if list(dataset.class_names) != list(meta["class_names"]):
         raise DataError(
             cfg.data.source, f"classes {dataset.class_names} do not match the model's classes {meta['class_names']}"

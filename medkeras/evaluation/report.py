@@ -130,7 +130,40 @@ def _data_section(dataset, warnings) -> str:
     return "".join(parts)
 
 
+def _face(image):
+    """What a thumbnail shows of an item: a slice itself, a study (D, H, W, C) its middle slice."""
+    return image[image.shape[0] // 2] if image.ndim == 4 else image
+
+
+def _attention_section(scored, pos, k) -> str:
+    """Studies: the slices that drove each prediction (series members' gated attention, averaged over members),
+    for the most confident true positives and the worst false negatives; each slice with its weight."""
+    attention = scored.get("attention") or {}
+    if not attention:
+        return ("<p>Grad-CAM and slice attention: not shown; this model's members see studies whole (slab or volume "
+                "members); only series members weigh slices.</p>")
+    if k <= 0 or pos is None:
+        return "<p>Slice attention: not shown (multi-class).</p>"
+    labels, probs, pred, images = scored["labels"], scored["probs"], scored["pred"], scored["images"]
+    weights = np.mean(list(attention.values()), axis=0)  # (N, D)
+    tp = np.flatnonzero((labels == pos) & (pred == pos))
+    tp = tp[np.argsort(-probs[tp, pos])][:k]
+    fn = np.flatnonzero((labels == pos) & (pred != pos))
+    fn = fn[np.argsort(probs[fn, pos])][:k]
+    rows = []
+    for kind, chosen in (("TP", tp), ("FN", fn)):
+        for i in chosen:
+            top = np.argsort(-weights[i])[:3]
+            cells = "".join(_thumb(images[i][d].astype(np.float32), f"slice {d}: {weights[i, d]:.2f}") for d in top)
+            rows.append(f"<p>{kind} {html.escape(str(scored['names'][i]))} p={probs[i, pos]:.2f}</p>{cells}")
+    return ("<p>The slices each study's prediction weighed most (attention of the series members, "
+            f"{', '.join(map(html.escape, attention))}; all weights in attention.csv).</p>" + ("".join(rows) or
+                                                                                            "<p>no positive studies in this split.</p>"))
+
+
 def _gradcam_section(model, scored, class_names, pos, k) -> str:
+    if scored["images"] is not None and scored["images"].ndim == 5:
+        return _attention_section(scored, pos, k)
     if model is None or k <= 0 or pos is None:
         return "<p>Grad-CAM: not shown (multi-class, or no model at hand).</p>"
     from medkeras.evaluation.gradcam import gradcam, overlay
@@ -174,7 +207,7 @@ def _errors_section(scored, class_names, pos, k=8) -> str:
         order = np.argsort(probs[idx, pos]) if title.startswith("Worst false n") else np.argsort(-probs[idx, pos])
         idx = idx[order][:k]
         cells = "".join(
-            _thumb(images[i].astype(np.float32), f"{scored['names'][i]} p={probs[i, pos]:.2f}") for i in idx
+            _thumb(_face(images[i]).astype(np.float32), f"{scored['names'][i]} p={probs[i, pos]:.2f}") for i in idx
         )
         out.append(f"<h3>{title} ({len(order)})</h3>" + (cells or "<p>none</p>"))
     return "".join(out)

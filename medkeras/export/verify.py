@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medkeras.config.values import is_study
 from medkeras.errors import MedkerasError
 
 PARITY_TOLERANCE = 1e-4
@@ -56,7 +57,7 @@ def _validation_split(loaded, limit=32):
     if cfg is None:
         return None, None, None
     try:
-        dataset = load_dataset(cfg.data, seed=cfg.train.seed)
+        dataset = load_dataset(cfg.data, seed=cfg.train.seed, studies=is_study(cfg))
         split = dataset.splits["val"] if len(dataset.splits["val"]) else dataset.splits["test"]
         images, _, _, _ = split_arrays(split, cfg.data, on_bad_file="skip", verbose=False)
     except MedkerasError:

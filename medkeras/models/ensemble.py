@@ -81,12 +81,17 @@ class WeightedAverage(layers.Layer):
 def build_ensemble(members, image_size: int, weights=None, name: str = "ensemble"):
     """One functional graph averaging the members' logits; a single member is returned as it is.
 
-    The input takes any size when every member does (progressive resizing), else `image_size`.
+    The input takes any size when every member does (progressive resizing), else the members' own: (S, S, 3) at
+    `image_size` for slices, (D, H, W, 3) for study members (`study.py`), which all take one shape.
     """
     if len(members) == 1 and weights is None:
         return members[0]
     dynamic = all(m.inputs[0].shape[1] is None for m in members)
-    inputs = keras.Input((None, None, 3) if dynamic else (image_size, image_size, 3), name=INPUT_NAME)
+    shape = tuple(members[0].inputs[0].shape[1:])
+    if dynamic or len(shape) == 3:
+        inputs = keras.Input((None, None, 3) if dynamic else (image_size, image_size, 3), name=INPUT_NAME)
+    else:
+        inputs = keras.Input(shape, name="volume")
     outputs = [m(inputs) for m in members]
     if weights is None:
         logits = layers.Average(dtype="float32", name="average_logits")(outputs)
@@ -124,9 +129,13 @@ def build_model(model_cfg, num_classes: int, image_size: int, normalization=None
 
 
 def members_of(model) -> list:
-    """The member models of an ensemble (or [model] for a single member)."""
+    """The member models of an ensemble (or [model] for a single member: one with its preprocessing at its top, or
+    one without the ensemble's average, such as a series member, whose shared encoder is a model inside it)."""
     nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     if any(isinstance(layer, ImagePreprocessing) for layer in model.layers):
+        return [model]
+    if not any(layer.name == "average_logits" for layer in model.layers) and any(
+            layer.name == "slice_attention" for layer in model.layers):
         return [model]
     return nested
 

@@ -125,10 +125,99 @@ def build_series_member(name: str, num_classes: int, image_size: int, slices: in
     return keras.Model(inputs, logits, name=member_name or f"{name}_series")
 
 
+@keras.saving.register_keras_serializable(package="medkeras")
+class StudySlabs(keras.layers.Layer):
+    """(B, D, H, W, C) -> (B * D, H, W, `slab` x `channels`): at every slice the `slab` slices centred on it (the
+    first and last repeated past the ends), each with its first `channels` channels (1 where a single window was
+    repeated to 3), slice-major as `volumes.slabs` stacks them; the study's slabs folded into the batch."""
+
+    def __init__(self, slab: int, channels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.slab, self.channels = int(slab), int(channels)
+
+    def call(self, x):
+        import numpy as np
+
+        depth, height, width = x.shape[1], x.shape[2], x.shape[3]
+        index = np.clip(np.arange(depth)[:, None] + np.arange(self.slab)[None, :] - self.slab // 2, 0, depth - 1)
+        stacked = ops.take(x[..., : self.channels], index.reshape(-1), axis=1)  # (B, D * slab, H, W, c)
+        stacked = ops.reshape(stacked, (-1, depth, self.slab, height, width, self.channels))
+        stacked = ops.transpose(stacked, (0, 1, 3, 4, 2, 5))  # (B, D, H, W, slab, c)
+        return ops.reshape(stacked, (-1, height, width, self.slab * self.channels))
+
+    def compute_output_shape(self, input_shape):
+        batch = None if input_shape[0] is None else input_shape[0] * input_shape[1]
+        return (batch, input_shape[2], input_shape[3], self.slab * self.channels)
+
+    def get_config(self):
+        return {**super().get_config(), "slab": self.slab, "channels": self.channels}
+
+
+def build_study_slab_member(name: str, num_classes: int, volume_shape, slab: int = 3, windows: int = 1,
+                            weights: str = "none", head: str = "linear", dropout: float = 0.0,
+                            member_name: str | None = None, normalization=None):
+    """A 2D backbone over every slab of a study (B, D, S, S, 3) -> (B, K): the mean of its D slabs' logits, so it
+    trains from study labels and averages with other study members. The backbone is the member's direct child (the
+    recipe's phases freeze it as a slice member's)."""
+    depth, size = int(volume_shape[0]), int(volume_shape[1])
+    if slab < 1 or slab % 2 == 0:
+        from medkeras.errors import ConfigError
+
+        raise ConfigError(f"data.slab must be an odd number of slices, got {slab}")
+    inputs = keras.Input((depth, size, size, 3), name="volume")
+    x = StudySlabs(slab, windows, name="study_slabs")(inputs)  # (B * D, S, S, slab * windows)
+    if slab * windows != 3:  # to the 3 channels an ImageNet stem takes; starts as each channel the slab's mean
+        x = layers.Conv2D(3, 1, kernel_initializer=keras.initializers.Constant(1.0 / (slab * windows)),
+                          use_bias=False, name="slab_to_rgb")(x)
+    x = _preprocessing(name, normalization)(x)
+    slab_logits = build_head(build_backbone(name, size, weights)(x), num_classes, head, dropout)
+    per_slab = FoldSlices(depth, dtype="float32", name="slab_logits")(slab_logits)  # (B, D, K)
+    logits = layers.GlobalAveragePooling1D(dtype="float32", name="study_logits")(per_slab)
+    return keras.Model(inputs, logits, name=member_name or f"{name}_slab")
+
+
+def build_study_member(model_cfg, data_cfg, name: str, num_classes: int, member_name: str | None = None,
+                       normalization=None):
+    """One member of a study model (`model.input` slab, series or volume) from the config: a 3D backbone name is a
+    volume member whatever the input; a 2D one a slab or series member. Input (B, D, H, W, 3) pixels."""
+    from medkeras.models.ensemble import weights_for
+    from medkeras.models.volume3d import VOLUME_BACKBONES
+
+    depth, height, width = (int(v) for v in data_cfg.volume_size)
+    weights = weights_for(model_cfg.weights, name)
+    if name in VOLUME_BACKBONES:
+        return build_volume_member(name, num_classes, (depth, height, width), weights, model_cfg.head,
+                                   model_cfg.dropout, member_name)
+    if model_cfg.input == "slab":
+        return build_study_slab_member(name, num_classes, (depth, height, width), data_cfg.slab,
+                                       len(data_cfg.window or [None]), weights, model_cfg.head, model_cfg.dropout,
+                                       member_name, normalization)
+    return build_series_member(name, num_classes, height, depth, weights, model_cfg.head, model_cfg.dropout,
+                               member_name, normalization)
+
+
+def build_study_model(model_cfg, data_cfg, num_classes: int, normalization=None):
+    """`model` and `data` config sections -> the study model to train (a member, or the ensemble of them)."""
+    from medkeras.models.ensemble import build_ensemble, member_names
+
+    names = list(model_cfg.backbones)
+    members = [build_study_member(model_cfg, data_cfg, name, num_classes, tag, normalization)
+               for name, tag in zip(names, member_names(names))]
+    return build_ensemble(members, data_cfg.image_size, model_cfg.ensemble_weights)
+
+
 def slice_attention(model):
     """A model from a series member's input to its slice attention (B, D), sharing its weights."""
     layer = model.get_layer(ATTENTION_LAYER)
     return keras.Model(model.input, layer.output[1], name=f"{model.name}_attention")
+
+
+def attention_models(model) -> dict:
+    """{member name: `slice_attention` of it} for each series member of `model` (a member or an ensemble)."""
+    from medkeras.models.ensemble import leaf_members
+
+    return {m.name: slice_attention(m) for m in leaf_members(model)
+            if any(layer.name == ATTENTION_LAYER for layer in m.layers)}
 
 
 def build_volume_member(name: str, num_classes: int, volume_shape, weights: str = "none", head: str = "linear",

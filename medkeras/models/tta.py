@@ -12,14 +12,15 @@ import weakref
 import keras
 from keras import layers, ops
 
-# image axes of a (N, H, W, C) batch each flip reverses
-FLIP_AXES = {"horizontal": (2,), "vertical": (1,), "both": (1, 2)}
+# the axes each flip reverses, from the end: columns and rows of a (N, H, W, C) batch of slices and of a
+# (N, D, H, W, C) batch of studies alike (a study is flipped in its axial plane, never along its slices)
+FLIP_AXES = {"horizontal": (-2,), "vertical": (-3,), "both": (-3, -2)}
 _WRAPPED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {flips: its TTA model}
 
 
 @keras.saving.register_keras_serializable(package="medkeras")
 class Flip(layers.Layer):
-    """The batch reversed along `axes` (1: rows, 2: columns)."""
+    """The batch reversed along `axes` (-3: rows, -2: columns; models saved before counted from the front)."""
 
     def __init__(self, axes, **kwargs):
         super().__init__(**kwargs)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from medkeras.config import Config, from_dict, validate
+from medkeras.config import Config, from_dict, is_study, validate
 from medkeras.errors import MedkerasError
 from medkeras.progress import step
 from medkeras.utils import atomic_write_json, atomic_write_text
@@ -154,7 +154,7 @@ def _finish(out: Path, cfg: Config, folds: int, bag: bool, timer) -> dict:
     base = from_dict(cfg.to_dict())
     base.data.folds, base.data.fold = 0, 0
     validate(base)
-    dataset = load_dataset(base.data, seed=base.train.seed)
+    dataset = load_dataset(base.data, seed=base.train.seed, studies=is_study(base))
     pool = pool_of(dataset, base.data.source)
     metrics = [json.loads((out / f"fold-{i}" / "metrics.json").read_text()) for i in range(1, folds + 1)]
     _, meta = load_model(out / "fold-1")

@@ -9,7 +9,7 @@ import contextlib
 from pathlib import Path
 
 import medkeras
-from medkeras.config import Config, resolve_paths, validate
+from medkeras.config import Config, is_study, resolve_paths, validate
 from medkeras.errors import MedkerasError
 from medkeras.models.tta import config_flips
 from medkeras.progress import step
@@ -24,6 +24,12 @@ from medkeras.train.rundir import (
 
 def model_meta(cfg: Config, dataset) -> dict:
     """What a saved model carries so that eval, predict and export need nothing else."""
+    if is_study(cfg):  # what a study is resampled to, and what it is fed as
+        study = {"model_input": cfg.model.input, "volume_size": list(cfg.data.volume_size),
+                 "spacing": list(cfg.data.spacing) if cfg.data.spacing else None, "slab": cfg.data.slab,
+                 "input": "float32 pixels in [0, 255], (N, D, H, W, 3): a study resampled to volume_size"}
+    else:
+        study = {"model_input": "slice"}
     return {
         "medkeras_version": medkeras.__version__,
         "class_names": list(dataset.class_names),
@@ -38,6 +44,7 @@ def model_meta(cfg: Config, dataset) -> dict:
         "temperature": 1.0,
         "tta_flips": config_flips(cfg.eval),  # scored with these flips everywhere (models/tta.py)
         "config": cfg.to_dict(),
+        **study,
     }
 
 
@@ -193,23 +200,34 @@ def train_models(ctx):
     from medkeras.train.loop import is_chief
     from medkeras.train.phases import train_model
 
+    from medkeras.models.study import build_study_member, build_study_model
+
     cfg, tc = ctx.cfg, ctx.cfg.train
     k, size, normalization = ctx.data.dataset.num_classes, cfg.data.image_size, ctx.data.normalization
-    names = list(cfg.model.backbones)
+    names, studies = list(cfg.model.backbones), is_study(cfg)
+
+    def whole(sized):
+        if studies:
+            return build_study_model(cfg.model, cfg.data, k, normalization)
+        return build_model(cfg.model, k, size, normalization, sized)
+
     if tc.ensemble == "separate" and len(names) > 1:
         members, best = [], {}
         for name, tag in zip(names, member_names(names)):
             sized = _uses_schedule(tc, name)
-            member = build_member(name, k, size, weights_for(cfg.model.weights, name), cfg.model.head,
-                                  cfg.model.dropout, tag, normalization, dynamic=sized)
+            if studies:
+                member = build_study_member(cfg.model, cfg.data, name, k, tag, normalization)
+            else:
+                member = build_member(name, k, size, weights_for(cfg.model.weights, name), cfg.model.head,
+                                      cfg.model.dropout, tag, normalization, dynamic=sized)
             member, best[tag] = train_model(ctx, member, tag, sized=sized)
             members.append(member)
         return build_ensemble(members, size, cfg.model.ensemble_weights), best
     sized = _uses_schedule(tc, None)
     if ctx.multiworker is None:
-        return train_model(ctx, build_model(cfg.model, k, size, normalization, sized), sized=sized)
+        return train_model(ctx, whole(sized), sized=sized)
     with ctx.multiworker.scope():
-        _, best = train_model(ctx, build_model(cfg.model, k, size, normalization, sized), sized=sized)
+        _, best = train_model(ctx, whole(sized), sized=sized)
     if not is_chief(ctx.multiworker):
         return None, best
     model, _ = load_model(ctx.run_dir / "checkpoints" / "best.keras")  # outside the scope: plain predict from here

@@ -35,9 +35,10 @@ def dataset_statistics(batches) -> tuple[list, list]:
     total, total_sq, count = np.zeros(3), np.zeros(3), 0
     for x, _ in batches:
         x = x.numpy().astype(np.float64) / 255.0
-        total += x.sum(axis=(0, 1, 2))
-        total_sq += (x**2).sum(axis=(0, 1, 2))
-        count += x.shape[0] * x.shape[1] * x.shape[2]
+        axes = tuple(range(x.ndim - 1))  # every axis but the channels': slices and studies alike
+        total += x.sum(axis=axes)
+        total_sq += (x**2).sum(axis=axes)
+        count += x.size // x.shape[-1]
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
@@ -78,8 +79,10 @@ def read_data(cfg, run_dir, size_var=None) -> RunData:
     from medkeras.models.outputs import positive_index
     from medkeras.train.losses import class_weights, make_loss
 
+    from medkeras.config import is_study
+
     tc = cfg.train
-    dataset = load_dataset(cfg.data, seed=tc.seed)
+    dataset = load_dataset(cfg.data, seed=tc.seed, studies=is_study(cfg))
     check_trainable(dataset, cfg.data.source)
     k = dataset.num_classes
     pos = positive_index(dataset.class_names, dataset.positive_class)
@@ -88,7 +91,7 @@ def read_data(cfg, run_dir, size_var=None) -> RunData:
     arrays = _decode_splits(cfg, dataset, run_dir)
     cfg.data.class_names = list(dataset.class_names)
     cfg.data.positive_class = dataset.positive_class
-    in_model = augment_where(cfg.data.augment_on) == "model"
+    in_model = augment_where(cfg.data.augment_on) == "model" and not is_study(cfg)  # studies augment in tf.data
 
     def train_batches(training):
         split, (images, labels, _) = dataset.splits["train"], arrays["train"]

@@ -152,7 +152,7 @@ def test_inputs_users_type_are_taken_or_refused_in_one_line(tmp_path):
     series = one.parent
     np.testing.assert_array_equal(study_volume(series, "lung", size=(2, 16, 16)),
                                   study_volume(series, [[-600.0, 1500.0]], size=(2, 16, 16)))
-    with pytest.raises(ConfigError, match=r"size must be three positive numbers \[D, H, W\]"):
+    with pytest.raises(ConfigError, match=r"size must be three positive whole numbers \[D, H, W\]"):
         study_volume(series, "lung", size=(32, 32))
     two = tmp_path / "two.csv"
     normal = root / "normal" / "Lung_Dx-A0002" / TCIA_STUDY / "2.000000-5mm-40805"
