@@ -48,6 +48,21 @@ def resample_volume(hu, spacing, target_spacing=None, size=None, pad_value: floa
     return x, new_spacing
 
 
+def resize_volumes(volumes, size):
+    """A batch (N, D, H, W, C) resized trilinearly to `size` [D, H, W] (the same half-pixel rule as
+    `resample_volume`: in plane, then along the slices; the identity at the same size)."""
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(volumes, tf.float32)
+    n, d, c = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[4]
+    depth, height, width = (int(v) for v in size)
+    x = tf.reshape(x, tf.concat([[n * d], tf.shape(x)[2:4], [c]], 0))
+    x = tf.image.resize(x, (height, width), method="bilinear", antialias=False)
+    x = tf.transpose(tf.reshape(x, [n, d, height, width, c]), [0, 2, 1, 3, 4])  # (N, H', D, W', C)
+    x = tf.image.resize(tf.reshape(x, [n * height, d, width, c]), (depth, width), method="bilinear", antialias=False)
+    return tf.transpose(tf.reshape(x, [n, height, depth, width, c]), [0, 2, 1, 3, 4])
+
+
 def crop_or_pad(volume, size, pad_value: float = AIR_HU):
     """A (D, H, W) tensor centre-cropped or padded (with `pad_value`) to `size` on each axis."""
     import tensorflow as tf

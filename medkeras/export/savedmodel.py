@@ -104,6 +104,11 @@ def build_archive(model, meta: dict, fold: bool = True):
 
     archive = keras.export.ExportArchive()
     archive.track(model)
+    if meta.get("model_input", "slice") != "slice":  # a study model: pixels and HU volumes (study_export.py)
+        from medkeras.export.study_export import add_study_endpoints
+
+        add_study_endpoints(archive, meta, outputs)
+        return archive
     archive.add_endpoint(
         "serving_default", serving_default, input_signature=[tf.TensorSpec([None, None, None, None], tf.float32, name="image")]
     )
@@ -129,23 +134,27 @@ def open_export(model_path, base, name=None, version=None):
 
 def export_savedmodel(model_path, base, name=None, version=None, verify=True) -> dict:
     """Export a run directory or `.keras` file to `base/name/version/` for TF Serving; returns what was done."""
+    from medkeras.export.study_export import study_facts, verify_study_export
     from medkeras.export.verify import verify_export
 
     t0 = time.perf_counter()
     loaded, model_dir, version, target = open_export(model_path, base, name, version)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=model_dir))
     try:
-        with step("tracing the three signatures"):
+        studies = loaded.studies
+        with step("tracing the two study signatures" if studies else "tracing the three signatures"):
             archive = build_archive(loaded.model, loaded.meta)
             archive.write_out(str(tmp / "export"), verbose=False)
         export = tmp / "export"
         assets = export / "assets"
         assets.mkdir(exist_ok=True)
         (assets / "labels.txt").write_text("\n".join(loaded.class_names) + "\n")
-        (assets / "preprocessing.json").write_text(dumps_json(preprocessing_facts(loaded.meta)))
+        facts = preprocessing_facts(loaded.meta)
+        (assets / "preprocessing.json").write_text(dumps_json({**facts, **study_facts(loaded.meta)} if studies
+                                                              else facts))
         (assets / META_NAME).write_text(dumps_json(loaded.meta))  # what `open_model` reads back
         with step("verifying every signature in a fresh process", verbose=verify):
-            check = verify_export(export, loaded, target) if verify else None
+            check = (verify_study_export if studies else verify_export)(export, loaded, target) if verify else None
         os.rename(export, target)  # atomic on one file system: the version appears complete or not at all
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -79,6 +79,16 @@ class LoadedModel:
         return int(self.meta["image_size"])
 
     @property
+    def studies(self) -> bool:
+        """Whether it scores CT studies (`model.input` slab, series or volume) rather than slices."""
+        return self.meta.get("model_input", "slice") != "slice"
+
+    @property
+    def volume_size(self) -> list | None:
+        """[D, H, W] a study is resampled to (None for a slice model)."""
+        return list(self.meta["volume_size"]) if self.meta.get("volume_size") else None
+
+    @property
     def windows(self) -> list:
         """`data.window` as resolved at training: [[level, width], ...] ([] for none)."""
         return list(self.meta.get("windows") or [])

@@ -1,0 +1,166 @@
+"""The SavedModel of a study model (`model.input` slab, series or volume): its signatures and their verification.
+
+Two signatures, each returning `probabilities`, `logits` and `label` per study:
+- `serving_default`: float32 pixels [N, D, H, W, C] in [0, 255] (C 1 or 3), resized trilinearly in the graph to the
+  model's `volume_size` (the identity at that size);
+- `serve_volume`: a study as a scanner gives it, Hounsfield units [N, D, H, W] with its spacing [N, 3] (z, y, x mm),
+  resampled (`data.spacing` and/or `data.volume_size`, `volumes.resample_volume`) and windowed in the graph: what
+  `study_volume` does to a series folder or a NIfTI file, so a client sends the volume it read and nothing else.
+The verification reloads the export in a fresh process with plain TensorFlow and compares both signatures with the
+Keras model on the model's own validation studies, read by the readers as `fit` and `predict` read them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from medkeras.errors import MedkerasError
+
+STUDY_SIGNATURES = ("serving_default", "serve_volume")
+
+_SERVE = r"""
+import os, sys, json
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np, tensorflow as tf
+loaded = tf.saved_model.load(sys.argv[1])
+inputs = np.load(sys.argv[2])
+for name in ("serving_default", "serve_volume"):
+    if name not in loaded.signatures:
+        print(json.dumps({"error": "missing signature " + name})); sys.exit(0)
+out = {"serving_default": loaded.signatures["serving_default"](image=tf.constant(inputs["pixels"]))["probabilities"]
+       .numpy().tolist(), "serve_volume": []}
+for i in range(int(inputs["count"])):
+    hu, spacing = inputs[f"hu{i}"], inputs[f"spacing{i}"]
+    got = loaded.signatures["serve_volume"](hu=tf.constant(hu[None]), spacing=tf.constant(spacing[None]))
+    out["serve_volume"] += got["probabilities"].numpy().tolist()
+print(json.dumps(out))
+"""
+
+
+def add_study_endpoints(archive, meta: dict, outputs) -> None:
+    """`serving_default` and `serve_volume` on `archive`; `outputs(pixels (N, D, H, W, 3))` -> the outputs dict."""
+    import tensorflow as tf
+
+    from medkeras.data.readers import hu_to_pixels
+    from medkeras.data.resize import to_model_channels
+    from medkeras.data.volumes import resample_volume, resize_volumes
+
+    size = [int(v) for v in meta["volume_size"]]
+    spacing = meta.get("spacing")
+    windows = list(meta.get("windows") or [])
+
+    def serving_default(image):
+        resized = resize_volumes(image, size)
+        three = tf.cond(tf.shape(resized)[-1] == 1, lambda: tf.repeat(resized, 3, axis=-1), lambda: resized)
+        return outputs(tf.ensure_shape(three, [None, *size, 3]))
+
+    def one_study(args):
+        hu, study_spacing = args
+        resampled, _ = resample_volume(hu, study_spacing, spacing, size)
+        return to_model_channels(hu_to_pixels(tf.ensure_shape(resampled, size), windows))
+
+    def serve_volume(hu, spacing_mm):
+        pixels = tf.map_fn(one_study, (tf.cast(hu, tf.float32), tf.cast(spacing_mm, tf.float32)),
+                           fn_output_signature=tf.TensorSpec([*size, 3], tf.float32))
+        return outputs(pixels)
+
+    archive.add_endpoint("serving_default", serving_default,
+                         input_signature=[tf.TensorSpec([None, None, None, None, None], tf.float32, name="image")])
+    archive.add_endpoint("serve_volume", serve_volume,
+                         input_signature=[tf.TensorSpec([None, None, None, None], tf.float32, name="hu"),
+                                          tf.TensorSpec([None, 3], tf.float32, name="spacing")])
+
+
+def study_facts(meta: dict) -> dict:
+    """What `assets/preprocessing.json` says of a study model's inputs."""
+    return {
+        "model_input": meta.get("model_input"),
+        "volume_size": meta.get("volume_size"),
+        "spacing": meta.get("spacing"),
+        "slab": meta.get("slab"),
+        "input": "serving_default: float32 pixels [N,D,H,W,C] in [0, 255] (C 1 or 3; resized trilinearly in the "
+                 "graph to volume_size); serve_volume: float32 Hounsfield units [N,D,H,W] in z order with spacing "
+                 "[N,3] (z, y, x mm), resampled and windowed in the graph",
+        "resize": "trilinear, half-pixel, no antialiasing (CT resampling samples)",
+    }
+
+
+def _validation_studies(loaded, limit: int = 4):
+    """(pixels (N, D, H, W, C), study paths) of the model's own validation (or test) studies; (None, []) where its
+    data is not here."""
+    from medkeras.data.sources import load_dataset
+    from medkeras.data.studies import study_split_arrays
+
+    cfg = loaded.config
+    if cfg is None:
+        return None, []
+    try:
+        dataset = load_dataset(cfg.data, seed=cfg.train.seed, studies=True)
+        split = dataset.splits["val"] if len(dataset.splits["val"]) else dataset.splits["test"]
+        split = split.take(range(min(limit, len(split))))
+        pixels, _, _, bad = study_split_arrays(split, cfg.data, on_bad_file="skip")
+    except MedkerasError:
+        return None, []
+    bad_names = {name for name, _ in bad}
+    paths = [p for p, n in zip(split.paths, split.names()) if n not in bad_names]
+    return (pixels, paths) if len(pixels) else (None, [])
+
+
+def verify_study_export(path: Path, loaded, target=None) -> dict:
+    """Both signatures of a study export, in a fresh process, against the Keras model on the same studies."""
+    from medkeras.data.readers import read_volume
+    from medkeras.data.resize import to_model_channels
+    from medkeras.data.studies import study_volume
+    from medkeras.models.outputs import softmax
+
+    model, meta = loaded.scoring_model(), loaded.meta
+    size, spacing = loaded.volume_size, meta.get("spacing")
+    pixels, paths = _validation_studies(loaded)
+    source = "validation studies"
+    if pixels is None:
+        channels = max(1, len(loaded.windows))
+        pixels = np.random.default_rng(0).uniform(0, 255, (2, *size, channels)).astype(np.float32)
+        source = "synthetic studies (the model's data source is not available here)"
+
+    def keras_probs(batch):
+        return softmax(np.asarray(model.predict(to_model_channels(batch).numpy(), verbose=0)), loaded.temperature)
+
+    volumes = [read_volume(p) for p in paths[:2]]
+    expected = {
+        "serving_default": keras_probs(pixels),
+        "serve_volume": (np.concatenate([keras_probs(study_volume(p, loaded.windows, spacing, size)[None])
+                                         for p in paths[:2]]) if paths else np.zeros((0, len(loaded.class_names)))),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        arrays = {f"hu{i}": np.asarray(v.hu, np.float32) for i, v in enumerate(volumes)}
+        arrays.update({f"spacing{i}": np.asarray(v.spacing, np.float32) for i, v in enumerate(volumes)})
+        np.savez(Path(tmp) / "inputs.npz", pixels=pixels, count=len(volumes), **arrays)
+        proc = subprocess.run([sys.executable, "-c", _SERVE, str(path), str(Path(tmp) / "inputs.npz")],
+                              capture_output=True, text=True, timeout=900)
+    name = target or path
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise MedkerasError(f"{name}: the export does not load or run with tf.saved_model.load: {tail}")
+    served = json.loads(lines[-1])
+    if "error" in served:
+        raise MedkerasError(f"{name}: {served['error']}")
+    from medkeras.export.verify import PARITY_TOLERANCE
+
+    what = {"serving_default": f"pixels of {len(pixels)} {source}", "serve_volume": f"HU and spacing of {len(volumes)} studies "
+            "read from their files"}
+    diffs = {}
+    for key, want in expected.items():
+        got = np.asarray(served[key], dtype=np.float32).reshape(want.shape)
+        diffs[key] = float(np.abs(got - want).max()) if want.size else 0.0
+        if diffs[key] > PARITY_TOLERANCE:
+            raise MedkerasError(f"{key} on {what[key]} gives probabilities {diffs[key]:.2e} away from the Keras model "
+                                f"(> {PARITY_TOLERANCE}); the export is refused")
+    return {"images": int(len(pixels)), "source": source, "max_abs_diff": max(diffs.values()), "signatures": diffs,
+            "checked": what}
