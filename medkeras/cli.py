@@ -239,6 +239,7 @@ def predict_cmd(model, inputs, out, on_bad_file, batch_size, redact_paths):
     Examples:
       medkeras predict runs/ct scans/ --out predictions.csv
       medkeras predict serving/ct slice.dcm slice2.png       # the exported SavedModel
+      medkeras predict runs/ct-study Patient-1/ scan.nii.gz   # a study model: one row per series / volume
     """
     _tf()
     from medkeras.export.predict import predict
@@ -246,10 +247,11 @@ def predict_cmd(model, inputs, out, on_bad_file, batch_size, redact_paths):
     result = predict(model, inputs, out=out, on_bad_file=on_bad_file, batch_size=batch_size, redact_paths=redact_paths)
     for path, cause in result["skipped"]:
         click.echo(f"medkeras: skipped {path}: {cause}", err=True)
+    unit = result.get("unit", "files")
     if result["skipped"]:
-        click.echo(f"medkeras: skipped {len(result['skipped'])} unreadable files", err=True)
+        click.echo(f"medkeras: skipped {len(result['skipped'])} unreadable {unit}", err=True)
     if out:
-        click.echo(f"scored {result['scored']} files -> {out}", err=True)
+        click.echo(f"scored {result['scored']} {unit} -> {out}", err=True)
 
 
 @cli.command()

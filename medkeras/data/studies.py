@@ -43,7 +43,7 @@ def find_studies(folder) -> list[Path]:
     return sorted(out)
 
 
-def _study_header(path: Path, key_file):
+def study_header(path: Path, key_file=None):
     """(keyed patient, keyed series, masks) from a study's first DICOM file; (None, None, ()) for NIfTI."""
     if is_volume_file(path):
         return None, None, ()
@@ -61,7 +61,7 @@ def _study_dataset(source, studies, label_names, split_col, patient_ids, cfg, se
     for k, c in enumerate(class_names):
         if not (labels == k).any():
             raise DataError(source, f"class '{c}' has no studies")
-    headers = [_study_header(p, key_file) for p in studies]
+    headers = [study_header(p, key_file) for p in studies]
     names = [str(p) for p in studies]
     if len(set(names)) != len(names):
         repeated = next(n for n in names if names.count(n) > 1)

@@ -73,12 +73,24 @@ def predict(model_path, inputs, out=None, on_bad_file="fail", batch_size=32, pro
     """Score `inputs`; write CSV rows to `out` or stdout: path (relative to a folder given; never absolute; with
     `redact_paths` the keyed patient and an index instead), p_<class>..., predicted, and for DICOM the keyed patient
     and series. A multi-frame file gives one row per frame (`FILE#N`); where series or patients are known and `out`
-    is a file, `<out>.series.csv` and `<out>.patient.csv` give one row per group. Returns counts."""
-    items = named_inputs(inputs)
+    is a file, `<out>.series.csv` and `<out>.patient.csv` give one row per group. A study model scores studies
+    instead, one row each (`predict_studies.py`), with `top_slice` where it has series members. Returns counts."""
     scorer = Scorer(model_path)
+    studies = scorer.loaded.studies
+    if studies:
+        from medkeras.export.predict_studies import score_studies, study_inputs
+
+        items = study_inputs(inputs)
+    else:
+        items = named_inputs(inputs)
     rows, bad = [], []
-    bar = Progress(len(items), "scoring", "file") if progress and len(items) > batch_size else None
-    for start in range(0, len(items), batch_size):
+    bar = Progress(len(items), "scoring", "study" if studies else "file") if progress and len(items) > batch_size \
+        else None
+    if studies:
+        if redact_paths:
+            items = [(p, f"{info.patient or 'item'}-{k:05d}", info) for k, (p, _, info) in enumerate(items)]
+        rows, bad = score_studies(scorer, items, on_bad_file, batch_size, bar)
+    for start in range(0, 0 if studies else len(items), batch_size):
         chunk, images = [], []
         for k, (path, name, info) in enumerate(items[start : start + batch_size], start):
             if redact_paths:
@@ -98,13 +110,15 @@ def predict(model_path, inputs, out=None, on_bad_file="fail", batch_size=32, pro
         if bar is not None:
             bar.update(min(start + batch_size, len(items)))
     keys = any(info is not None for _, info, *_ in rows)
+    top = studies and any(r[5] is not None for r in rows)
     buf = io.StringIO()
     writer = csv.writer(buf)
     # `predicted`, as in predictions.csv of fit and eval (where `label` is the ground truth)
     writer.writerow(["path", *[f"p_{c}" for c in scorer.class_names], "predicted",
-                     *(["patient", "series"] if keys else [])])
-    for name, info, probs, label, _ in rows:
+                     *(["patient", "series"] if keys else []), *(["top_slice"] if top else [])])
+    for name, info, probs, label, *rest in rows:
         extra = ([info.patient or "", info.series or ""] if info else ["", ""]) if keys else []
+        extra += [rest[1]] if top else []
         writer.writerow([name, *[f"{p:.9g}" for p in probs], scorer.class_names[label], *extra])
     if out is None:
         sys.stdout.write(buf.getvalue())
@@ -112,4 +126,5 @@ def predict(model_path, inputs, out=None, on_bad_file="fail", batch_size=32, pro
         with atomic_path(out) as tmp:
             tmp.write_text(buf.getvalue())
     groups = write_groups(out, scorer, rows) if keys and out is not None else []
-    return {"scored": len(rows), "skipped": bad, "out": str(out) if out else None, "groups": groups}
+    return {"scored": len(rows), "skipped": bad, "out": str(out) if out else None, "groups": groups,
+            "unit": "studies" if studies else "files"}
