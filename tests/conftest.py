@@ -355,20 +355,21 @@ def tcia_layout(root, second_patient=True) -> list[tuple]:
     return rows
 
 
-def study_source(root) -> Path:
+def study_source(root, patients: int = 4, positive: str = "tumour", splits: bool = True) -> Path:
     """Real CT studies laid out as TCIA lays them out, `<patient>/<study>/<series>/1-NN.dcm`, and a manifest
-    `studies.csv` naming each series folder by its absolute path with its label and split (patients from the files'
-    PatientID). Four patients (copies of Lung_Dx-A0001 with their own IDs and UIDs), each with two studies per
-    series: `tumour` (the real block 1-13, 1-14 holding the tumour box) and `normal` (the real slice 1-01); P1 and
-    P2 train, P3 validates, P4 tests. Every series folder repeats the file names of the others."""
+    `studies.csv` naming each series folder by its absolute path with its label (and with `splits` its split;
+    patients come from the files' PatientID). Each patient (a copy of Lung_Dx-A0001 with its own ID and UIDs) has two
+    studies per series: `positive` (the real block 1-13, 1-14 holding the tumour box) and `normal` (the real slice
+    1-01). With `splits`, of four patients P1 and P2 train, P3 validates, P4 tests. Every series folder repeats the
+    file names of the others."""
     import pydicom
     from pydicom.uid import generate_uid
 
     root = Path(root)
     rows = []
-    for p, split in zip(range(1, 5), ("train", "train", "val", "test")):
-        patient = f"Lung_Dx-B000{p}"
-        for label, names in (("tumour", ("1-13.dcm", "1-14.dcm")), ("normal", ("1-01.dcm",))):
+    for p in range(1, patients + 1):
+        patient, split = f"Lung_Dx-B{p:04d}", ("train", "train", "val", "test")[min(p - 1, 3)]
+        for label, names in ((positive, ("1-13.dcm", "1-14.dcm")), ("normal", ("1-01.dcm",))):
             study = f"{TCIA_STUDY}-{label}"
             for folder, source in TCIA_SERIES.items():
                 series = root / patient / study / folder
@@ -379,8 +380,8 @@ def study_source(root) -> Path:
                     ds.PatientID, ds.PatientName = patient, f"{patient}^Test"
                     ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, generate_uid()
                     ds.save_as(series / name, enforce_file_format=True)
-                rows.append([series, label, split])
+                rows.append([series, label, split] if splits else [series, label])
     manifest = root / "studies.csv"
     with open(manifest, "w", newline="") as fh:
-        csv.writer(fh).writerows([["path", "label", "split"], *rows])
+        csv.writer(fh).writerows([["path", "label", *(["split"] if splits else [])], *rows])
     return manifest

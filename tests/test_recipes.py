@@ -40,7 +40,17 @@ RECIPES = {
                             "[cnn8_small, resnet18_small, cnn8_small]"),
     "cxr-5class": ("five_class_folders", ["train.epochs=2", "train.freeze_epochs=1", "data.image_size=32",
                                           "model.weights=none"], "[cnn8_small, resnet18_small]"),
+    # studies: real CT series as TCIA lays them out, resampled to 4 slices of 32 px (the recipe's mixed_float16,
+    # TTA and two phases kept); the 3D recipe at its spacing, 16 slices of 32 px covering the same field of view
+    "lung-ct-study": ("ct_studies", ["train.epochs=2", "train.freeze_epochs=1", "data.image_size=32",
+                                     "data.volume_size=[4, 32, 32]", "data.spacing=null", "model.weights=none"],
+                      "[cnn8_small, resnet18_small]"),
+    "lung-ct-3d": ("ct_studies", ["train.epochs=2", "data.volume_size=[16, 32, 32]", "data.spacing=[5.0, 11.2, 11.2]"],
+                   None),
 }
+# each study model kind apart from the bundled ones: (recipe, switches)
+STUDY_KINDS = {"slab": ("lung-ct-study", ["model.input=slab", "data.slab=3", "model.backbones=[cnn8_small]",
+                                          "train.precision=float32"])}
 # the recipes' own architectures, at 32 px (-m slow)
 OWN = {"lung-ct-ensemble": "[vgg19_bn, efficientnetb0, resnet101]", "cancer-resnet34-frozen": "[resnet34]",
        "spine-xray-ensemble": "[densenet121, efficientnetv2s, resnet50]",
@@ -79,6 +89,10 @@ def build_data(kind, root: Path, breast) -> tuple[str, list]:
             for p in paths:
                 writer.writerow([p, "normal" if p.parent.name == "normal" else "cancerous", p.name.split("-")[0]])
         return str(manifest), []
+    if kind == "ct_studies":  # six patients' CT studies, a series folder each, split by patient as the recipe says
+        from conftest import study_source
+
+        return str(study_source(root / "studies", patients=6, positive="cancerous", splits=False)), []
     if kind == "xray_manifest":  # chest X-rays as PNG files, listed with a split column
         data, rows = _pneumonia(), []
         for split in ("train", "val", "test"):
@@ -120,7 +134,7 @@ def recipe_test_files(run: Path, root: Path) -> dict:
 
     _, meta = load_model(run)
     cfg = medkeras.config.from_dict(meta["config"])
-    split = load_dataset(cfg.data, seed=cfg.train.seed).splits["test"]
+    split = load_dataset(cfg.data, seed=cfg.train.seed, studies=medkeras.config.is_study(cfg)).splits["test"]
     if split.paths is not None:
         return {name: Path(p) for name, p in zip(split.names(), split.paths)}
     return {name: _png(root / "test-png" / f"{name}.png", image) for name, image in zip(split.names(), split.images)}
@@ -158,7 +172,20 @@ def through_every_door(run: Path, export: Path, files: dict, tmp: Path) -> dict:
         answers[door] = {named[r["path"]]: ([float(r[c]) for c in columns], r["predicted"]) for r in rows}
     signatures = tf.saved_model.load(str(export)).signatures
     windows = meta.get("windows") or []
-    for name, path in files.items():
+    studies = meta.get("model_input", "slice") != "slice"
+    for name, path in (files.items() if studies else ()):  # a study: its pixels, and its HU volume with spacing
+        from medkeras.data.readers import read_volume
+        from medkeras.data.studies import study_volume
+
+        pixels = study_volume(path, windows, meta.get("spacing"), meta["volume_size"])
+        volume = read_volume(path)
+        got = {"serving_default": signatures["serving_default"](image=tf.constant(pixels[None])),
+               "serve_volume": signatures["serve_volume"](hu=tf.constant(volume.hu[None], tf.float32),
+                                                          spacing=tf.constant([volume.spacing], tf.float32))}
+        for door, out in got.items():
+            answers.setdefault(door, {})[name] = (out["probabilities"].numpy()[0].tolist(),
+                                                  classes[int(out["label"].numpy()[0])])
+    for name, path in (() if studies else files.items()):
         got = {"serving_default": signatures["serving_default"](image=tf.constant(read_image(path, windows)[None]))}
         if is_dicom(path):
             got["serve_hu"] = signatures["serve_hu"](hu=tf.constant(read_dicom_hu(path)[None]))
@@ -181,12 +208,13 @@ def through_every_door(run: Path, export: Path, files: dict, tmp: Path) -> dict:
     return gaps
 
 
-def _fit_and_export(name, root, breast, backbones):
+def _fit_and_export(name, root, breast, backbones, more=()):
     kind, switches, small = RECIPES[name]
     source, extra = build_data(kind, root, breast)
     sets = [f"data.source={source}", *switches, *TINY, *extra]
     if backbones or small:
         sets.append(f"model.backbones={backbones or small}")
+    sets += more  # last: a study kind's own switches
     run = root / "run"
     args = ["fit", name, "--out", run]
     for item in sets:
@@ -223,6 +251,13 @@ def _check_recipe(name, run, export, tmp):
 @pytest.mark.parametrize("name", [n for n in RECIPES if n != "demo"])
 def test_a_recipe_whole_through_every_door(name, tmp_path, breast):
     run, export = _fit_and_export(name, tmp_path, breast, None)
+    _check_recipe(name, run, export, tmp_path)
+
+
+@pytest.mark.parametrize("kind", sorted(STUDY_KINDS))
+def test_a_study_model_kind_whole_through_every_door(kind, tmp_path, breast):
+    name, switches = STUDY_KINDS[kind]
+    run, export = _fit_and_export(name, tmp_path, breast, None, switches)
     _check_recipe(name, run, export, tmp_path)
 
 
