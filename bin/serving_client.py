@@ -11,6 +11,9 @@
   a multi-frame file sends one instance per frame. Needs pydicom (and its decoders for compressed files).
 - NPY -> `serving_default`: uint8 or uint16 pixels (H, W[, C]), sent as float32 [0, 255] (uint16 scaled by
   255/65535, as medkeras reads them); with --npy-hu, a 2-D array of Hounsfield units goes to `serve_hu`.
+- with --study, each input is one CT study -> `serve_volume` (a study model's export): a series folder, a
+  multi-frame DICOM file or a NIfTI file, read here as one HU volume (D, H, W) in z order with its spacing
+  (z, y, x mm) by medkeras' volume reader; resampled and windowed in the graph.
 Instances of one signature and shape go in one request; others in their own. Needs numpy only for PNG/JPEG; errors
 (a missing file or package, no server listening) are one line on stderr and exit status 1.
 """
@@ -57,8 +60,27 @@ def read_hu(path: Path):
         raise ClientError(str(exc)) from exc
 
 
-def instances(paths, npy_hu: bool = False) -> list[tuple[str, tuple, dict]]:
-    """(signature, shape, instance) per image, in the row format TF Serving's REST API takes."""
+def study_instance(path: Path) -> tuple[str, tuple, dict]:
+    """A study (series folder, multi-frame DICOM or NIfTI) as a `serve_volume` instance: HU (D, H, W) and spacing."""
+    if not path.exists():
+        raise ClientError(f"{path}: not found")
+    try:
+        from medkeras.data.readers import read_volume
+    except ImportError as exc:
+        raise ClientError(f"studies are read with medkeras' volume reader (pip install medkeras): {exc}") from exc
+    try:
+        volume = read_volume(path)
+    except ValueError as exc:  # medkeras' DataError: one line naming the file
+        raise ClientError(str(exc)) from exc
+    hu = volume.hu.astype("float32")
+    return "serve_volume", hu.shape, {"hu": hu.tolist(), "spacing": [float(v) for v in volume.spacing]}
+
+
+def instances(paths, npy_hu: bool = False, study: bool = False) -> list[tuple[str, tuple, dict]]:
+    """(signature, shape, instance) per image (or per study, with `study`), in the row format TF Serving's REST API
+    takes."""
+    if study:
+        return [study_instance(Path(p)) for p in paths]
     out = []
     for path in map(Path, paths):
         if not path.is_file():
@@ -88,10 +110,10 @@ def instances(paths, npy_hu: bool = False) -> list[tuple[str, tuple, dict]]:
     return out
 
 
-def rest_requests(paths, npy_hu: bool = False) -> list[dict]:
+def rest_requests(paths, npy_hu: bool = False, study: bool = False) -> list[dict]:
     """REST bodies for `:predict`: one per signature and shape, in the order the files first need them."""
     groups: dict = {}
-    for signature, shape, instance in instances(paths, npy_hu):
+    for signature, shape, instance in instances(paths, npy_hu, study):
         groups.setdefault((signature, shape), []).append(instance)
     return [{"signature_name": signature, "instances": rows} for (signature, _), rows in groups.items()]
 
@@ -104,7 +126,7 @@ def rest_request(paths, signature: str = "serve_encoded") -> dict:
     return bodies[0]
 
 
-def grpc_requests(paths, model_name: str = "medkeras", npy_hu: bool = False) -> list:
+def grpc_requests(paths, model_name: str = "medkeras", npy_hu: bool = False, study: bool = False) -> list:
     """`PredictRequest`s for the same groups (needs `pip install tensorflow-serving-api`)."""
     import importlib.util
     import os
@@ -117,17 +139,17 @@ def grpc_requests(paths, model_name: str = "medkeras", npy_hu: bool = False) -> 
     from tensorflow_serving.apis import predict_pb2
 
     out = []
-    for body in rest_requests(paths, npy_hu):
+    for body in rest_requests(paths, npy_hu, study):
         request = predict_pb2.PredictRequest()
         request.model_spec.name = model_name
         request.model_spec.signature_name = body["signature_name"]
-        name = next(iter(body["instances"][0]))
-        rows = [row[name] for row in body["instances"]]
-        if name == "image_bytes":
-            value = tf.make_tensor_proto([base64.b64decode(r["b64"]) for r in rows], dtype=tf.string)
-        else:
-            value = tf.make_tensor_proto(np.asarray(rows, dtype=np.float32))
-        request.inputs[name].CopyFrom(value)
+        for name in body["instances"][0]:  # serve_volume takes two inputs, hu and spacing
+            rows = [row[name] for row in body["instances"]]
+            if name == "image_bytes":
+                value = tf.make_tensor_proto([base64.b64decode(r["b64"]) for r in rows], dtype=tf.string)
+            else:
+                value = tf.make_tensor_proto(np.asarray(rows, dtype=np.float32))
+            request.inputs[name].CopyFrom(value)
         out.append(request)
     return out
 
@@ -147,17 +169,19 @@ def post(url: str, body: dict) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("images", nargs="+", help="PNG, JPEG, DICOM or NPY files")
+    parser.add_argument("images", nargs="+", help="PNG, JPEG, DICOM or NPY files (with --study: studies)")
     parser.add_argument("--json", help="write the REST request bodies here (a list; default: standard output)")
     parser.add_argument("--url", help="POST them to this TF Serving :predict URL and print the answers")
     parser.add_argument("--grpc", help="write the serialized gRPC PredictRequests here (length-prefixed)")
     parser.add_argument("--grpc-target", help="send them over gRPC to HOST:PORT and print the answers")
     parser.add_argument("--model-name", default="medkeras")
     parser.add_argument("--npy-hu", action="store_true", help="2-D NPY arrays are Hounsfield units: send to serve_hu")
+    parser.add_argument("--study", action="store_true",
+                        help="each input a CT study (series folder, multi-frame DICOM, NIfTI): send to serve_volume")
     args = parser.parse_args(argv)
     try:
         if args.grpc or args.grpc_target:
-            requests = grpc_requests(args.images, args.model_name, args.npy_hu)
+            requests = grpc_requests(args.images, args.model_name, args.npy_hu, args.study)
             if args.grpc:
                 with open(args.grpc, "wb") as fh:
                     for request in requests:
@@ -166,7 +190,7 @@ def main(argv=None) -> int:
             if args.grpc_target:
                 _send_grpc(args.grpc_target, requests)
             return 0
-        bodies = rest_requests(args.images, args.npy_hu)
+        bodies = rest_requests(args.images, args.npy_hu, args.study)
         if args.url:
             for body in bodies:
                 print(json.dumps(post(args.url, body)))

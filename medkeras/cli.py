@@ -233,13 +233,12 @@ def export(model, base, name, version, fmt):
 def predict_cmd(model, inputs, out, on_bad_file, batch_size, redact_paths):
     """Score files or folders (DICOM, PNG, JPEG, NPY) with MODEL: a run dir, a .keras file or a SavedModel.
 
-    One row per image (per frame of a multi-frame DICOM), with the keyed patient and series of DICOM inputs.
+    One row per image (per DICOM frame; per series, multi-frame file or NIfTI for a study model), with DICOM's keys.
 
     \b
     Examples:
       medkeras predict runs/ct scans/ --out predictions.csv
-      medkeras predict serving/ct slice.dcm slice2.png       # the exported SavedModel
-      medkeras predict runs/ct-study Patient-1/ scan.nii.gz   # a study model: one row per series / volume
+      medkeras predict serving/ct slice.dcm slice2.png   # the exported SavedModel; a study model: Patient-1/ a.nii.gz
     """
     _tf()
     from medkeras.export.predict import predict
@@ -247,11 +246,10 @@ def predict_cmd(model, inputs, out, on_bad_file, batch_size, redact_paths):
     result = predict(model, inputs, out=out, on_bad_file=on_bad_file, batch_size=batch_size, redact_paths=redact_paths)
     for path, cause in result["skipped"]:
         click.echo(f"medkeras: skipped {path}: {cause}", err=True)
-    unit = result.get("unit", "files")
     if result["skipped"]:
-        click.echo(f"medkeras: skipped {len(result['skipped'])} unreadable {unit}", err=True)
+        click.echo(f"medkeras: skipped {len(result['skipped'])} unreadable {result['unit']}", err=True)
     if out:
-        click.echo(f"scored {result['scored']} {unit} -> {out}", err=True)
+        click.echo(f"scored {result['scored']} {result['unit']} -> {out}", err=True)
 
 
 @cli.command()

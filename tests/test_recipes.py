@@ -129,12 +129,12 @@ def _rows(path) -> list:
 def recipe_test_files(run: Path, root: Path) -> dict:
     """{name in predictions.csv: the file holding that test image}: the source's own files, or (a MedMNIST .npz,
     whose items are array rows) each test image written losslessly as a PNG."""
-    from medkeras.data.sources import load_dataset
+    from medkeras.data.studies import load_items
     from medkeras.models.io import load_model
 
     _, meta = load_model(run)
     cfg = medkeras.config.from_dict(meta["config"])
-    split = load_dataset(cfg.data, seed=cfg.train.seed, studies=medkeras.config.is_study(cfg)).splits["test"]
+    split = load_items(cfg.data, seed=cfg.train.seed, studies=medkeras.config.is_study(cfg)).splits["test"]
     if split.paths is not None:
         return {name: Path(p) for name, p in zip(split.names(), split.paths)}
     return {name: _png(root / "test-png" / f"{name}.png", image) for name, image in zip(split.names(), split.images)}

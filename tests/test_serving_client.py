@@ -110,3 +110,27 @@ def test_errors_are_one_line(tmp_path, test_pngs):
         assert code == 1 and len(err) == 1 and "pip install tensorflow-serving-api" in err[0]
     else:
         pytest.skip("tensorflow-serving-api is installed here: the missing-package line cannot be shown")
+
+
+def test_a_study_goes_to_serve_volume_as_tf_serving_takes_it_and_answers_as_predict(study_run, tmp_path):
+    """`--study`: each series folder one `serve_volume` instance (HU in z order and the spacing), through TF
+    Serving's row format as JSON text, answers what `medkeras predict` answers on the run for the same folder."""
+    import tensorflow as tf
+
+    run, export, manifest = study_run
+    with open(manifest, newline="") as fh:
+        folders = [Path(r["path"]) for r in csv.DictReader(fh) if r["split"] == "test"]
+    expected = _predicted(run, folders[0].parents[1], tmp_path)  # the patient's folder: its studies
+    loaded = tf.saved_model.load(str(export))
+    client = _client()
+    for folder in folders:
+        (body,) = client.rest_requests([folder], study=True)
+        body = json.loads(json.dumps(body))  # as sent
+        assert body["signature_name"] == "serve_volume" and set(body["instances"][0]) == {"hu", "spacing"}
+        assert len(body["instances"][0]["spacing"]) == 3
+        served = _as_tf_serving_would(loaded, body)[0]
+        want = expected[str(folder.relative_to(folders[0].parents[1]))]
+        np.testing.assert_allclose(served, [float(want["p_normal"]), float(want["p_tumour"])], atol=1e-5)
+    result = subprocess.run([sys.executable, str(CLIENT), "--study", str(tmp_path / "nowhere")], capture_output=True,
+                            text=True)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "nowhere: not found" in result.stderr

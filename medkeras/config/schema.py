@@ -65,10 +65,9 @@ class DataConfig:
     # TensorFlow sees a GPU, else data)
     augment_on: str = "auto"
     # Studies (model.input slab, series or volume): each item a CT study (a DICOM series folder, a multi-frame file
-    # or a NIfTI file), resampled trilinearly to `spacing` [z, y, x] mm and/or `volume_size` [D, H, W] (required:
-    # a batch holds one shape; with a spacing, the resampled volume is centre-cropped or padded with air to it)
-    spacing: Optional[list] = None
-    volume_size: Optional[list] = None
+    # or a NIfTI file), resampled trilinearly to data.volume_size, at data.spacing where given
+    spacing: Optional[list] = None  # studies: [z, y, x] mm to resample to (then centre-cropped or padded with air)
+    volume_size: Optional[list] = None  # studies: [D, H, W] every study is resampled to (required: one shape a batch)
     slab: int = 3  # model.input slab: the adjacent slices (odd) stacked as the channels of one 2D image
 
 

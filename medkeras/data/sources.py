@@ -215,18 +215,10 @@ def split_column(rows, path) -> list | None:
     return column
 
 
-def load_dataset(cfg, seed=42, studies: bool = False) -> Dataset:
-    """`data.source` -> `Dataset`, dispatching on what the source is; with `studies` (`config.is_study`: model.input
-    slab, series or volume), a `Dataset` of CT studies (`studies.load_studies`)."""
+def load_dataset(cfg, seed=42) -> Dataset:
+    """`data.source` -> `Dataset` of images, dispatching on what the source is (studies: `studies.load_items`)."""
     source = str(cfg.source)
-    if studies:
-        from medkeras.data.studies import load_studies
-
-        if source in BUNDLED or is_store(Path(source).expanduser()):
-            raise DataError(source, "is a dataset of images; study models read a folder of class folders of "
-                                    "series / NIfTI files, or a study manifest")
-        ds = load_studies(cfg, seed)
-    elif source in BUNDLED:
+    if source in BUNDLED:
         file, names, positive = BUNDLED[source]
         ds = load_npz(DATASETS_DIR / file, class_names=cfg.class_names or names, name=source)
         ds.positive_class = positive
@@ -244,6 +236,12 @@ def load_dataset(cfg, seed=42, studies: bool = False) -> Dataset:
             ds = load_manifest(path, cfg, seed)
         else:
             raise DataError(path, "unknown data source type (a bundled name, .npz, .csv or a folder)")
+    return finish_dataset(ds, cfg, seed, source)
+
+
+def finish_dataset(ds: Dataset, cfg, seed, source) -> Dataset:
+    """What every source gets once read: `data.positive_class` checked and set (binary: the last class by default),
+    two classes at least, and under `data.folds` the fold's train and val."""
     if cfg.positive_class is not None:
         if cfg.positive_class not in ds.class_names:
             raise ConfigError(f"data.positive_class '{cfg.positive_class}' is not one of {ds.class_names}")

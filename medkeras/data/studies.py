@@ -23,7 +23,16 @@ import numpy as np
 
 from medkeras.data.keys import id_masks, keyed
 from medkeras.data.readers import common_folder, dicom_items, is_dicom, is_volume_file, read_volume
-from medkeras.data.sources import class_folders, labels_from_names, manifest_rows, split_column
+from medkeras.data.sources import (
+    BUNDLED,
+    class_folders,
+    finish_dataset,
+    labels_from_names,
+    load_dataset,
+    manifest_rows,
+    split_column,
+)
+from medkeras.data.store import is_store
 from medkeras.data.splits import split_groups, split_indices
 from medkeras.data.types import SPLITS, Dataset, Split
 from medkeras.errors import ConfigError, DataError
@@ -128,13 +137,24 @@ def load_study_manifest(path, cfg, seed=42) -> Dataset:
 def load_studies(cfg, seed=42) -> Dataset:
     """`data.source` (a folder of class folders of studies, or a study manifest) -> `Dataset` of studies."""
     path = Path(str(cfg.source)).expanduser()
+    if str(cfg.source) in BUNDLED or is_store(path):
+        raise DataError(cfg.source, "is a dataset of images; study models read a folder of class folders of series "
+                                    "or NIfTI files, or a study manifest")
     if not path.exists():
         raise DataError(path, "data source not found")
     if path.is_dir():
-        return load_study_folder(path, cfg, seed)
-    if path.suffix.lower() == ".csv":
-        return load_study_manifest(path, cfg, seed)
-    raise DataError(path, "a study source is a folder of class folders or a .csv manifest")
+        ds = load_study_folder(path, cfg, seed)
+    elif path.suffix.lower() == ".csv":
+        ds = load_study_manifest(path, cfg, seed)
+    else:
+        raise DataError(path, "a study source is a folder of class folders or a .csv manifest")
+    return finish_dataset(ds, cfg, seed, str(cfg.source))
+
+
+def load_items(cfg, seed=42, studies: bool = False) -> Dataset:
+    """The run's items: `data.source` as studies (`studies`, from `config.is_study`: model.input slab, series or
+    volume) or as images (`sources.load_dataset`)."""
+    return load_studies(cfg, seed) if studies else load_dataset(cfg, seed)
 
 
 def geometry(values, what: str = "size", whole: bool = False):

@@ -17,6 +17,7 @@ import numpy as np
 from medkeras.config.values import is_study
 from medkeras.errors import DataError, MedkerasError
 from medkeras.evaluation.aggregate import aggregate, level_keys, write_group_predictions
+from medkeras.evaluation.attention import study_attention, write_attention
 from medkeras.evaluation.calibration import at_search_bound, calibration_summary, fit_temperature
 from medkeras.evaluation.intervals import Draws, auroc_interval, bootstrap_intervals
 from medkeras.evaluation.metrics import (
@@ -43,34 +44,6 @@ def predict_logits(model, images, data_cfg, batch_size: int = 64, flips=()) -> n
     ds = make_tf_dataset(images, labels, data_cfg, batch_size, training=False).map(lambda x, y: x)
     out = with_tta(model, flips).predict(ds, verbose=0)  # (N, K), or [(N, K)] * outputs
     return np.asarray(out, dtype=np.float32)
-
-
-def study_attention(model, volumes, data_cfg, batch_size: int = 64) -> dict:
-    """{series member: its slice attention (N, D)} for studies (N, D, H, W, C) (`models.study.attention_models`);
-    {} for models without series members, or slices."""
-    if volumes is None or np.ndim(volumes) != 5:
-        return {}
-    from medkeras.data.pipeline import make_tf_dataset
-    from medkeras.models.study import attention_models
-
-    found = attention_models(model)
-    if not found:
-        return {}
-    ds = make_tf_dataset(volumes, np.zeros(len(volumes), np.int64), data_cfg, batch_size).map(lambda x, y: x)
-    return {name: np.asarray(m.predict(ds, verbose=0), np.float32) for name, m in found.items()}
-
-
-def write_attention(path, names, attention: dict) -> None:
-    """`attention.csv`: per study and series member, the slice it weighed most and every slice's weight."""
-    depth = next(iter(attention.values())).shape[1]
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["path", "member", "top_slice", *[f"slice_{d}" for d in range(depth)]])
-    for member, weights in attention.items():
-        for name, w in zip(names, weights):
-            writer.writerow([name, member, int(np.argmax(w)), *[f"{v:.6g}" for v in w]])
-    with atomic_path(path) as tmp:
-        tmp.write_text(buf.getvalue())
 
 
 def member_logits(model, images, data_cfg, batch_size=64, flips=()) -> dict:
@@ -292,7 +265,7 @@ def score_split(model, meta, split_name, dataset, cfg, tta=None, threshold=None,
     thr = float(meta.get("threshold", 0.5)) if threshold is None else float(threshold)
     scored = score_arrays(split_name, dataset, (images, labels, names), logits, float(meta.get("temperature", 1.0)),
                           thr, thresholds, eval_cfg, members)
-    attention = study_attention(model, images, cfg.data, eval_cfg.batch_size) if analysis else {}
+    attention = study_attention(model, images, cfg.data, eval_cfg.batch_size) if analysis else {}  # series models
     return {**scored, "bad_files": bad, "tta": bool(flips), "tta_flips": flips,
             "tta_as_served": flips == flips_of(meta), "attention": attention}
 
@@ -361,7 +334,7 @@ def evaluate(model_path, data=None, split="test", out=None, tta=None, threshold=
     `report.html` and `plots/` into `out` (default `<run>/eval-<split>`, or `<model>-eval-<split>` beside a file).
     """
     from medkeras.data.pipeline import split_arrays
-    from medkeras.data.sources import load_dataset
+    from medkeras.data.studies import load_items
     from medkeras.models.io import open_model
 
     model_path = Path(model_path)
@@ -373,7 +346,7 @@ def evaluate(model_path, data=None, split="test", out=None, tta=None, threshold=
         cfg.data.source = str(data)
         cfg.data.class_names = None  # read the new source's own classes, then compare with the model's
         cfg.data.positive_class = None
-    dataset = load_dataset(cfg.data, seed=cfg.train.seed, studies=is_study(cfg))
+    dataset = load_items(cfg.data, seed=cfg.train.seed, studies=is_study(cfg))
     if list(dataset.class_names) != list(meta["class_names"]):
         raise DataError(
             cfg.data.source, f"classes {dataset.class_names} do not match the model's classes {meta['class_names']}"

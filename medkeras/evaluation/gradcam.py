@@ -101,8 +101,12 @@ def write_overlays(model, meta, inputs, out_dir, scale: int = 8) -> list[Path]:
 
     from medkeras.data.readers import named_inputs, read_image
     from medkeras.data.resize import to_model_pixels
+    from medkeras.errors import MedkerasError
     from medkeras.utils import atomic_path
 
+    if meta.get("model_input", "slice") != "slice":
+        raise MedkerasError(f"a study model ({meta['model_input']}): Grad-CAM is for slice models (a series model's "
+                            "report shows the slices its attention weighed most, attention.csv their weights)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     size = int(meta["image_size"])

@@ -36,6 +36,9 @@ def export_onnx(model_path, base, name=None, version=None) -> dict:
     from medkeras.data.resize import to_model_pixels
 
     loaded, model_dir, version, target = open_export(model_path, base, name, version)
+    if loaded.studies:
+        raise MedkerasError(f"{model_path}: a study model ({loaded.meta.get('model_input')}); ONNX export is for "
+                            "slice models: export it as a SavedModel (--format savedmodel) for serve_volume")
     model, meta = loaded.scoring_model(), loaded.meta  # with its test-time flips in the graph
     images, source, _, _ = verification_batch(loaded)
     pixels = to_model_pixels(images, loaded.image_size)

@@ -94,14 +94,13 @@ def study_facts(meta: dict) -> dict:
 def _validation_studies(loaded, limit: int = 4):
     """(pixels (N, D, H, W, C), study paths) of the model's own validation (or test) studies; (None, []) where its
     data is not here."""
-    from medkeras.data.sources import load_dataset
-    from medkeras.data.studies import study_split_arrays
+    from medkeras.data.studies import load_studies, study_split_arrays
 
     cfg = loaded.config
     if cfg is None:
         return None, []
     try:
-        dataset = load_dataset(cfg.data, seed=cfg.train.seed, studies=True)
+        dataset = load_studies(cfg.data, seed=cfg.train.seed)
         split = dataset.splits["val"] if len(dataset.splits["val"]) else dataset.splits["test"]
         split = split.take(range(min(limit, len(split))))
         pixels, _, _, bad = study_split_arrays(split, cfg.data, on_bad_file="skip")

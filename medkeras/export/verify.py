@@ -51,13 +51,13 @@ def _validation_split(loaded, limit=32):
     """(pixels at the training size (N, S, S, C), the split, its data config) of the model's own validation data,
     or (None, None, None) where the data is not available here."""
     from medkeras.data.pipeline import split_arrays
-    from medkeras.data.sources import load_dataset
+    from medkeras.data.studies import load_items
 
     cfg = loaded.config
     if cfg is None:
         return None, None, None
     try:
-        dataset = load_dataset(cfg.data, seed=cfg.train.seed, studies=is_study(cfg))
+        dataset = load_items(cfg.data, seed=cfg.train.seed, studies=is_study(cfg))
         split = dataset.splits["val"] if len(dataset.splits["val"]) else dataset.splits["test"]
         images, _, _, _ = split_arrays(split, cfg.data, on_bad_file="skip", verbose=False)
     except MedkerasError:

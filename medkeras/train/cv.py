@@ -145,7 +145,7 @@ def _finish(out: Path, cfg: Config, folds: int, bag: bool, timer) -> dict:
     """Out-of-fold predictions and report, the fold table, and (bag) the bagged ensemble; `cv.json` last."""
     import json
 
-    from medkeras.data.sources import load_dataset
+    from medkeras.data.studies import load_items
     from medkeras.data.splits import pool_of
     from medkeras.evaluation.evaluate import calibrate_on_validation, score_arrays, write_outputs
     from medkeras.models.io import load_model
@@ -154,7 +154,7 @@ def _finish(out: Path, cfg: Config, folds: int, bag: bool, timer) -> dict:
     base = from_dict(cfg.to_dict())
     base.data.folds, base.data.fold = 0, 0
     validate(base)
-    dataset = load_dataset(base.data, seed=base.train.seed, studies=is_study(base))
+    dataset = load_items(base.data, seed=base.train.seed, studies=is_study(base))
     pool = pool_of(dataset, base.data.source)
     metrics = [json.loads((out / f"fold-{i}" / "metrics.json").read_text()) for i in range(1, folds + 1)]
     _, meta = load_model(out / "fold-1")

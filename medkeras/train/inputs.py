@@ -75,14 +75,15 @@ def read_data(cfg, run_dir, size_var=None) -> RunData:
     class names, positive class and (data.normalize: dataset) the training set's mean and std."""
     from medkeras.data.augment import augment_where
     from medkeras.data.pipeline import make_tf_dataset, stream_tf_dataset
-    from medkeras.data.sources import check_trainable, load_dataset
+    from medkeras.data.sources import check_trainable
+    from medkeras.data.studies import load_items
     from medkeras.models.outputs import positive_index
     from medkeras.train.losses import class_weights, make_loss
 
     from medkeras.config import is_study
 
     tc = cfg.train
-    dataset = load_dataset(cfg.data, seed=tc.seed, studies=is_study(cfg))
+    dataset = load_items(cfg.data, seed=tc.seed, studies=is_study(cfg))
     check_trainable(dataset, cfg.data.source)
     k = dataset.num_classes
     pos = positive_index(dataset.class_names, dataset.positive_class)

@@ -159,3 +159,36 @@ def test_inputs_users_type_are_taken_or_refused_in_one_line(tmp_path):
     two.write_text(f"path,label\n{series},tumour\n{normal},normal\n")
     ds = load_studies(data_cfg(source=str(two), split=[0.5, 0.0, 0.5]), seed=0)
     assert sorted(len(ds.splits[s]) for s in ("train", "test")) == [1, 1]
+
+
+def test_a_split_of_studies_reads_as_volumes_and_skips_a_bad_study_counted(tmp_path):
+    """`split_arrays` on a split of studies: (N, D, H, W, C) volumes, its labels and names; under
+    `on_bad_file: skip` a broken series is left out and named with its cause, the rest kept in order."""
+    from medkeras.data.pipeline import split_arrays
+
+    root = _tcia_studies(tmp_path / "ct", patients=("Lung_Dx-A0001",))
+    ds = load_studies(data_cfg(source=str(root), split=[1.0, 0.0, 0.0], window="lung", volume_size=[2, 16, 16]))
+    train = ds.splits["train"]
+    broken = Path(train.paths[1]) / "1-13.dcm"
+    broken.write_bytes(broken.read_bytes()[:2000])  # truncated pixel data
+    cfg = data_cfg(source=str(root), window="lung", volume_size=[2, 16, 16])
+    with pytest.raises(DataError, match="1-13.dcm"):
+        split_arrays(train, cfg, "fail")
+    volumes, labels, names, bad = split_arrays(train, cfg, "skip")
+    assert volumes.shape == (3, 2, 16, 16, 1) and len(labels) == len(names) == 3
+    assert [n for n, _ in bad] == [train.names()[1]] and names == [n for n in train.names() if n != bad[0][0]]
+    np.testing.assert_array_equal(labels, np.delete(train.labels, 1))
+
+
+def test_a_batch_of_studies_resizes_in_the_graph_as_one_study_resamples():
+    """`resize_volumes` (the SavedModel's serving_default) on a batch equals `resample_volume` (what `fit` read) on
+    each study to the same size, and is the identity at the size it has."""
+    from medkeras.data.volumes import resample_volume, resize_volumes
+
+    hu = np.stack([pydicom.dcmread(LUNG / n).pixel_array.astype(np.float32) for n in ("1-13.dcm", "1-14.dcm")])
+    batch = np.stack([hu, hu[::-1]])[..., None]  # (2, 2, 512, 512, 1)
+    got = np.asarray(resize_volumes(batch, (5, 48, 40)))
+    for i in range(2):
+        want, _ = resample_volume(batch[i, ..., 0], (5.0, 0.7, 0.7), size=(5, 48, 40))
+        np.testing.assert_allclose(got[i, ..., 0], np.asarray(want), rtol=1e-5, atol=1e-3)
+    np.testing.assert_array_equal(np.asarray(resize_volumes(batch, (2, 512, 512))), batch)

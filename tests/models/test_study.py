@@ -133,3 +133,41 @@ def test_saved_study_members_load_in_a_fresh_process_and_run_under_mixed_precisi
         assert logits.dtype == "float32" and np.isfinite(np.asarray(logits)).all()
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_a_study_slab_member_scores_every_slab_of_a_real_study_and_averages_their_logits(real_studies, tmp_path):
+    """The slab member of `model.input: slab`: a study (B, D, H, W, 3) in; each slice's slab (`volumes.slabs`,
+    ends repeated) through the 2D backbone; the study's logits the mean of its D slabs' logits."""
+    import keras
+
+    from medkeras.models.study import StudySlabs, build_study_slab_member
+
+    x, y = real_studies
+    folded = np.asarray(StudySlabs(5, 1)(x))  # (4 * 16, 32, 32, 5)
+    want = np.stack([np.asarray(slabs(v, 5)) for v in x[..., :1]]).reshape(-1, 32, 32, 5)
+    np.testing.assert_array_equal(folded, want)
+    model = build_study_slab_member("cnn8_small", 2, (16, 32, 32), slab=5, windows=1)
+    per_slab = keras.Model(model.inputs, model.get_layer("slab_logits").output)(x)  # (4, 16, 2)
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(per_slab).mean(axis=1), rtol=1e-5, atol=1e-6)
+    assert isinstance(model.get_layer("cnn8_small"), keras.Model)  # the backbone a direct child: phases freeze it
+    _trains_and_round_trips(model, x, y, tmp_path)
+
+
+def test_study_members_of_three_kinds_make_one_ensemble_and_each_is_a_member(real_studies):
+    """A series member's shared encoder is a model inside it, not a member; members of different kinds that take
+    one study shape average in one ensemble, flipped in the axial plane by TTA."""
+    from medkeras.config import load_config
+    from medkeras.models.ensemble import members_of
+    from medkeras.models.study import build_study_model
+    from medkeras.models.tta import with_tta
+
+    x, _ = real_studies
+    cfg = load_config("lung-ct-study", ["data.image_size=32", "data.volume_size=[16, 32, 32]",
+                                        "model.backbones=[cnn8_small, resnet18_3d]", "model.weights=none"])
+    model = build_study_model(cfg.model, cfg.data, 2)
+    assert [m.name for m in members_of(model)] == ["cnn8_small", "resnet18_3d"]
+    for member in members_of(model):
+        assert members_of(member) == [member]
+    mirrored = np.asarray(model(x[..., ::-1, :]))  # each slice's columns reversed
+    tta = np.asarray(with_tta(model, ["horizontal"])(x))
+    np.testing.assert_allclose(tta, (np.asarray(model(x)) + mirrored) / 2, rtol=1e-5, atol=1e-5)
