@@ -12,9 +12,6 @@ Keras model on the model's own validation studies, read by the readers as `fit` 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -116,6 +113,7 @@ def verify_study_export(path: Path, loaded, target=None) -> dict:
     from medkeras.data.readers import read_volume
     from medkeras.data.resize import to_model_channels
     from medkeras.data.studies import study_volume
+    from medkeras.export.verify import compared, served_in_fresh_process
     from medkeras.models.outputs import softmax
 
     model, meta = loaded.scoring_model(), loaded.meta
@@ -140,26 +138,9 @@ def verify_study_export(path: Path, loaded, target=None) -> dict:
         arrays = {f"hu{i}": np.asarray(v.hu, np.float32) for i, v in enumerate(volumes)}
         arrays.update({f"spacing{i}": np.asarray(v.spacing, np.float32) for i, v in enumerate(volumes)})
         np.savez(Path(tmp) / "inputs.npz", pixels=pixels, count=len(volumes), **arrays)
-        proc = subprocess.run([sys.executable, "-c", _SERVE, str(path), str(Path(tmp) / "inputs.npz")],
-                              capture_output=True, text=True, timeout=900)
-    name = target or path
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise MedkerasError(f"{name}: the export does not load or run with tf.saved_model.load: {tail}")
-    served = json.loads(lines[-1])
-    if "error" in served:
-        raise MedkerasError(f"{name}: {served['error']}")
-    from medkeras.export.verify import PARITY_TOLERANCE
-
-    what = {"serving_default": f"pixels of {len(pixels)} {source}", "serve_volume": f"HU and spacing of {len(volumes)} studies "
-            "read from their files"}
-    diffs = {}
-    for key, want in expected.items():
-        got = np.asarray(served[key], dtype=np.float32).reshape(want.shape)
-        diffs[key] = float(np.abs(got - want).max()) if want.size else 0.0
-        if diffs[key] > PARITY_TOLERANCE:
-            raise MedkerasError(f"{key} on {what[key]} gives probabilities {diffs[key]:.2e} away from the Keras model "
-                                f"(> {PARITY_TOLERANCE}); the export is refused")
+        served = served_in_fresh_process(_SERVE, [path, Path(tmp) / "inputs.npz"], target or path)
+    what = {"serving_default": f"pixels of {len(pixels)} {source}",
+            "serve_volume": f"HU and spacing of {len(volumes)} studies read from their files"}
+    diffs = compared(expected, served, what)
     return {"images": int(len(pixels)), "source": source, "max_abs_diff": max(diffs.values()), "signatures": diffs,
             "checked": what}

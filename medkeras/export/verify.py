@@ -157,11 +157,23 @@ def verify_export(path: Path, loaded, target=None) -> dict:
                                                     for h in hu])),
         }
         np.savez(Path(tmp) / "inputs.npz", pixels=pixels, resized=resized, hu=hu)
-        proc = subprocess.run(
-            [sys.executable, "-c", _SERVE, str(path), str(Path(tmp) / "inputs.npz"), json.dumps([str(f) for f in files])],
-            capture_output=True, text=True, timeout=900,
-        )
-    name = target or path
+        served = served_in_fresh_process(_SERVE, [path, Path(tmp) / "inputs.npz", json.dumps([str(f) for f in files])],
+                                         target or path)
+    what = {
+        "serving_default": f"{len(pixels)} {source}",
+        "serving_default_resized": f"{len(resized)} {source} at {2 * size + 3} px",
+        "serve_encoded": f"{len(files)} PNG/JPEG files of {source} at {'x'.join(map(str, _other_size(size)))} px",
+        "serve_hu": f"{len(hu)} {hu_source}",
+    }
+    diffs = compared(expected, served, what)
+    return {"images": int(len(pixels)), "source": source, "max_abs_diff": max(diffs.values()), "signatures": diffs,
+            "checked": what}
+
+
+def served_in_fresh_process(script: str, args, name) -> dict:
+    """Run a verification `script` (it prints one JSON line of answers) in a fresh Python -> those answers; an export
+    that does not load or run, or a missing signature, refused naming `name`."""
+    proc = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, timeout=900)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -169,18 +181,17 @@ def verify_export(path: Path, loaded, target=None) -> dict:
     served = json.loads(lines[-1])
     if "error" in served:
         raise MedkerasError(f"{name}: {served['error']}")
-    what = {
-        "serving_default": f"{len(pixels)} {source}",
-        "serving_default_resized": f"{len(resized)} {source} at {2 * size + 3} px",
-        "serve_encoded": f"{len(files)} PNG/JPEG files of {source} at {'x'.join(map(str, _other_size(size)))} px",
-        "serve_hu": f"{len(hu)} {hu_source}",
-    }
+    return served
+
+
+def compared(expected: dict, served: dict, what: dict) -> dict:
+    """{check: max |served - expected| probability}; a check over `PARITY_TOLERANCE` refuses the export."""
     diffs = {}
     for name, want in expected.items():
-        diffs[name] = float(np.abs(np.asarray(served[name], dtype=np.float32) - want).max())
+        got = np.asarray(served[name], dtype=np.float32).reshape(np.shape(want))
+        diffs[name] = float(np.abs(got - want).max()) if np.size(want) else 0.0
         if diffs[name] > PARITY_TOLERANCE:
             signature = name.replace("_resized", "")
             raise MedkerasError(f"{name}: {signature} on {what[name]} gives probabilities {diffs[name]:.2e} away from "
                                 f"the Keras model (> {PARITY_TOLERANCE}); the export is refused")
-    return {"images": int(len(pixels)), "source": source, "max_abs_diff": max(diffs.values()), "signatures": diffs,
-            "checked": what}
+    return diffs
