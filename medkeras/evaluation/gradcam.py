@@ -68,6 +68,57 @@ class MemberCAM:
         return (cam / tf.maximum(peak, 1e-12)).numpy()
 
 
+class SeriesCAM:
+    """Grad-CAM of a series member (`models.study.build_series_member`) on every slice of a study: the study logit's
+    gradient through the attention pooling into each slice's last feature map. `__call__(studies (B, D, S, S, 3),
+    class_index) -> (B, D, S, S)` maps in [0, 1], normalised per study (so slices compare within a study)."""
+
+    def __init__(self, member):
+        import keras
+
+        from medkeras.models.study import ATTENTION_LAYER
+
+        encoder = next(layer for layer in member.layers if isinstance(layer, keras.Model))
+        self.preprocess, backbone, _ = _parts(encoder)
+        name = last_feature_layer(backbone)
+        self.features = keras.Model(backbone.inputs, [backbone.get_layer(name).output, backbone.output])
+        self.pool = member.get_layer(ATTENTION_LAYER)
+        self.head = member.layers[member.layers.index(self.pool) + 1:]
+
+    def __call__(self, studies, class_index):
+        import tensorflow as tf
+
+        studies = tf.convert_to_tensor(studies, tf.float32)
+        b, d, s = studies.shape[0], studies.shape[1], studies.shape[2]
+        with tf.GradientTape() as tape:
+            fmap, pooled = self.features(self.preprocess(tf.reshape(studies, (-1, s, s, 3))), training=False)
+            tape.watch(fmap)
+            logits, _ = self.pool(tf.reshape(pooled, (b, d, -1)))
+            for layer in self.head:
+                logits = layer(logits, training=False)
+            index = tf.convert_to_tensor(class_index, tf.int32)
+            target = tf.gather(logits, index[:, None], axis=1, batch_dims=1)[:, 0]
+        grads = tape.gradient(target, fmap)
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))[..., None]
+        cam = tf.reshape(tf.image.resize(cam, (s, s), method="bilinear")[..., 0], (b, d, s, s))
+        peak = tf.reduce_max(cam, axis=(1, 2, 3), keepdims=True)
+        return (cam / tf.maximum(peak, 1e-12)).numpy()
+
+
+def study_gradcam(model, studies, class_index) -> np.ndarray | None:
+    """Grad-CAM maps (B, D, S, S) of a study model's series members on every slice (their mean); None without any."""
+    from medkeras.models.study import ATTENTION_LAYER
+
+    series = [m for m in leaf_members(model) if any(layer.name == ATTENTION_LAYER for layer in m.layers)]
+    if not series:
+        return None
+    class_index = np.broadcast_to(np.asarray(class_index, dtype=np.int32), (len(studies),))
+    maps = np.mean([SeriesCAM(m)(studies, class_index) for m in series], axis=0)
+    peak = maps.reshape(len(maps), -1).max(axis=1)[:, None, None, None]
+    return maps / np.maximum(peak, 1e-12)
+
+
 def gradcam(model, pixels, class_index=None) -> np.ndarray:
     """Grad-CAM maps (B, S, S) in [0, 1] for `pixels` (B, S, S, 3); class default: the model's prediction.
 

@@ -135,9 +135,10 @@ def _face(image):
     return image[image.shape[0] // 2] if image.ndim == 4 else image
 
 
-def _attention_section(scored, pos, k) -> str:
+def _attention_section(scored, pos, k, model=None) -> str:
     """Studies: the slices that drove each prediction (series members' gated attention, averaged over members),
-    for the most confident true positives and the worst false negatives; each slice with its weight."""
+    for the most confident true positives and the worst false negatives; each slice with its weight and, with the
+    model at hand, its Grad-CAM for the positive class through the attention pooling (`gradcam.SeriesCAM`)."""
     attention = scored.get("attention") or {}
     if not attention:
         return ("<p>Grad-CAM and slice attention: not shown; this model's members see studies whole (slab or volume "
@@ -150,20 +151,35 @@ def _attention_section(scored, pos, k) -> str:
     tp = tp[np.argsort(-probs[tp, pos])][:k]
     fn = np.flatnonzero((labels == pos) & (pred != pos))
     fn = fn[np.argsort(probs[fn, pos])][:k]
+    chosen_all = [int(i) for i in tp] + [int(i) for i in fn]
+    maps = {}
+    if model is not None and chosen_all:
+        from medkeras.data.resize import to_model_channels
+        from medkeras.evaluation.gradcam import overlay, study_gradcam
+
+        studies = to_model_channels(np.asarray(images[chosen_all], np.float32)).numpy()
+        cams = study_gradcam(model, studies, pos)
+        maps = {} if cams is None else {i: (studies[j], cams[j]) for j, i in enumerate(chosen_all)}
     rows = []
     for kind, chosen in (("TP", tp), ("FN", fn)):
         for i in chosen:
             top = np.argsort(-weights[i])[:3]
-            cells = "".join(_thumb(images[i][d].astype(np.float32), f"slice {d}: {weights[i, d]:.2f}") for d in top)
+            if i in maps:
+                pixels, cam = maps[i]
+                cells = "".join(_thumb(overlay(pixels[d], cam[d]), f"slice {d}: {weights[i, d]:.2f}") for d in top)
+            else:
+                cells = "".join(_thumb(images[i][d].astype(np.float32), f"slice {d}: {weights[i, d]:.2f}")
+                                for d in top)
             rows.append(f"<p>{kind} {html.escape(str(scored['names'][i]))} p={probs[i, pos]:.2f}</p>{cells}")
-    return ("<p>The slices each study's prediction weighed most (attention of the series members, "
-            f"{', '.join(map(html.escape, attention))}; all weights in attention.csv).</p>" + ("".join(rows) or
+    return ("<p>The slices each study's prediction weighed most (attention of the series members, with their Grad-CAM "
+            "for the positive class through the attention pooling; "
+            f"{', '.join(map(html.escape, attention))}; every weight in attention.csv).</p>" + ("".join(rows) or
                                                                                             "<p>no positive studies in this split.</p>"))
 
 
 def _gradcam_section(model, scored, class_names, pos, k) -> str:
     if scored["images"] is not None and scored["images"].ndim == 5:
-        return _attention_section(scored, pos, k)
+        return _attention_section(scored, pos, k, model)
     if model is None or k <= 0 or pos is None:
         return "<p>Grad-CAM: not shown (multi-class, or no model at hand).</p>"
     from medkeras.evaluation.gradcam import gradcam, overlay

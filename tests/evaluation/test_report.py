@@ -124,3 +124,41 @@ def test_counts_agree_in_number():
     assert one.method == "cluster bootstrap over 1 patient (10 resamples)"
     two = Draws(4, 10, seed=0, groups=["p", "p", "q", "q"])
     assert "cluster bootstrap over 2 patients (10 resamples)" == two.method
+
+
+def test_a_series_run_reports_the_slices_its_attention_weighed_with_their_grad_cam(study_run):
+    """A series model's run on real CT studies: `attention.csv` has every test study's weights (summing to one,
+    the top slice the largest), and the report shows the top slices of each shown study as Grad-CAM overlays
+    through the attention pooling (`SeriesCAM`), whose maps are normalised within each study."""
+    import csv
+    import re
+
+    from medkeras.data.resize import to_model_channels
+    from medkeras.data.studies import load_items, study_split_arrays
+    from medkeras.evaluation.gradcam import study_gradcam
+    from medkeras.models.io import open_model
+
+    run, _, _ = study_run
+    with open(run / "attention.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with open(run / "predictions.csv", newline="") as fh:
+        assert [r["path"] for r in rows] == [r["path"] for r in csv.DictReader(fh)]
+    for row in rows:
+        weights = [float(v) for k, v in row.items() if k.startswith("slice_")]
+        assert len(weights) == 4 and abs(sum(weights) - 1) < 1e-4
+        assert int(row["top_slice"]) == int(np.argmax(weights))
+    report = (run / "report.html").read_text()
+    assert "Grad-CAM" in report and "slice attention" not in report.split("Grad-CAM")[0][-40:]
+    shown = re.findall(r"<figcaption>slice (\d): ([0-9.]+)</figcaption>", report)
+    assert shown and len(shown) % 3 == 0  # the three slices each shown study weighed most
+    loaded = open_model(run)
+    cfg = loaded.config
+    split = load_items(cfg.data, seed=cfg.train.seed, studies=True).splits["test"]
+    volumes, *_ = study_split_arrays(split, cfg.data)
+    studies = to_model_channels(volumes).numpy()
+    peaks = []
+    for k in (0, 1):
+        maps = study_gradcam(loaded.model, studies, k)
+        assert maps.shape == (len(studies), 4, 32, 32) and maps.min() >= 0
+        peaks += list(maps.reshape(len(maps), -1).max(axis=1))  # 1 within a study, 0 where no evidence is positive
+    assert np.all(np.isclose(peaks, 1.0, rtol=1e-6) | (np.asarray(peaks) == 0)) and np.isclose(peaks, 1.0).any()
