@@ -60,29 +60,39 @@ def read_hu(path: Path):
         raise ClientError(str(exc)) from exc
 
 
-def study_instance(path: Path) -> tuple[str, tuple, dict]:
-    """A study (series folder, multi-frame DICOM or NIfTI) as a `serve_volume` instance: HU (D, H, W) and spacing."""
+def study_instances(path: Path) -> list[tuple[str, tuple, dict]]:
+    """The studies at `path` (a series folder, a multi-frame DICOM or NIfTI file, or a folder holding them at any
+    depth, as `medkeras predict` finds them) as `serve_volume` instances: HU (D, H, W) in z order and spacing."""
     if not path.exists():
         raise ClientError(f"{path}: not found")
     try:
         from medkeras.data.readers import read_volume
+        from medkeras.data.studies import find_studies
     except ImportError as exc:
         raise ClientError(f"studies are read with medkeras' volume reader (pip install medkeras): {exc}") from exc
-    try:
-        volume = read_volume(path)
-    except ValueError as exc:  # medkeras' DataError: one line naming the file
-        raise ClientError(str(exc)) from exc
-    hu = volume.hu.astype("float32")
-    return "serve_volume", hu.shape, {"hu": hu.tolist(), "spacing": [float(v) for v in volume.spacing]}
+    studies = find_studies(path) if path.is_dir() else [path]
+    if not studies:
+        raise ClientError(f"{path}: holds no studies (series folders of DICOM files, or NIfTI files)")
+    out = []
+    for study in studies:
+        try:
+            volume = read_volume(study)
+        except ValueError as exc:  # medkeras' DataError: one line naming the file
+            raise ClientError(str(exc)) from exc
+        hu = volume.hu.astype("float32")
+        out.append(("serve_volume", hu.shape, {"hu": hu.tolist(), "spacing": [float(v) for v in volume.spacing]}))
+    return out
 
 
 def instances(paths, npy_hu: bool = False, study: bool = False) -> list[tuple[str, tuple, dict]]:
     """(signature, shape, instance) per image (or per study, with `study`), in the row format TF Serving's REST API
     takes."""
     if study:
-        return [study_instance(Path(p)) for p in paths]
+        return [instance for p in paths for instance in study_instances(Path(p))]
     out = []
     for path in map(Path, paths):
+        if path.is_dir():
+            raise ClientError(f"{path}: a folder; for a study model's serve_volume, send studies with --study")
         if not path.is_file():
             raise ClientError(f"{path}: file not found")
         suffix = path.suffix.lower()

@@ -148,6 +148,10 @@ def through_every_door(run: Path, export: Path, files: dict, tmp: Path) -> dict:
 
     evaluated = medkeras.evaluate(run, split="test", out=tmp / "eval")
     assert evaluated["tta_as_served"], "eval must score the model as it is served"
+    config = json.loads((export / "assets" / "medkeras.json").read_text())["config"]
+    if config["data"]["class_names"] and config["data"]["class_names"] != sorted(config["data"]["class_names"]):
+        again = medkeras.evaluate(run, data=config["data"]["source"], split="test", out=tmp / "eval-data")
+        assert again["auroc"] == evaluated["auroc"]  # `eval --data`: the source's classes matched by name
     meta = json.loads((export / "assets" / "medkeras.json").read_text())
     classes = meta["class_names"]
     columns = [f"p_{c}" for c in classes]

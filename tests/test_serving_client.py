@@ -134,3 +134,20 @@ def test_a_study_goes_to_serve_volume_as_tf_serving_takes_it_and_answers_as_pred
     result = subprocess.run([sys.executable, str(CLIENT), "--study", str(tmp_path / "nowhere")], capture_output=True,
                             text=True)
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "nowhere: not found" in result.stderr
+
+
+def test_a_study_model_takes_studies_and_refuses_a_lone_slice_in_one_line(study_run, tmp_path):
+    """`medkeras predict` with a study model: a patient's folder gives one row per series (with the slice attention
+    weighed most); one slice of a series is not a study and is refused, naming it. The client, given a folder
+    without --study, says to use it."""
+    run, _, manifest = study_run
+    with open(manifest, newline="") as fh:
+        folder = Path(next(r["path"] for r in csv.DictReader(fh) if r["split"] == "test"))
+    rows = _predicted(run, folder.parents[1], tmp_path)
+    assert len(rows) == 4 and all(r["top_slice"] in {"0", "1", "2", "3"} for r in rows.values())
+    lone = sorted(folder.iterdir())[0]
+    result = run_cli("predict", run, lone)
+    assert result.returncode == 1 and f"{lone.name}: is one slice, not a study" in result.stderr
+    assert len(result.stderr.strip().splitlines()[-1:]) == 1 and "Traceback" not in result.stderr
+    client = subprocess.run([sys.executable, str(CLIENT), str(folder)], capture_output=True, text=True)
+    assert client.returncode == 1 and "--study" in client.stderr and "Traceback" not in client.stderr

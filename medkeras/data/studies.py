@@ -81,7 +81,8 @@ def _study_dataset(source, studies, label_names, split_col, patient_ids, cfg, se
         masks |= {m for name, pid, key in zip(names, patient_ids, patients) for m in id_masks(name, pid, key)}
     else:
         patients = [h[0] for h in headers]
-    series = [h[1] for h in headers]
+    # a NIfTI file has no SeriesInstanceUID: its own series, keyed by its path (results per series keep it)
+    series = [h[1] or keyed("series", name, key_file) for h, name in zip(headers, names)]
     groups = split_groups(patients, series, names)
     if split_col is not None:
         column = np.asarray(split_col)

@@ -35,7 +35,13 @@ def study_inputs(inputs, key_file=None) -> list[tuple]:
             if not found:
                 raise DataError(item, "holds no studies (series folders of DICOM files, or NIfTI files)")
             studies += found
-        elif is_volume_file(path) or is_dicom(path):
+        elif is_volume_file(path):
+            studies.append(path)
+        elif is_dicom(path):
+            from medkeras.data.readers import dicom_items
+
+            if len(dicom_items(path, key_file)) < 2:
+                raise DataError(item, "is one slice, not a study: give its series folder")
             studies.append(path)
         else:
             raise DataError(item, "is not a study (a series folder, a multi-frame DICOM file or a NIfTI file)")

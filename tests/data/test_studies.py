@@ -106,6 +106,8 @@ def test_a_manifest_names_series_folders_and_nifti_files_and_both_read_alike(tmp
     ds = load_studies(data_cfg(source=str(manifest)))
     test, train = ds.splits["test"], ds.splits["train"]
     assert test.names() == ["elsewhere/study.nii.gz"]  # relative to the folder all the studies share
+    (key,) = test.series  # no SeriesInstanceUID in a NIfTI file: its own series, keyed, so results per series keep it
+    assert key and key not in train.series and "study" not in key
     windows = [[-600.0, 1500.0], [50.0, 350.0]]
     a = study_arrays(train, windows, size=(2, 32, 32))[0]
     b = study_arrays(test, windows, size=(2, 32, 32))[0]
