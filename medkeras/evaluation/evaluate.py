@@ -347,7 +347,8 @@ def evaluate(model_path, data=None, split="test", out=None, tta=None, threshold=
         cfg.data.class_names = None  # read the new source's own classes, then compare with the model's
         cfg.data.positive_class = None
     dataset = load_items(cfg.data, seed=cfg.train.seed, studies=is_study(cfg))
-    if data is not None and sorted(dataset.class_names) == sorted(meta["class_names"]) != list(dataset.class_names):
+    names = list(meta["class_names"])
+    if data is not None and sorted(dataset.class_names) == sorted(names) and list(dataset.class_names) != names:
         cfg.data.class_names = list(meta["class_names"])  # the same classes named in another order: the model's
         dataset = load_items(cfg.data, seed=cfg.train.seed, studies=is_study(cfg))
     if list(dataset.class_names) != list(meta["class_names"]):
