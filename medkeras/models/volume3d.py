@@ -26,9 +26,16 @@ from typing import Callable
 import numpy as np
 
 from medkeras.errors import ConfigError, MedkerasError
-from medkeras.models.conv3d import TapConv3D  # Conv3D itself, computed without TF's CPU gradient cliff
 
 BN_EPSILON = 1.001e-5  # keras.applications' BatchNormalization epsilon
+
+
+def _conv3d(*args, **kwargs):
+    """A `conv3d.TapConv3D` (Conv3D itself, computed without TF's CPU gradient cliff), imported when a model is built:
+    this module's registry is read by config validation, which must not start Keras (and TensorFlow's logging)."""
+    from medkeras.models.conv3d import TapConv3D
+
+    return TapConv3D(*args, **kwargs)
 
 
 def _bn(name):
@@ -46,7 +53,7 @@ def _stem(inputs, use_bias: bool, stem_depth: int, stem_depth_stride: int, pad_n
 
     kernel, stride, pad = stem_geometry(3, stem_depth, stem_depth_stride)
     x = layers.ZeroPadding3D(pad, name=pad_names[0])(inputs)
-    x = TapConv3D(64, kernel, strides=stride, use_bias=use_bias, name="conv1_conv")(x)
+    x = _conv3d(64, kernel, strides=stride, use_bias=use_bias, name="conv1_conv")(x)
     x = _bn("conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
     x = layers.ZeroPadding3D(1, name=pad_names[1])(x)
@@ -58,15 +65,15 @@ def _bottleneck(x, filters, stride, shortcut_conv, name):
     from keras import layers
 
     if shortcut_conv:
-        shortcut = TapConv3D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(x)
+        shortcut = _conv3d(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(x)
         shortcut = _bn(f"{name}_0_bn")(shortcut)
     else:
         shortcut = x
-    y = TapConv3D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
+    y = _conv3d(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
     y = layers.Activation("relu", name=f"{name}_1_relu")(_bn(f"{name}_1_bn")(y))
-    y = TapConv3D(filters, 3, padding="same", name=f"{name}_2_conv")(y)
+    y = _conv3d(filters, 3, padding="same", name=f"{name}_2_conv")(y)
     y = layers.Activation("relu", name=f"{name}_2_relu")(_bn(f"{name}_2_bn")(y))
-    y = _bn(f"{name}_3_bn")(TapConv3D(4 * filters, 1, name=f"{name}_3_conv")(y))
+    y = _bn(f"{name}_3_bn")(_conv3d(4 * filters, 1, name=f"{name}_3_conv")(y))
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.Activation("relu", name=f"{name}_out")(y)
 
@@ -97,14 +104,14 @@ def densenet121_3d(input_shape, stem_depth: int = 7, stem_depth_stride: int = 2,
         for b in range(n):
             prefix = f"conv{stage + 2}_block{b + 1}"
             y = layers.Activation("relu", name=f"{prefix}_0_relu")(_bn(f"{prefix}_0_bn")(x))
-            y = TapConv3D(4 * growth, 1, use_bias=False, name=f"{prefix}_1_conv")(y)
+            y = _conv3d(4 * growth, 1, use_bias=False, name=f"{prefix}_1_conv")(y)
             y = layers.Activation("relu", name=f"{prefix}_1_relu")(_bn(f"{prefix}_1_bn")(y))
-            y = TapConv3D(growth, 3, padding="same", use_bias=False, name=f"{prefix}_2_conv")(y)
+            y = _conv3d(growth, 3, padding="same", use_bias=False, name=f"{prefix}_2_conv")(y)
             x = layers.Concatenate(name=f"{prefix}_concat")([x, y])
         if stage < len(blocks) - 1:
             prefix = f"pool{stage + 2}"
             x = layers.Activation("relu", name=f"{prefix}_relu")(_bn(f"{prefix}_bn")(x))
-            x = TapConv3D(x.shape[-1] // 2, 1, use_bias=False, name=f"{prefix}_conv")(x)
+            x = _conv3d(x.shape[-1] // 2, 1, use_bias=False, name=f"{prefix}_conv")(x)
             x = layers.AveragePooling3D(2, strides=2, name=f"{prefix}_pool", dtype="float32")(x)
     x = layers.Activation("relu", name="relu")(_bn("bn")(x))
     return keras.Model(inputs, layers.GlobalAveragePooling3D(name="avg_pool")(x), name=name)
