@@ -64,17 +64,15 @@ def resize_volumes(volumes, size):
 
 
 def crop_or_pad(volume, size, pad_value: float = AIR_HU):
-    """A (D, H, W) tensor centre-cropped or padded (with `pad_value`) to `size` on each axis."""
+    """A (D, H, W) tensor centre-cropped or padded (with `pad_value`) to `size` on each axis: on an axis longer than
+    its size, (extra // 2) dropped before; on a shorter one, (short // 2) padded before and the rest after. One slice
+    and one pad (a volume already at `size` passes through both unchanged)."""
     import tensorflow as tf
 
-    for axis, want in enumerate(size):
-        have = tf.shape(volume)[axis]
-        extra = tf.maximum(have - want, 0)  # crop: drop extra // 2 before
-        volume = tf.gather(volume, tf.range(extra // 2, extra // 2 + tf.minimum(have, want)), axis=axis)
-        short = tf.maximum(want - have, 0)  # pad: short // 2 before, the rest after
-        pads = [[0, 0]] * 3
-        pads[axis] = [short // 2, short - short // 2]
-        volume = tf.pad(volume, pads, constant_values=pad_value)
+    have, want = tf.shape(volume), tf.constant(size, tf.int32)
+    extra, short = tf.maximum(have - want, 0), tf.maximum(want - have, 0)
+    volume = tf.slice(volume, extra // 2, tf.minimum(have, want))
+    volume = tf.pad(volume, tf.stack([short // 2, short - short // 2], axis=1), constant_values=pad_value)
     return tf.ensure_shape(volume, list(size))
 
 

@@ -83,4 +83,4 @@ def apply_windows(hu, windows):
         return np.stack(channels, axis=-1)
     import tensorflow as tf
 
-    return tf.stack(channels, axis=-1)
+    return channels[0][..., None] if len(channels) == 1 else tf.stack(channels, axis=-1)

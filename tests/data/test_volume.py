@@ -150,3 +150,7 @@ def test_resampling_to_a_spacing_or_a_shape_is_trilinear_in_the_graph():
     np.testing.assert_allclose(both.numpy()[1:5, :, 3:57], full[:, 2:52, :], atol=0.02)
     assert (both.numpy()[0] == -1024).all() and (both.numpy()[:, :, :3] == -1024).all()
     np.testing.assert_allclose(kept.numpy(), spacing.numpy(), rtol=1e-6)
+    odd, _ = resample_volume(hu, volume.spacing, target_spacing=target, size=(5, 51, 59))  # odd: the extra one after
+    np.testing.assert_allclose(odd.numpy()[:4, :, 2:56], full[:, 1:52, :], atol=0.02)
+    assert (odd.numpy()[4] == -1024).all() and (odd.numpy()[:, :, :2] == -1024).all()
+    assert (odd.numpy()[:, :, 56:] == -1024).all()

@@ -212,10 +212,24 @@ def _rescale(ds, index):
     return getattr(source, "RescaleSlope", None), getattr(source, "RescaleIntercept", None)
 
 
+@named_errors
+def dataset_hu(ds, path, number=None) -> np.ndarray:
+    """`read_dicom_hu` of a file already read whole (`dcmread(path)`; frame `number`, 1-based, of a multi-frame
+    one): the file is not parsed again."""
+    image, ds = _values_of(ds, Path(path), number)
+    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
+        image = image.max() + image.min() - image
+    return image
+
+
 def _modality_values(path):
     """(pixel data after the modality rescale as float32, dataset) with every failure as a `DicomError`."""
     path, number = split_frame(path)
     ds = dcmread(path, stop_before_pixels=number is not None)  # a frame: header here, that frame's bytes below
+    return _values_of(ds, path, number)
+
+
+def _values_of(ds, path, number):
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds and number is None:
         raise DicomError(path, "no pixel data in this DICOM file")
     frames = frame_count(ds, path)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medkeras.data.readers.dicom import _functional, dcmread, frame_count, frame_name, read_dicom_hu
+from medkeras.data.readers.dicom import _functional, dataset_hu, dcmread, frame_count, frame_name
 from medkeras.data.readers.files import is_dicom
 from medkeras.errors import DataError
 
@@ -85,9 +85,18 @@ def _number(values, path, tag) -> np.ndarray:
     return out
 
 
-def _slices_of(path: Path) -> list[_Slice]:
-    """The geometry of each image of one DICOM file, from its header (a multi-frame file: each frame's)."""
-    ds = dcmread(path, stop_before_pixels=True)
+def _read_file(path: Path) -> tuple[list[_Slice], list[np.ndarray]]:
+    """One DICOM file parsed once: the geometry of each of its images (a multi-frame file: each frame's) and their
+    HU (each frame's own rescale)."""
+    ds = dcmread(path)
+    slices = _slices_of(ds, path)
+    if len(slices) == 1:
+        return slices, [dataset_hu(ds, path)]
+    return slices, [dataset_hu(ds, path, k + 1) for k in range(len(slices))]
+
+
+def _slices_of(ds, path: Path) -> list[_Slice]:
+    """The geometry of each image of one read DICOM file, from its header (a multi-frame file: each frame's)."""
     series = str(getattr(ds, "SeriesInstanceUID", "") or "") or None
     localizer = "LOCALIZER" in [str(v).upper() for v in (getattr(ds, "ImageType", None) or [])]
     matrix = (int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0))
@@ -114,7 +123,7 @@ def _slices_of(path: Path) -> list[_Slice]:
 
 
 def _dicom_volume(files: list[Path], source: str) -> Volume:
-    slices = [s for f in files for s in _slices_of(f)]  # an unreadable header: a DicomError naming its file
+    slices, images = _read_files(files)  # an unreadable file: a DicomError naming it
     if not slices:
         raise DataError(source, "no DICOM images")
     first = slices[0]
@@ -152,30 +161,26 @@ def _dicom_volume(files: list[Path], source: str) -> Volume:
     else:
         dz = 1.0  # one slice: no step to measure
     dy, dx = first.spacing
-    hu = _read_pixels([s.name for s in slices])
+    hu = np.empty((len(images), *first.matrix), np.float32)
+    for k, i in enumerate(order):  # into place in slice order, each image freed as it goes: one volume's memory
+        hu[k], images[i] = images[i], None
     affine = np.eye(4)
     affine[:3, 0], affine[:3, 1], affine[:3, 2] = normal * dz, col * dy, row * dx  # (d, h, w) as stacked
     affine[:3, 3] = slices[0].position
     return _canonical(hu, affine, source, [s.name for s in slices])
 
 
-def _read_pixels(names) -> np.ndarray:
-    """Each slice's HU (its own rescale), read in parallel threads (pydicom's file reads and numpy's rescale release
-    the GIL), into one float32 (D, H, W) array."""
-    if len(names) < 4:
-        return np.stack([read_dicom_hu(n) for n in names]).astype(np.float32)
-    from concurrent.futures import ThreadPoolExecutor
+def _read_files(files: list[Path]) -> tuple[list[_Slice], list[np.ndarray]]:
+    """Every file read once (header and pixels together), in parallel threads (file reads and numpy's rescale release
+    the GIL), in file order."""
+    if len(files) < 4:
+        parts = [_read_file(f) for f in files]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
 
-    first = read_dicom_hu(names[0])
-    out = np.empty((len(names), *first.shape), np.float32)
-    out[0] = first
-
-    def fill(k):
-        out[k] = read_dicom_hu(names[k])  # matrices were checked equal from the headers
-
-    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-        list(pool.map(fill, range(1, len(names))))
-    return out
+        with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+            parts = list(pool.map(_read_file, files))
+    return [s for p in parts for s in p[0]], [i for p in parts for i in p[1]]
 
 
 def read_nifti(path) -> Volume:
