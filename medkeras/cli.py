@@ -130,32 +130,32 @@ def cv(config, folds, out, overrides, bag, resume, overwrite):
 def prepare(data, out, config, overrides, window, size, on_bad_file, workers, overwrite):
     """Decode DATA (folder, CSV manifest, .npz or bundled name) once into a streamable store at --out.
 
-    Train from it with `data.source: OUT`. DICOM is stored in HU when a window is set, so windows can change later.
+    Train from it with `data.source: OUT`. DICOM is stored in HU when a window is set, so windows can change later;
+    under a study config (model.input slab, series or volume) each study as its resampled HU volume.
 
     \b
     Examples:
       medkeras prepare ct_manifest.csv --out stores/ct --window lung
       medkeras prepare ct_manifest.csv --out stores/ct224 --window lung --size 224
+      medkeras prepare studies.csv --config lung-ct-study --out stores/studies
     """
-    from medkeras.config import load_config
+    import yaml
 
-    extra = [("data.source", data)]
+    from medkeras.config import is_study, load_config
+
+    extra = [("data.source", data)] + ([("data.on_bad_file", on_bad_file)] if on_bad_file is not None else [])
     if window is not None:
-        import yaml
-
         extra.append(("data.window", yaml.safe_load(window)))
-    if on_bad_file is not None:
-        extra.append(("data.on_bad_file", on_bad_file))
     cfg = load_config(config, [*overrides, *extra])
     _tf()
     from medkeras.data.prepare import prepare as run_prepare
 
-    summary = run_prepare(cfg.data, out, size=size, seed=cfg.train.seed, workers=workers, overwrite=overwrite)
+    summary = run_prepare(cfg.data, out, size, cfg.train.seed, workers, overwrite, studies=is_study(cfg))
     counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
-    kind = "HU" if summary["hu"] else "pixels"
+    kind, what = ("HU volumes", "studies") if summary["studies"] else ("HU" if summary["hu"] else "pixels", "files")
     click.echo(f"medkeras: prepared {out} ({counts}; {kind}; {summary['bytes'] / 2**20:.1f} MiB)")
     if summary["skipped"]:
-        click.echo(f"medkeras: skipped {summary['skipped']} unreadable files (listed in {Path(out) / 'bad_files.csv'})")
+        click.echo(f"medkeras: skipped {summary['skipped']} unreadable {what} (listed in {Path(out) / 'bad_files.csv'})")
 
 
 @cli.command("eval")

@@ -74,7 +74,7 @@ class Progress:
 
             self.bar = keras.utils.Progbar(total, unit_name=unit)
         else:
-            say(f"{what}: {total} {unit}s")
+            say(f"{what}: {total} {plural(unit)}")
 
     def update(self, done: int) -> None:
         self.done = done
@@ -85,7 +85,12 @@ class Progress:
         if now - self.last >= self.interval or done >= self.total:
             self.last = now
             share = 100.0 * done / max(self.total, 1)
-            say(f"{self.what}: {done}/{self.total} {self.unit}s ({share:.0f}%), {now - self.t0:.0f} s")
+            say(f"{self.what}: {done}/{self.total} {plural(self.unit)} ({share:.0f}%), {now - self.t0:.0f} s")
 
     def tick(self) -> None:
         self.update(self.done + 1)
+
+
+def plural(unit: str) -> str:
+    """"image" -> "images", "study" -> "studies"."""
+    return unit[:-1] + "ies" if unit.endswith("y") else unit + "s"

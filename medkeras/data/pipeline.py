@@ -20,7 +20,7 @@ from medkeras.data.resize import (
     resized_array,
     to_model_channels,
 )
-from medkeras.data.store import store_arrays, store_examples
+from medkeras.data.store import store_arrays, store_examples, study_examples
 from medkeras.data.types import Split
 from medkeras.errors import DataError
 from medkeras.progress import Progress
@@ -144,9 +144,14 @@ def study_batches(volumes, labels, data_cfg, batch_size: int, training: bool = F
     """Studies (N, D, H, W, C) read at `data.volume_size` (`studies.study_arrays`) -> batches of float32
     (B, D, H, W, 3) in [0, 255]: on the training split augmented with one draw per study (`augment3d.py`), a single
     window repeated to 3 channels at the end, as slices are."""
+    ds = gather_batches(volumes, labels, batch_size, shuffle=training, seed=seed, balanced=training and balanced)
+    return _study_batches_out(ds, data_cfg, training, seed, deterministic)
+
+
+def _study_batches_out(ds, data_cfg, training: bool, seed: int, deterministic: bool):
+    """Batches of studies, in memory or streamed -> augmented (training), 3 channels, prefetched."""
     from medkeras.data.augment3d import build_volume_augmenter
 
-    ds = gather_batches(volumes, labels, batch_size, shuffle=training, seed=seed, balanced=training and balanced)
     augmenter = build_volume_augmenter(data_cfg.augment, seed) if training else None
     if augmenter is not None:
         ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=None if deterministic else AUTOTUNE)
@@ -221,13 +226,22 @@ def stream_tf_dataset(split: Split, data_cfg, batch_size: int, training=False, s
     """A prepared-store split streamed as batches (never held in memory): files shuffled, then a bounded buffer."""
     import tensorflow as tf
 
-    ds = store_examples(split, data_cfg, data_cfg.image_size, shuffle=training, seed=seed, deterministic=deterministic)
+    if split.studies:  # one HU volume a record, windowed as it is read
+        ds = study_examples(split, data_cfg, shuffle=training, seed=seed, deterministic=deterministic)
+        per_item = int(np.prod(data_cfg.volume_size)) * len(data_cfg.window or [1]) * 4
+    else:
+        ds = store_examples(split, data_cfg, data_cfg.image_size, shuffle=training, seed=seed,
+                            deterministic=deterministic)
+        per_item = data_cfg.image_size**2 * max(split.channels or [3]) * 4
     if training and balanced:  # one filtered stream per class, drawn uniformly
         classes = np.unique(split.labels)
         ds = balanced_draws([ds.filter(lambda x, y, k=int(k): tf.equal(y, k)) for k in classes], seed).take(len(split))
     if training:
-        # Files are shuffled each epoch; the example buffer is capped at ~64 MiB so memory stays flat as data grows.
-        per_image = data_cfg.image_size**2 * max(split.channels or [3]) * 4
-        ds = ds.shuffle(min(len(split), max(256, 64 * 2**20 // per_image)), seed=seed, reshuffle_each_iteration=True)
+        # Files are shuffled each epoch; the example buffer is capped at ~64 MiB so memory stays flat as data grows
+        # (at least 256 images, or 8 studies: a study of 64 x 256 x 256 is 16 MiB).
+        least = 8 if split.studies else 256
+        ds = ds.shuffle(min(len(split), max(least, 64 * 2**20 // per_item)), seed=seed, reshuffle_each_iteration=True)
+    if split.studies:
+        return _study_batches_out(ds.batch(batch_size), data_cfg, training and augment, seed, deterministic)
     return augment_batches(ds.batch(batch_size), data_cfg, training and augment, seed, size_var, deterministic,
                            front and training)

@@ -12,6 +12,10 @@ predict and serving all window *then* resize, a sized store holds windowed pixel
 (training with other windows asks for a new prepare). Records are shuffled when written (TFDS' own global
 shuffle), so a series stored patient by patient still streams mixed. Patient IDs are stored only as the keyed
 form the sources produce. A failed or killed prepare leaves no store.
+
+Studies (`studies`, from a study config: `model.input: slab | series | volume`) are stored one record each: the HU
+volume read, resampled to `data.spacing` and cropped or padded to `data.volume_size` once (`studies.study_hu`), so
+`fit` streams them (memory flat) and windows them in the graph with any `data.window`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import numpy as np
 from medkeras.data.readers import hu_to_pixels, is_dicom, read_raw
 from medkeras.data.readers.dicom import is_encapsulated
 from medkeras.data.resize import resize_images
-from medkeras.data.sources import load_dataset
+from medkeras.data.studies import geometry, load_items, study_hu
 from medkeras.data.splits import content_hash
 from medkeras.data.store import INDEX, STORE_VERSION, is_store
 from medkeras.data.types import SPLITS, Dataset
@@ -78,12 +82,16 @@ def _bounded_map(fn, items, workers: int, processes: bool = False, window: int =
             yield pending.popleft().result()
 
 
-def _builder(dataset: Dataset, data_dir: str, windows, size, on_bad_file: str, workers: int, progress=None):
+def _builder(dataset: Dataset, data_dir: str, windows, size, on_bad_file: str, workers: int, progress=None,
+             geometry_cfg=None):
     """A `GeneratorBasedBuilder` over `dataset`'s files (or in-memory arrays), writing into `data_dir`.
 
     `progress()` is called once per item read (medkeras shows one bar; TFDS' own bars and prints are off).
+    `geometry_cfg` (spacing, volume_size): the splits hold studies, each stored as its resampled HU volume.
     """
     import tensorflow_datasets as tfds
+
+    studies = geometry_cfg is not None
 
     class MedkerasStore(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """Decoded medical images with labels, keyed patients and series, positions and content hashes."""
@@ -105,8 +113,8 @@ def _builder(dataset: Dataset, data_dir: str, windows, size, on_bad_file: str, w
                         # float32 (H, W, C): HU (C = 1) or pixels [0, 255]. Native slices are zlib'd (air
                         # compresses: half the disk); sized ones are raw bytes, read at memory speed (zlib's
                         # per-record inflate capped streaming at ~1,000 images/s on 2 cores).
-                        "image": tfds.features.Tensor(
-                            shape=(None, None, None), dtype=np.float32, encoding="bytes" if size else "zlib"
+                        "image": tfds.features.Tensor(  # a study: (D, H, W, 1) HU, zlib'd (air compresses)
+                            shape=(None,) * (4 if studies else 3), dtype=np.float32, encoding="bytes" if size else "zlib"
                         ),
                         "hu": tfds.features.Scalar(dtype=np.bool_),
                         "label": tfds.features.ClassLabel(names=list(dataset.class_names)),
@@ -146,7 +154,16 @@ def _builder(dataset: Dataset, data_dir: str, windows, size, on_bad_file: str, w
                 return (*finish(image[..., None] if image.ndim == 2 else image, False),
                         hashlib.sha1(array.tobytes()).hexdigest(), None)
 
-            if split.images is not None:
+            def load_study(i):
+                try:
+                    hu = study_hu(split.paths[i], *geometry_cfg)
+                except DataError as exc:
+                    return None, False, None, (exc.path, exc.cause)
+                return hu[..., None], True, hashlib.sha1(hu.tobytes()).hexdigest(), None
+
+            if studies:  # a few in flight: each is a whole volume
+                results = _bounded_map(load_study, range(len(split)), workers, window=2 * workers)
+            elif split.images is not None:
                 results = _bounded_map(load, range(len(split)), workers)
             else:  # files: read in worker processes where there are enough of them, windowed and resized here
                 jobs = [(str(p), bool(windows)) for p in split.paths]
@@ -180,9 +197,11 @@ def _builder(dataset: Dataset, data_dir: str, windows, size, on_bad_file: str, w
 
 
 def prepare(
-    data_cfg, out, size: int | None = None, seed: int = 42, workers: int = 4, overwrite: bool = False, verbose=True
+    data_cfg, out, size: int | None = None, seed: int = 42, workers: int = 4, overwrite: bool = False, verbose=True,
+    studies: bool = False,
 ) -> dict:
     """Decode `data_cfg.source` once into a store at `out`; returns a summary (counts, skipped files, bytes).
+    `studies`: the source's items are CT studies, stored as HU volumes at `data.spacing` / `data.volume_size`.
 
     Written into a temporary sibling directory and renamed into place: a failed or killed prepare leaves no store.
     """
@@ -190,21 +209,30 @@ def prepare(
     if out.exists() and any(out.iterdir()):
         if not (overwrite and is_store(out)):
             raise MedkerasError(f"{out}: exists and is not empty (choose another --out, or --overwrite a store)")
-    dataset = load_dataset(data_cfg, seed=seed)
+    volume = None
+    if studies:
+        if size is not None:
+            raise MedkerasError("prepare --size resizes images; studies are stored at data.volume_size")
+        volume = (geometry(data_cfg.spacing, "data.spacing"), geometry(data_cfg.volume_size, "data.volume_size", True))
+        if volume[1] is None:
+            raise MedkerasError("studies need data.volume_size [D, H, W] to be stored (one shape a batch)")
+    dataset = load_items(data_cfg, seed=seed, studies=studies)
     windows = data_cfg.window or []
-    hu = bool(windows) and size is None  # what the records hold: HU, or pixels (windowed when sized)
+    hu = studies or (bool(windows) and size is None)  # what the records hold: HU, or pixels (windowed when sized)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         import tensorflow_datasets as tfds
 
         tfds.display_progress_bar(False)
-        bar = Progress(sum(len(s) for s in dataset.splits.values()), "preparing", "image") if verbose else None
+        bar = (Progress(sum(len(s) for s in dataset.splits.values()), "preparing", "study" if studies else "image")
+               if verbose else None)
 
         def progress():
             bar.tick()
 
-        builder = _builder(dataset, str(tmp), windows, size, data_cfg.on_bad_file, workers, progress if bar else None)
+        builder = _builder(dataset, str(tmp), windows, size, data_cfg.on_bad_file, workers, progress if bar else None,
+                           volume)
         builder.download_and_prepare()
         shutil.rmtree(tmp / "downloads", ignore_errors=True)  # TFDS' empty download cache
         counts = {}
@@ -223,6 +251,9 @@ def prepare(
             "pixel_channels": sorted(builder.pixel_channels),
             "windows": windows if size is not None else None,  # baked into a sized store
             "size": size,
+            "studies": studies,
+            "spacing": volume[0] if studies else None,
+            "volume_size": volume[1] if studies else None,
             "counts": counts,
             "skipped": len(builder.bad),
         }

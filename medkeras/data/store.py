@@ -4,6 +4,10 @@ Layout: `DIR/medkeras_store/1.0.0/` (a TensorFlow Datasets dataset: sharded TFRe
 `DIR/index.json` (labels, keyed patient IDs, content hashes and item names per split, so loading a store never
 scans its records). Records hold Hounsfield units (a store prepared without `--size`: windowed here, in the graph,
 with whatever `data.window` is now) or pixels (windowed before the resize when prepared with `--size`).
+
+A store of CT studies (`prepare` under `model.input: slab | series | volume`) holds each study's HU volume
+(D, H, W, 1), resampled once to the `data.spacing` and `data.volume_size` it was prepared at (both recorded; a run
+with others is told to prepare again) and windowed here, in the graph, with whatever `data.window` is now.
 """
 
 from __future__ import annotations
@@ -48,6 +52,17 @@ def load_store(path, data_cfg) -> Dataset:
             path, f"the store was prepared at --size {index['size']} with windows {baked}: set data.window to them, "
             "or prepare again (a store without --size keeps HU and takes any window)"
         )
+    studies = bool(index.get("studies"))
+    if studies and getattr(data_cfg, "volume_size", None) is None:  # study configs always set it
+        raise DataError(path, "is a store of CT studies: read it with a study model (model.input: slab, series or "
+                              "volume, with data.volume_size)")
+    if studies:
+        for key, what in (("volume_size", "data.volume_size"), ("spacing", "data.spacing")):
+            want = getattr(data_cfg, key, None)
+            have = index.get(key)
+            if (None if want is None else [float(v) for v in want]) != (None if have is None else [float(v) for v in have]):
+                raise DataError(path, f"the store's studies were resampled at {key} {have}, not {what} {want}: set "
+                                      f"{what} to it, or prepare again")
     channels = set(index.get("pixel_channels", [3]))
     if index["hu"]:
         channels.add(len(windows))
@@ -66,6 +81,7 @@ def load_store(path, data_cfg) -> Dataset:
             keys=list(entry["keys"]),
             hashes=list(entry["hashes"]),
             channels=sorted(channels),
+            studies=studies,
         )
     return Dataset(name=path.name, class_names=list(class_names), splits=splits, positive_class=index["positive_class"])
 
@@ -105,18 +121,52 @@ def store_examples(split: Split, data_cfg, size: int, shuffle: bool = False, see
     return ds.map(to_pixels, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not shuffle)
 
 
+def study_examples(split: Split, data_cfg, shuffle: bool = False, seed: int = 42, with_keys=False,
+                   deterministic: bool = True):
+    """A tf.data.Dataset of (float32 (D, H, W, C) pixels in [0, 255], label) streamed from a store of studies: each
+    HU volume windowed in the graph (C = number of windows), as `studies.study_volume` windows a study it reads."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(split.store[0])
+    read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
+    ds = builder.as_dataset(split=split.store[1], shuffle_files=shuffle, read_config=read_config)
+    windows = data_cfg.window or []
+    shape = (*(int(v) for v in data_cfg.volume_size), len(windows))
+
+    def to_pixels(example):
+        pixels = tf.ensure_shape(hu_to_pixels(example["image"][..., 0], windows), shape)
+        return (pixels, example["label"], example["key"]) if with_keys else (pixels, example["label"])
+
+    return ds.map(to_pixels, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not shuffle)
+
+
+def store_volumes(split: Split, limit: int) -> list:
+    """The first `limit` HU volumes (D, H, W) of a store of studies, as stored (resampled, not windowed)."""
+    import tensorflow_datasets as tfds
+
+    ds = tfds.builder_from_directory(split.store[0]).as_dataset(split=split.store[1], shuffle_files=False)
+    return [example["image"].numpy()[..., 0] for example in ds.take(limit)]
+
+
 def store_arrays(split: Split, data_cfg, batch_size: int = 256):
-    """(images float32 (N, S, S, C), labels, names) of a store split held in memory (evaluation splits).
+    """(images float32 (N, S, S, C), labels, names) of a store split held in memory (evaluation splits); a store of
+    studies gives (N, D, H, W, C) volumes.
 
     Labels and names come from the records, in the store's (write-shuffled, fixed) order.
     """
     size = data_cfg.image_size
     images, labels, names = [], [], []
+    if split.studies:
+        examples, batch_size = study_examples(split, data_cfg, with_keys=True), 8
+    else:
+        examples = store_examples(split, data_cfg, size, with_keys=True)
     if len(split):
-        for x, y, k in store_examples(split, data_cfg, size, with_keys=True).batch(batch_size):
+        for x, y, k in examples.batch(batch_size):
             images.append(x.numpy())
             labels.append(y.numpy())
             names += [v.decode() for v in k.numpy()]
     if not images:
-        return np.zeros((0, size, size, 1), np.float32), np.zeros(0, np.int64), []
+        shape = (*data_cfg.volume_size, 1) if split.studies else (size, size, 1)
+        return np.zeros((0, *shape), np.float32), np.zeros(0, np.int64), []
     return np.concatenate(images), np.concatenate(labels).astype(np.int64), names

@@ -32,7 +32,7 @@ from medkeras.data.sources import (
     manifest_rows,
     split_column,
 )
-from medkeras.data.store import is_store
+from medkeras.data.store import is_store, load_store
 from medkeras.data.splits import split_groups, split_indices
 from medkeras.data.types import SPLITS, Dataset, Split
 from medkeras.errors import ConfigError, DataError
@@ -138,9 +138,15 @@ def load_study_manifest(path, cfg, seed=42) -> Dataset:
 def load_studies(cfg, seed=42) -> Dataset:
     """`data.source` (a folder of class folders of studies, or a study manifest) -> `Dataset` of studies."""
     path = Path(str(cfg.source)).expanduser()
-    if str(cfg.source) in BUNDLED or is_store(path):
+    if is_store(path):
+        ds = load_store(path, cfg)
+        if not any(split.studies for split in ds.splits.values()):
+            raise DataError(path, "is a store of images, not of studies: prepare the studies with the study config "
+                                  "(medkeras prepare SOURCE --config ... --out ...)")
+        return finish_dataset(ds, cfg, seed, str(cfg.source))
+    if str(cfg.source) in BUNDLED:
         raise DataError(cfg.source, "is a dataset of images; study models read a folder of class folders of series "
-                                    "or NIfTI files, or a study manifest")
+                                    "or NIfTI files, a study manifest, or a store of studies `medkeras prepare` wrote")
     if not path.exists():
         raise DataError(path, "data source not found")
     if path.is_dir():
@@ -177,16 +183,23 @@ def study_volume(path, windows, spacing=None, size=None):
     """One study -> float32 (D, H, W, C) pixels in [0, 255]: read, resampled, windowed (C = number of windows).
 
     `windows` as `data.window` takes them: "lung", [-600, 1500], or a list of presets or [level, width] pairs."""
-    from medkeras.data.volumes import resample_volume
     from medkeras.data.windows import apply_windows, parse_windows
 
     windows = parse_windows(windows)
     if not windows:
         raise ConfigError("studies need windows (data.window): CT volumes are windowed from HU")
+    return np.asarray(apply_windows(study_hu(path, spacing, size, numpy=False), windows)) * np.float32(255.0)
+
+
+def study_hu(path, spacing=None, size=None, numpy: bool = True):
+    """One study -> its HU volume (D, H, W) resampled to `spacing` and/or `size` (what a store of studies holds;
+    `numpy=False`: the TensorFlow tensor, for windowing in TF)."""
+    from medkeras.data.volumes import resample_volume
+
     spacing, size = geometry(spacing, "spacing"), geometry(size, "size", whole=True)
     volume = read_volume(path)
     hu, _ = resample_volume(volume.hu, volume.spacing, spacing, size)
-    return np.asarray(apply_windows(hu, windows)) * np.float32(255.0)
+    return hu.numpy() if numpy else hu
 
 
 def study_arrays(split: Split, windows, spacing=None, size=None, workers: int | None = None,
@@ -221,6 +234,10 @@ def study_arrays(split: Split, windows, spacing=None, size=None, workers: int | 
 
 def study_split_arrays(split: Split, data_cfg, on_bad_file: str = "fail"):
     """(volumes (N, D, H, W, C), labels, names, bad) of a study split, as `pipeline.split_arrays` gives slices."""
+    if split.store is not None:
+        from medkeras.data.store import store_arrays
+
+        return (*store_arrays(split, data_cfg), [])
     skipped = []
     volumes = study_arrays(split, data_cfg.window, data_cfg.spacing, data_cfg.volume_size, on_bad_file=on_bad_file,
                            skipped=skipped)

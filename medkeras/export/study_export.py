@@ -89,9 +89,12 @@ def study_facts(meta: dict) -> dict:
 
 
 def _validation_studies(loaded, limit: int = 4):
-    """(pixels (N, D, H, W, C), study paths) of the model's own validation (or test) studies; (None, []) where its
-    data is not here."""
-    from medkeras.data.studies import load_studies, study_split_arrays
+    """(pixels (N, D, H, W, C), up to two (HU (D, H, W), spacing, expected pixels) to serve as volumes) of the
+    model's own validation (or test) studies, read from their files (a store of studies: its resampled HU records);
+    (None, []) where its data is not here."""
+    from medkeras.data.readers import hu_to_pixels, read_volume
+    from medkeras.data.store import store_volumes
+    from medkeras.data.studies import load_studies, study_split_arrays, study_volume
 
     cfg = loaded.config
     if cfg is None:
@@ -99,26 +102,32 @@ def _validation_studies(loaded, limit: int = 4):
     try:
         dataset = load_studies(cfg.data, seed=cfg.train.seed)
         split = dataset.splits["val"] if len(dataset.splits["val"]) else dataset.splits["test"]
+        if split.store is not None:  # records: HU already at volume_size (spacing data.spacing, or any: resized)
+            hu = store_volumes(split, limit)
+            spacing = cfg.data.spacing or [1.0, 1.0, 1.0]
+            pixels = np.stack([hu_to_pixels(v, loaded.windows) for v in hu]) if hu else np.zeros((0,))
+            return (pixels, [(v, spacing, p) for v, p in zip(hu[:2], pixels)]) if hu else (None, [])
         split = split.take(range(min(limit, len(split))))
         pixels, _, _, bad = study_split_arrays(split, cfg.data, on_bad_file="skip")
     except MedkerasError:
         return None, []
     bad_names = {name for name, _ in bad}
-    paths = [p for p, n in zip(split.paths, split.names()) if n not in bad_names]
-    return (pixels, paths) if len(pixels) else (None, [])
+    paths = [p for p, n in zip(split.paths, split.names()) if n not in bad_names][:2]
+    volumes = [read_volume(p) for p in paths]
+    served = [(v.hu, v.spacing, study_volume(p, loaded.windows, loaded.meta.get("spacing"), loaded.volume_size))
+              for v, p in zip(volumes, paths)]
+    return (pixels, served) if len(pixels) else (None, [])
 
 
 def verify_study_export(path: Path, loaded, target=None) -> dict:
     """Both signatures of a study export, in a fresh process, against the Keras model on the same studies."""
-    from medkeras.data.readers import read_volume
     from medkeras.data.resize import to_model_channels
-    from medkeras.data.studies import study_volume
     from medkeras.export.verify import compared, served_in_fresh_process
     from medkeras.models.outputs import softmax
 
-    model, meta = loaded.scoring_model(), loaded.meta
-    size, spacing = loaded.volume_size, meta.get("spacing")
-    pixels, paths = _validation_studies(loaded)
+    model = loaded.scoring_model()
+    size = loaded.volume_size
+    pixels, volumes = _validation_studies(loaded)
     source = "validation studies"
     if pixels is None:
         channels = max(1, len(loaded.windows))
@@ -128,19 +137,18 @@ def verify_study_export(path: Path, loaded, target=None) -> dict:
     def keras_probs(batch):
         return softmax(np.asarray(model.predict(to_model_channels(batch).numpy(), verbose=0)), loaded.temperature)
 
-    volumes = [read_volume(p) for p in paths[:2]]
     expected = {
         "serving_default": keras_probs(pixels),
-        "serve_volume": (np.concatenate([keras_probs(study_volume(p, loaded.windows, spacing, size)[None])
-                                         for p in paths[:2]]) if paths else np.zeros((0, len(loaded.class_names)))),
+        "serve_volume": (keras_probs(np.stack([p for _, _, p in volumes])) if volumes
+                         else np.zeros((0, len(loaded.class_names)))),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        arrays = {f"hu{i}": np.asarray(v.hu, np.float32) for i, v in enumerate(volumes)}
-        arrays.update({f"spacing{i}": np.asarray(v.spacing, np.float32) for i, v in enumerate(volumes)})
+        arrays = {f"hu{i}": np.asarray(hu, np.float32) for i, (hu, _, _) in enumerate(volumes)}
+        arrays.update({f"spacing{i}": np.asarray(sp, np.float32) for i, (_, sp, _) in enumerate(volumes)})
         np.savez(Path(tmp) / "inputs.npz", pixels=pixels, count=len(volumes), **arrays)
         served = served_in_fresh_process(_SERVE, [path, Path(tmp) / "inputs.npz"], target or path)
     what = {"serving_default": f"pixels of {len(pixels)} {source}",
-            "serve_volume": f"HU and spacing of {len(volumes)} studies read from their files"}
+            "serve_volume": f"HU and spacing of {len(volumes)} studies read from their files or store"}
     diffs = compared(expected, served, what)
     return {"images": int(len(pixels)), "source": source, "max_abs_diff": max(diffs.values()), "signatures": diffs,
             "checked": what}

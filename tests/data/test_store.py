@@ -163,3 +163,66 @@ def test_a_test_only_manifest_prepares_and_a_run_evaluates_on_it(tmp_path, ct_ru
     with open(tmp_path / "ev" / "predictions.csv") as fh:
         names = [r["path"] for r in csv.DictReader(fh)]
     assert len(names) == len(set(names)) == 12  # two series' 1-01.dcm are two items
+
+
+def _study_cfg(source, **values):
+    return data_cfg(source=str(source), window="lung", image_size=32, volume_size=[4, 32, 32], **values)
+
+
+def test_a_store_of_studies_streams_what_the_series_give(tmp_path, ct_manifest):
+    from conftest import study_source
+
+    from medkeras.data.studies import load_studies, study_split_arrays
+
+    manifest = study_source(tmp_path / "ct", patients=4)  # real CT blocks laid out as TCIA lays them out
+    cfg = _study_cfg(manifest, spacing=[5.0, 14.0, 14.0])  # 512 px at 0.84 mm: 31 px, cropped and padded to 4 x 32
+    summary = prepare(cfg, tmp_path / "store", verbose=False, studies=True)
+    assert summary["studies"] and summary["counts"] == {"train": 8, "val": 4, "test": 4}
+    assert summary["volume_size"] == [4, 32, 32] and summary["spacing"] == [5.0, 14.0, 14.0]
+    stored_cfg = _study_cfg(tmp_path / "store", spacing=[5.0, 14.0, 14.0])
+    stored, listed = load_studies(stored_cfg), load_studies(cfg)
+    assert stored.splits["val"].studies and stored.class_names == listed.class_names == ["normal", "tumour"]
+    volumes, labels, names, _ = split_arrays(stored.splits["val"], stored_cfg)
+    expected, expected_labels, expected_names, _ = study_split_arrays(listed.splits["val"], cfg)
+    assert sorted(names) == sorted(expected_names) and volumes.shape == (4, 4, 32, 32, 1)
+    for volume, label, name in zip(volumes, labels, names):  # the same pixels as read from the series, by path
+        at = expected_names.index(name)
+        np.testing.assert_allclose(volume, expected[at], atol=1e-4)
+        assert label == expected_labels[at]
+    batches = list(stream_tf_dataset(stored.splits["train"], stored_cfg, 2, training=True))
+    assert {tuple(x.shape) for x, _ in batches} == {(2, 4, 32, 32, 3)}  # streamed, augmented, 3 channels
+    assert sorted(np.concatenate([y.numpy() for _, y in batches]).tolist()) == sorted(stored.splits["train"].labels)
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file())
+    assert b"Lung_Dx-B0001" not in raw  # patients only as keys
+    # a store read with other geometry, or by the wrong kind of model, is refused in one line naming it
+    with pytest.raises(DataError, match="resampled at volume_size"):
+        load_studies(data_cfg(source=str(tmp_path / "store"), window="lung", image_size=32, volume_size=[8, 32, 32],
+                              spacing=[5.0, 14.0, 14.0]))
+    with pytest.raises(DataError, match="resampled at spacing"):
+        load_studies(_study_cfg(tmp_path / "store"))
+    with pytest.raises(DataError, match="store of CT studies"):
+        load_dataset(data_cfg(source=str(tmp_path / "store"), window="lung", image_size=32))
+    prepare(data_cfg(source=str(ct_manifest), window="lung", image_size=32), tmp_path / "slices", verbose=False)
+    with pytest.raises(DataError, match="store of images, not of studies"):
+        load_studies(_study_cfg(tmp_path / "slices"))
+
+
+def test_prepare_cli_then_fit_and_export_a_study_model_from_the_store(tmp_path):
+    from conftest import study_source
+
+    manifest = study_source(tmp_path / "ct", patients=4)
+    model = ["--set", "model.input=series", "--set", "model.backbones=[cnn8_small]", "--set", "data.image_size=32",
+             "--set", "data.volume_size=[4, 32, 32]", "--set", "data.window=lung"]
+    result = run_cli("prepare", manifest, "--out", tmp_path / "store", *model, cwd=tmp_path / "ct")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "train 8, val 4, test 4; HU volumes" in result.stdout and "16 studies" in result.stdout + result.stderr
+    result = run_cli("fit", "--out", tmp_path / "run", "--set", f"data.source={tmp_path / 'store'}", *model,
+                     "--set", "train.epochs=1", "--set", "train.batch_size=2", "--set", "train.verbose=0",
+                     "--set", "eval.bootstrap=0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "run" / "predictions.csv")))
+    assert len(rows) == 4 and all(r["path"].startswith("patient-") and r["path"].count("/") == 2 for r in rows)
+    assert len(list(csv.DictReader(open(tmp_path / "run" / "attention.csv")))) == 4
+    result = run_cli("export", tmp_path / "run", "--out", tmp_path / "serving")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "serve_volume: HU and spacing of 2 studies" in result.stdout  # served == Keras on the store's studies
