@@ -27,6 +27,34 @@ def _parts(member):
     return preprocess, backbone, after
 
 
+def _feature_model(backbone, layer_name: str | None = None):
+    """(a model giving the backbone's feature map at `layer_name` (its last 4-D one by default) and its pooled
+    output, that layer's name)."""
+    import keras
+
+    name = layer_name or last_feature_layer(backbone)
+    return keras.Model(backbone.inputs, [backbone.get_layer(name).output, backbone.output]), name
+
+
+def _class_logit(logits, head, class_index):
+    """The head layers replayed on `logits`, then each row's logit of its `class_index`."""
+    import tensorflow as tf
+
+    for layer in head:
+        logits = layer(logits, training=False)
+    index = tf.convert_to_tensor(class_index, tf.int32)
+    return tf.gather(logits, index[:, None], axis=1, batch_dims=1)[:, 0]
+
+
+def _weighted_map(grads, fmap, size):
+    """Grad-CAM's map: the feature map weighted by its spatially averaged gradients, ReLU, resized to `size`."""
+    import tensorflow as tf
+
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))[..., None]
+    return tf.image.resize(cam, size, method="bilinear")[..., 0]
+
+
 def last_feature_layer(backbone) -> str:
     """Name of the backbone's last layer with a 4-D (B, h, w, c) output: where Grad-CAM looks."""
     for layer in reversed(backbone.layers):
@@ -40,30 +68,18 @@ class MemberCAM:
     """Grad-CAM for one member: `__call__(pixels, class_index) -> (B, S, S)` maps in [0, 1]."""
 
     def __init__(self, member, layer_name: str | None = None):
-        import keras
-
         self.preprocess, backbone, self.head = _parts(member)
-        name = layer_name or last_feature_layer(backbone)
-        self.features = keras.Model(backbone.inputs, [backbone.get_layer(name).output, backbone.output])
-        self.layer_name = name
+        self.features, self.layer_name = _feature_model(backbone, layer_name)
 
     def __call__(self, pixels, class_index):
         import tensorflow as tf
 
         pixels = tf.convert_to_tensor(pixels, tf.float32)
         with tf.GradientTape() as tape:
-            x = self.preprocess(pixels)
-            fmap, pooled = self.features(x, training=False)
+            fmap, pooled = self.features(self.preprocess(pixels), training=False)
             tape.watch(fmap)
-            logits = pooled
-            for layer in self.head:
-                logits = layer(logits, training=False)
-            index = tf.convert_to_tensor(class_index, tf.int32)
-            target = tf.gather(logits, index[:, None], axis=1, batch_dims=1)[:, 0]
-        grads = tape.gradient(target, fmap)
-        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-        cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))[..., None]
-        cam = tf.image.resize(cam, tf.shape(pixels)[1:3], method="bilinear")[..., 0]
+            target = _class_logit(pooled, self.head, class_index)
+        cam = _weighted_map(tape.gradient(target, fmap), fmap, tf.shape(pixels)[1:3])
         peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
         return (cam / tf.maximum(peak, 1e-12)).numpy()
 
@@ -80,8 +96,7 @@ class SeriesCAM:
 
         encoder = next(layer for layer in member.layers if isinstance(layer, keras.Model))
         self.preprocess, backbone, _ = _parts(encoder)
-        name = last_feature_layer(backbone)
-        self.features = keras.Model(backbone.inputs, [backbone.get_layer(name).output, backbone.output])
+        self.features, _ = _feature_model(backbone)
         self.pool = member.get_layer(ATTENTION_LAYER)
         self.head = member.layers[member.layers.index(self.pool) + 1:]
 
@@ -94,14 +109,8 @@ class SeriesCAM:
             fmap, pooled = self.features(self.preprocess(tf.reshape(studies, (-1, s, s, 3))), training=False)
             tape.watch(fmap)
             logits, _ = self.pool(tf.reshape(pooled, (b, d, -1)))
-            for layer in self.head:
-                logits = layer(logits, training=False)
-            index = tf.convert_to_tensor(class_index, tf.int32)
-            target = tf.gather(logits, index[:, None], axis=1, batch_dims=1)[:, 0]
-        grads = tape.gradient(target, fmap)
-        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-        cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1))[..., None]
-        cam = tf.reshape(tf.image.resize(cam, (s, s), method="bilinear")[..., 0], (b, d, s, s))
+            target = _class_logit(logits, self.head, class_index)
+        cam = tf.reshape(_weighted_map(tape.gradient(target, fmap), fmap, (s, s)), (b, d, s, s))
         peak = tf.reduce_max(cam, axis=(1, 2, 3), keepdims=True)
         return (cam / tf.maximum(peak, 1e-12)).numpy()
 
