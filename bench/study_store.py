@@ -6,10 +6,12 @@ disk), half labelled tumour; a manifest names them all train but two val and two
 - `memory`: what `fit` does without a store, the split read into one (N, D, H, W, C) array (`study_split_arrays`),
   then batches gathered from it;
 - `store`: `medkeras prepare` (timed, in this process) once per size, then the train split streamed
-  (`stream_tf_dataset`: records windowed in the graph, a bounded shuffle buffer of studies).
+  (`stream_tf_dataset`: records windowed in the graph, a bounded shuffle buffer of studies); again with glibc's
+  mmap threshold fixed at 1 MiB (`MALLOC_MMAP_THRESHOLD_`: glibc raises it after each large free, so freed
+  volumes stay in the heap instead of going back to the system).
 
     python -m bench.study_store --series ../shared/data/lung_pet_ct_dx_A0001/Lung_Dx-A0001/04-04-2007-NA-Chest-07990/2.000000-5mm-40805 \
-        --studies 8 --scale 10 --volume 48 160 160 --name study-store
+        --studies 16 --scales 1 5 10 --volume 48 160 160 --name study-store
 """
 
 from __future__ import annotations
@@ -69,14 +71,14 @@ def epoch(mode: str, source: str, volume, batch: int):
     return n, time.perf_counter() - t
 
 
-def child(mode: str, source: Path, volume, batch: int) -> dict:
-    """`epoch` in a fresh process; peak RSS from /proc (VmHWM)."""
+def child(mode: str, source: Path, volume, batch: int, env=None) -> dict:
+    """`epoch` in a fresh process (with `env` added to its environment); peak RSS from /proc (VmHWM)."""
     code = ("import sys; sys.path.insert(0, '.'); from bench import study_store as b;"
             f"n, s = b.epoch({mode!r}, {str(source)!r}, {list(volume)}, {batch});"
             "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1];"
             "print(n, s, int(hwm) / 1024)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}).stdout.split()
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}).stdout.split()
     return {"studies": int(out[-3]), "studies_per_s": round(int(out[-3]) / float(out[-2]), 3),
             "peak_rss_mib": round(float(out[-1]), 1)}
 
@@ -85,7 +87,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--series", required=True, help="a folder holding one real DICOM series")
     parser.add_argument("--studies", type=int, default=8, help="studies at 1x")
-    parser.add_argument("--scale", type=int, default=10)
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 10], help="multiples of --studies to run")
     parser.add_argument("--slices", type=int, default=32, help="slices per study")
     parser.add_argument("--volume", type=int, nargs=3, default=[48, 160, 160])
     parser.add_argument("--batch", type=int, default=2)
@@ -96,14 +98,17 @@ def main():
     load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for scale in (1, args.scale):
+        for scale in args.scales:
             n = args.studies * scale
             manifest = make_studies(Path(args.series), Path(tmp) / f"x{scale}", n, args.slices)
             t = time.perf_counter()
             prepare(study_cfg(manifest, args.volume), Path(tmp) / f"store{scale}", verbose=False, studies=True)
             prepared = time.perf_counter() - t
-            for mode, source in (("memory", manifest), ("store", Path(tmp) / f"store{scale}")):
-                row = {"scale": scale, "studies_total": n, "mode": mode, **child(mode, source, args.volume, args.batch)}
+            store = Path(tmp) / f"store{scale}"
+            for mode, source, env in (("memory", manifest, None), ("store", store, None),
+                                      ("store", store, {"MALLOC_MMAP_THRESHOLD_": str(2**20)})):
+                row = {"scale": scale, "studies_total": n, "mode": mode, **({"env": env} if env else {}),
+                       **child(mode, source, args.volume, args.batch, env)}
                 if mode == "store":
                     row["prepare_studies_per_s"] = round(n / prepared, 3)
                 rows.append(row)

@@ -155,7 +155,8 @@ def _study_batches_out(ds, data_cfg, training: bool, seed: int, deterministic: b
     augmenter = build_volume_augmenter(data_cfg.augment, seed) if training else None
     if augmenter is not None:
         ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=None if deterministic else AUTOTUNE)
-    return ds.map(lambda x, y: (to_model_channels(x), y)).prefetch(AUTOTUNE)
+    # two batches ahead, not AUTOTUNE: its buffer grows with the epoch, and a batch of studies is tens of MiB
+    return ds.map(lambda x, y: (to_model_channels(x), y)).prefetch(2)
 
 
 def gather_batches(images: np.ndarray, labels, batch_size: int, shuffle: bool = False, seed: int = 42,

@@ -129,7 +129,10 @@ def study_examples(split: Split, data_cfg, shuffle: bool = False, seed: int = 42
     import tensorflow_datasets as tfds
 
     builder = tfds.builder_from_directory(split.store[0])
-    read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
+    # Two shards at a time, one record from each in turn: TFDS' default (16 shards, 16 records from each) keeps up to
+    # 256 records in flight, which for volumes grew the peak with the split (+3.5 MiB a study; `bench.study_store`).
+    read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False, interleave_cycle_length=2,
+                                  interleave_block_length=1)
     ds = builder.as_dataset(split=split.store[1], shuffle_files=shuffle, read_config=read_config)
     windows = data_cfg.window or []
     shape = (*(int(v) for v in data_cfg.volume_size), len(windows))
