@@ -238,7 +238,8 @@ def _band_note(m) -> str:
 def _tta_words(scored) -> str:
     """How the split was scored: TTA off, or on with its flips; and whether that is what the model serves."""
     flips = scored.get("tta_flips") or []
-    words = f"TTA: mean over the image and its {' and '.join(flips)} flip{'s' if len(flips) > 1 else ''}" if flips \
+    item = "study" if scored.get("studies") else "image"
+    words = f"TTA: mean over the {item} and its {' and '.join(flips)} flip{'s' if len(flips) > 1 else ''}" if flips \
         else "TTA off"
     if scored.get("tta_as_served") is False:
         words += " (not as the model serves: predict and the export score it as trained)"
@@ -254,7 +255,9 @@ def write_report(out_dir, scored, dataset, cfg, meta, model=None, history_csv=No
     class_names = dataset.class_names
     pos = positive_index(class_names, dataset.positive_class)
     threshold = m.get("threshold", 0.5)
-    scored = {**scored, "image_size": meta.get("image_size", cfg.data.image_size)}
+    studies = meta.get("model_input", "slice") != "slice"  # a study model: each item a CT study
+    scored = {**scored, "image_size": meta.get("image_size", cfg.data.image_size), "studies": studies}
+    items = "studies" if studies else "images"
     warnings = list(m.get("notes", []))
     for note in ("temperature_note", "calibration_note", "bag_note"):  # said when the model was calibrated
         if meta.get(note):
@@ -263,9 +266,9 @@ def write_report(out_dir, scored, dataset, cfg, meta, model=None, history_csv=No
     figures = plots.draw_all(plot_dir, scored, class_names, pos, threshold, cfg.eval, history_csv)
     data_html = _data_section(dataset, warnings)
     if m["n"] < SMALL_TEST:
-        warnings.append(f"only {m['n']} images in the {scored['split']} split: intervals are wide, read them before the point values")
+        warnings.append(f"only {m['n']} {items} in the {scored['split']} split: intervals are wide, read them before the point values")
     if scored.get("bad_files"):
-        warnings.append(f"{len(scored['bad_files'])} unreadable files were skipped")
+        warnings.append(f"{len(scored['bad_files'])} unreadable {'studies' if studies else 'files'} were skipped")
     metric_rows = [[k, _with_ci(m, k)] for k in HEADLINE if k in m]
     level = int(round(100 * m.get("ci_level", 0.95)))
     sentence = ""
@@ -305,7 +308,8 @@ pre{{background:#f7f7f7;padding:10px;overflow:auto}}
 <h1>medkeras evaluation: {html.escape(str(dataset.name))} ({html.escape(scored['split'])} split)</h1>
 <p>Model: {html.escape(', '.join(meta.get('backbones', [])))} (config {html.escape(str(cfg.name))}) &middot; data:
 {html.escape(str(cfg.data.source))}
-&middot; image size {meta.get('image_size')} &middot; {html.escape(_tta_words(scored))}
+&middot; {f"volume size {meta.get('volume_size')}" if studies else f"image size {meta.get('image_size')}"}
+&middot; {html.escape(_tta_words(scored))}
 &middot; medkeras {html.escape(str(meta.get('medkeras_version')))}</p>
 {warn_html}
 <h2>Data</h2>{data_html}
@@ -316,7 +320,7 @@ pre{{background:#f7f7f7;padding:10px;overflow:auto}}
 {_levels_table(m, parse_rule(str(meta.get("threshold_rule", cfg.eval.threshold)))[0] == "fixed")}
 <h2>Calibration ({cfg.eval.ece_bins} bins)</h2>
 {_table(cal_rows, ["probabilities", "ECE", "ECE if perfectly calibrated (sampling floor)", "MCE", "Brier"])}
-<p>The floor is the mean ECE that predictions with these confidences would show on {m.get('n')} images if they were
+<p>The floor is the mean ECE that predictions with these confidences would show on {m.get('n')} {items} if they were
 perfectly calibrated: an ECE near it is as calibrated as this test set can tell.</p>
 <h2>Plots</h2>
 {''.join(_img(f) for f in figures)}
