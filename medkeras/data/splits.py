@@ -105,7 +105,8 @@ def pool_of(dataset, source="data"):
 
     train, val = dataset.splits["train"], dataset.splits["val"]
     if train.store is not None:
-        raise DataError(source, "cross-validation needs the images, not a prepared store: give the store's source")
+        items = "studies" if train.studies else "images"
+        raise DataError(source, f"cross-validation needs the {items}, not a prepared store: give the store's source")
 
     def named(split, prefix):
         if split.paths is None and split.keys is None:
