@@ -389,12 +389,13 @@ def study_source(root, patients: int = 4, positive: str = "tumour", splits: bool
 
 @pytest.fixture(scope="session")
 def study_run(tmp_path_factory):
-    """A real CT study model: `medkeras fit` of a series model (gated attention over 4 slices of 32 px) on
+    """A real CT study model: `medkeras fit` of a series model (gated attention over 4 slices of 32 px, three windows) on
     `study_source`'s TCIA-laid-out series, run from another folder, then exported. -> (run, export, manifest)."""
     root = tmp_path_factory.mktemp("study")
     manifest = study_source(root / "ct")
     result = run_cli(
-        "fit", "--out", root / "run", "--set", f"data.source={manifest}", "--set", "data.window=lung",
+        "fit", "--out", root / "run", "--set", f"data.source={manifest}",
+        "--set", "data.window=[lung, mediastinum, bone]",  # three windows: the channels as they are, no repeat
         "--set", "data.image_size=32", "--set", "data.volume_size=[4, 32, 32]", "--set", "model.input=series",
         "--set", "model.backbones=[cnn8_small]", "--set", "train.epochs=1", "--set", "train.batch_size=2",
         "--set", "train.verbose=0", "--set", "eval.bootstrap=0", cwd=tmp_path_factory.mktemp("elsewhere"),

@@ -38,7 +38,7 @@ from medkeras.data.studies import geometry, load_items, study_hu
 from medkeras.data.splits import content_hash
 from medkeras.data.store import INDEX, STORE_VERSION, is_store
 from medkeras.data.types import SPLITS, Dataset
-from medkeras.errors import DataError, MedkerasError
+from medkeras.errors import ConfigError, DataError, MedkerasError
 from medkeras.progress import Progress
 
 # Compressed DICOM files in a split from which reading goes to worker processes: the decoders hold the GIL (threads
@@ -212,7 +212,8 @@ def prepare(
     volume = None
     if studies:
         if size is not None:
-            raise MedkerasError("prepare --size resizes images; studies are stored at data.volume_size")
+            raise ConfigError(f"{data_cfg.source}: prepare --size resizes images; studies are stored at "
+                              "data.volume_size")
         volume = (geometry(data_cfg.spacing, "data.spacing"), geometry(data_cfg.volume_size, "data.volume_size", True))
         if volume[1] is None:
             raise MedkerasError("studies need data.volume_size [D, H, W] to be stored (one shape a batch)")

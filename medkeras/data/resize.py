@@ -47,12 +47,13 @@ def resize_to(images, size):
 
 
 def to_model_channels(images, channels: int = 3):
-    """Repeat a single grayscale channel to `channels`; pass 3-channel images through."""
+    """Repeat a single grayscale channel to `channels`; pass 3-channel images through (numpy in, a tensor out either
+    way: three windows gave callers back their numpy array, and `.numpy()` on it failed)."""
     import tensorflow as tf
 
     n = images.shape[-1]
     if n == channels:
-        return images
+        return tf.convert_to_tensor(images) if isinstance(images, np.ndarray) else images
     if n == 1:
         return tf.repeat(images, channels, axis=-1)
     raise ConfigError(f"images have {n} channels; the model takes {channels} (use 1 or 3 windows)")

@@ -61,8 +61,9 @@ def load_store(path, data_cfg) -> Dataset:
             want = getattr(data_cfg, key, None)
             have = index.get(key)
             if (None if want is None else [float(v) for v in want]) != (None if have is None else [float(v) for v in have]):
-                raise DataError(path, f"the store's studies were resampled at {key} {have}, not {what} {want}: set "
-                                      f"{what} to it, or prepare again")
+                raise DataError(path, f"the store's studies were prepared at {what} {_shown(have)}, the model reads "
+                                      f"{_shown(want)}: prepare the studies again at {_shown(want)} (or train at "
+                                      f"{_shown(have)})")
     channels = set(index.get("pixel_channels", [3]))
     if index["hu"]:
         channels.add(len(windows))
@@ -119,6 +120,11 @@ def store_examples(split: Split, data_cfg, size: int, shuffle: bool = False, see
         return (pixels, example["label"], example["key"]) if with_keys else (pixels, example["label"])
 
     return ds.map(to_pixels, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not shuffle)
+
+
+def _shown(values) -> str:
+    """A recorded geometry as a user sets it: [5, 1.5, 1.5], or null (none: resized to the volume size alone)."""
+    return "null (none)" if values is None else "[" + ", ".join(f"{float(v):g}" for v in values) + "]"
 
 
 def study_examples(split: Split, data_cfg, shuffle: bool = False, seed: int = 42, with_keys=False,

@@ -56,11 +56,24 @@ def study_header(path: Path, key_file=None):
     """(keyed patient, keyed series, masks) from a study's first DICOM file; (None, None, ()) for NIfTI."""
     if is_volume_file(path):
         return None, None, ()
+    if not path.exists():
+        raise DataError(path, "not found")
     first = path if path.is_file() else next((p for p in sorted(path.iterdir()) if p.is_file() and is_dicom(p)), None)
     if first is None:
         raise DataError(path, "holds no DICOM files: not a study")
     info = dicom_items(first, key_file)[0]  # an unreadable header: a DicomError naming the file
     return info.patient, info.series, tuple(info.masks)
+
+
+def _header_or_skip(path: Path, key_file, on_bad_file: str):
+    """`study_header`, or under `on_bad_file: skip` no header for a study that is missing or holds no DICOM: it is
+    kept, and skipped and counted where it is read, as a bad slice is."""
+    try:
+        return study_header(path, key_file)
+    except DataError:
+        if on_bad_file != "skip":
+            raise
+        return None, None, ()
 
 
 def _study_dataset(source, studies, label_names, split_col, patient_ids, cfg, seed, root) -> Dataset:
@@ -70,7 +83,7 @@ def _study_dataset(source, studies, label_names, split_col, patient_ids, cfg, se
     for k, c in enumerate(class_names):
         if not (labels == k).any():
             raise DataError(source, f"class '{c}' has no studies")
-    headers = [study_header(p, key_file) for p in studies]
+    headers = [_header_or_skip(p, key_file, cfg.on_bad_file) for p in studies]
     names = [str(p) for p in studies]
     if len(set(names)) != len(names):
         repeated = next(n for n in names if names.count(n) > 1)
@@ -121,7 +134,7 @@ def load_study_manifest(path, cfg, seed=42) -> Dataset:
     studies = []
     for line, row in enumerate(rows, start=2):
         study = (path.parent / row["path"]).resolve()
-        if not study.exists():
+        if not study.exists() and cfg.on_bad_file != "skip":  # under skip: skipped and counted where it is read
             raise DataError(path, f"line {line}: {row['path']} not found")
         if study.is_file() and not (is_volume_file(study) or is_dicom(study)):
             raise DataError(path, f"line {line}: {row['path']} is not a study (a series folder, a multi-frame "

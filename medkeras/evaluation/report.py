@@ -59,12 +59,12 @@ LEVEL_ROWS = ("auroc", "auprc", "sensitivity", "specificity", "ppv", "f1", "accu
               "brier", "ece")
 
 
-def _levels_table(m, fixed: bool = False) -> str:
-    """Slice, series and patient results side by side, each with its n, threshold and resampling."""
+def _levels_table(m, fixed: bool = False, item: str = "slice") -> str:
+    """Item (slice, or study), series and patient results side by side, each with its n, threshold and resampling."""
     levels = m.get("levels") or {}
     if not levels:
         return ""
-    columns = [("slice", m), *levels.items()]
+    columns = [(item, m), *levels.items()]
     rows = [[k, *[_with_ci(lm, k) for _, lm in columns]] for k in LEVEL_ROWS
             if any(k in lm or k in lm.get("intervals", {}) for _, lm in columns)]
     what = "threshold (fixed)" if fixed else "threshold (chosen on validation at this level)"
@@ -72,8 +72,9 @@ def _levels_table(m, fixed: bool = False) -> str:
     rows.append(["intervals", *[html.escape(str(lm.get("resampling", "none"))) for _, lm in columns]])
     header = ["metric", *[f"{name} (n = {lm.get('n')})" for name, lm in columns]]
     rule = html.escape(str(next(iter(levels.values())).get("rule", "mean")))
-    return ("<h3>By slice, series and patient</h3><p>A group's logits are its slices' combined by " + rule +
-            "; a group is positive if any slice is (or as its patient_label says).</p>" + _table(rows, header))
+    items = "studies'" if item == "study" else "slices'"
+    return (f"<h3>By {item}, series and patient</h3><p>A group's logits are its {items} combined by " + rule +
+            f"; a group is positive if any {item} is (or as its patient_label says).</p>" + _table(rows, header))
 
 
 def _img(path: Path, width=None) -> str:
@@ -317,7 +318,7 @@ pre{{background:#f7f7f7;padding:10px;overflow:auto}}
 {sentence}
 {_table(metric_rows, ["metric", f"value [{level}% CI]"])}
 {_per_class_table(m, class_names)}
-{_levels_table(m, parse_rule(str(meta.get("threshold_rule", cfg.eval.threshold)))[0] == "fixed")}
+{_levels_table(m, parse_rule(str(meta.get("threshold_rule", cfg.eval.threshold)))[0] == "fixed", "study" if studies else "slice")}
 <h2>Calibration ({cfg.eval.ece_bins} bins)</h2>
 {_table(cal_rows, ["probabilities", "ECE", "ECE if perfectly calibrated (sampling floor)", "MCE", "Brier"])}
 <p>The floor is the mean ECE that predictions with these confidences would show on {m.get('n')} {items} if they were

@@ -194,3 +194,23 @@ def test_a_batch_of_studies_resizes_in_the_graph_as_one_study_resamples():
         want, _ = resample_volume(batch[i, ..., 0], (5.0, 0.7, 0.7), size=(5, 48, 40))
         np.testing.assert_allclose(got[i, ..., 0], np.asarray(want), rtol=1e-5, atol=1e-3)
     np.testing.assert_array_equal(np.asarray(resize_volumes(batch, (2, 512, 512))), batch)
+
+
+def test_a_missing_or_empty_series_is_refused_or_under_skip_skipped_and_counted(tmp_path):
+    from conftest import study_source
+
+    from medkeras.data.pipeline import split_arrays
+
+    manifest = study_source(tmp_path / "ct", patients=3)
+    (tmp_path / "ct" / "empty" / "series").mkdir(parents=True)
+    with open(manifest, "a", newline="") as fh:
+        csv.writer(fh).writerows([[tmp_path / "ct" / "gone" / "series", "tumour", "train"],
+                                  [tmp_path / "ct" / "empty" / "series", "normal", "train"]])
+    with pytest.raises(DataError, match="line 14: .*gone/series not found"):
+        load_studies(data_cfg(source=str(manifest), window="lung", volume_size=[2, 16, 16]))
+    cfg = data_cfg(source=str(manifest), window="lung", volume_size=[2, 16, 16], on_bad_file="skip")
+    train = load_studies(cfg).splits["train"]
+    assert len(train) == 10  # kept until read: then skipped, each named with its cause
+    volumes, labels, names, bad = split_arrays(train, cfg, "skip")
+    assert len(volumes) == len(labels) == len(names) == 8
+    assert sorted(bad) == [("empty/series", "folder holds no DICOM files"), ("gone/series", "file not found")]

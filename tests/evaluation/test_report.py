@@ -150,6 +150,7 @@ def test_a_series_run_reports_the_slices_its_attention_weighed_with_their_grad_c
     report = (run / "report.html").read_text()
     assert "Grad-CAM" in report and "slice attention" not in report.split("Grad-CAM")[0][-40:]
     assert "volume size [4, 32, 32]" in report and "only 4 studies in the test split" in report  # said of studies
+    assert "By study, series and patient" in report and "By slice" not in report
     shown = re.findall(r"<figcaption>slice (\d): ([0-9.]+)</figcaption>", report)
     assert shown and len(shown) % 3 == 0  # the three slices each shown study weighed most
     loaded = open_model(run)
