@@ -24,6 +24,7 @@ NOT_HERE = {
     "data/chest_ct": "the user's chest CT folder",
     "ct_manifest.csv": "the user's CT manifest",
     "stores/ct224": "a store made from the user's CT",
+    "studies.csv": "the user's manifest of CT studies",
     "my_ct.yaml": "the user's own config",
     "train.strategy=multiworker": "several machines",
 }
