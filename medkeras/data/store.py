@@ -87,6 +87,15 @@ def load_store(path, data_cfg) -> Dataset:
     return Dataset(name=path.name, class_names=list(class_names), splits=splits, positive_class=index["positive_class"])
 
 
+def _records(split: Split, shuffle: bool = False, seed: int = 42, **read):
+    """A store split's records as TFDS reads them (files shuffled when `shuffle`; `read`: more `tfds.ReadConfig`)."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(split.store[0])
+    read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False, **read)
+    return builder.as_dataset(split=split.store[1], shuffle_files=shuffle, read_config=read_config)
+
+
 def store_examples(split: Split, data_cfg, size: int, shuffle: bool = False, seed: int = 42, with_keys=False,
                    deterministic: bool = True):
     """A tf.data.Dataset of (float32 [size, size, C] pixels in [0, 255], label) streamed from a store split.
@@ -96,11 +105,8 @@ def store_examples(split: Split, data_cfg, size: int, shuffle: bool = False, see
     as grayscale (the pipeline repeats it to 3 after augmentation, a third of the work), else with 3.
     """
     import tensorflow as tf
-    import tensorflow_datasets as tfds
 
-    builder = tfds.builder_from_directory(split.store[0])
-    read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
-    ds = builder.as_dataset(split=split.store[1], shuffle_files=shuffle, read_config=read_config)
+    ds = _records(split, shuffle, seed)
     windows = data_cfg.window or []
     out = 1 if split.channels == [1] else 3
 
@@ -132,14 +138,10 @@ def study_examples(split: Split, data_cfg, shuffle: bool = False, seed: int = 42
     """A tf.data.Dataset of (float32 (D, H, W, C) pixels in [0, 255], label) streamed from a store of studies: each
     HU volume windowed in the graph (C = number of windows), as `studies.study_volume` windows a study it reads."""
     import tensorflow as tf
-    import tensorflow_datasets as tfds
 
-    builder = tfds.builder_from_directory(split.store[0])
     # Two shards at a time, one record from each in turn: TFDS' default (16 shards, 16 records from each) keeps up to
     # 256 records in flight, which for volumes grew the peak with the split (+3.5 MiB a study; `bench.study_store`).
-    read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False, interleave_cycle_length=2,
-                                  interleave_block_length=1)
-    ds = builder.as_dataset(split=split.store[1], shuffle_files=shuffle, read_config=read_config)
+    ds = _records(split, shuffle, seed, interleave_cycle_length=2, interleave_block_length=1)
     windows = data_cfg.window or []
     shape = (*(int(v) for v in data_cfg.volume_size), len(windows))
 
@@ -152,10 +154,7 @@ def study_examples(split: Split, data_cfg, shuffle: bool = False, seed: int = 42
 
 def store_volumes(split: Split, limit: int) -> list:
     """The first `limit` HU volumes (D, H, W) of a store of studies, as stored (resampled, not windowed)."""
-    import tensorflow_datasets as tfds
-
-    ds = tfds.builder_from_directory(split.store[0]).as_dataset(split=split.store[1], shuffle_files=False)
-    return [example["image"].numpy()[..., 0] for example in ds.take(limit)]
+    return [example["image"].numpy()[..., 0] for example in _records(split).take(limit)]
 
 
 def store_arrays(split: Split, data_cfg, batch_size: int = 256):

@@ -94,7 +94,7 @@ def _validation_studies(loaded, limit: int = 4):
     (None, []) where its data is not here."""
     from medkeras.data.readers import hu_to_pixels, read_volume
     from medkeras.data.store import store_volumes
-    from medkeras.data.studies import load_studies, study_split_arrays, study_volume
+    from medkeras.data.studies import load_studies, study_split_arrays
 
     cfg = loaded.config
     if cfg is None:
@@ -112,10 +112,8 @@ def _validation_studies(loaded, limit: int = 4):
     except MedkerasError:
         return None, []
     bad_names = {name for name, _ in bad}
-    paths = [p for p, n in zip(split.paths, split.names()) if n not in bad_names][:2]
-    volumes = [read_volume(p) for p in paths]
-    served = [(v.hu, v.spacing, study_volume(p, loaded.windows, loaded.meta.get("spacing"), loaded.volume_size))
-              for v, p in zip(volumes, paths)]
+    paths = [p for p, n in zip(split.paths, split.names()) if n not in bad_names][:2]  # in the order of `pixels`
+    served = [(volume.hu, volume.spacing, pixels[k]) for k, volume in enumerate(map(read_volume, paths))]
     return (pixels, served) if len(pixels) else (None, [])
 
 

@@ -105,8 +105,7 @@ def read_dicom_hu(path) -> np.ndarray:
     Raises `DicomError` (a `ValueError`) naming the file for anything unreadable.
     """
     image, ds = _modality_values(path)
-    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
-        image = image.max() + image.min() - image
+    image = _brighter(image, ds)
     return image
 
 
@@ -125,8 +124,7 @@ def read_dicom_display(path) -> np.ndarray:
             image = np.asarray(apply_voi_lut(image, ds), dtype=np.float32)
         except Exception as exc:  # noqa: BLE001 - malformed VOI tags: fall back to the stored values
             warnings.warn(f"{Path(path).name}: VOI LUT not applied ({exc})", stacklevel=2)
-    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
-        image = image.max() + image.min() - image
+    image = _brighter(image, ds)
     return image
 
 
@@ -212,13 +210,19 @@ def _rescale(ds, index):
     return getattr(source, "RescaleSlope", None), getattr(source, "RescaleIntercept", None)
 
 
+def _brighter(image, ds):
+    """MONOCHROME1 (low values bright) inverted within its own range, so that higher always means brighter."""
+    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
+        return image.max() + image.min() - image
+    return image
+
+
 @named_errors
 def dataset_hu(ds, path, number=None) -> np.ndarray:
     """`read_dicom_hu` of a file already read whole (`dcmread(path)`; frame `number`, 1-based, of a multi-frame
     one): the file is not parsed again."""
     image, ds = _values_of(ds, Path(path), number)
-    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
-        image = image.max() + image.min() - image
+    image = _brighter(image, ds)
     return image
 
 
