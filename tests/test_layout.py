@@ -13,7 +13,7 @@ PACKAGE = ROOT / "medkeras"
 LAYERS = ("data", "models", "evaluation", "train", "export")
 # import name -> distribution, where they differ; extras are optional features (tracking, ONNX)
 DISTRIBUTIONS = {"PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn", "absl": "absl-py",
-                 "tensorflow_datasets": "tensorflow-datasets"}
+                 "tensorflow_datasets": "tensorflow-datasets", "cv2": "opencv-python-headless"}
 EXTRAS = {"mlflow", "tf2onnx", "onnx", "onnxruntime"}
 
 

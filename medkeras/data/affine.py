@@ -21,12 +21,16 @@ class RandomAffine(keras.layers.Layer):
     """Per-image random flip + rotation + zoom + translation about the image centre, resampled once (bilinear)."""
 
     def __init__(self, flip="horizontal", rotation=0.0, zoom=0.0, translation=0.0, fill_mode="reflect",
-                 fill_value=0.0, interpolation="bilinear", seed=None, **kwargs):
+                 fill_value=0.0, interpolation="bilinear", seed=None, kernel="tf", **kwargs):
         super().__init__(**kwargs)
         if flip not in ("none", "horizontal", "vertical", "horizontal_and_vertical"):
             raise ValueError(f"flip must be none, horizontal, vertical or horizontal_and_vertical, got {flip!r}")
         self.flip, self.rotation, self.zoom, self.translation = flip, float(rotation), float(zoom), float(translation)
         self.fill_mode, self.fill_value, self.interpolation, self.seed = fill_mode, float(fill_value), interpolation, seed
+        if kernel not in ("tf", "opencv"):
+            raise ValueError(f"kernel must be tf or opencv, got {kernel!r}")
+        # "opencv": the drawn transforms applied by `cpu_kernels.warp_affine` (tf.data on the CPU); "tf": TF's op
+        self.kernel = kernel
         self.generator = keras.random.SeedGenerator(seed)
         self.supports_masking = False
 
@@ -54,11 +58,25 @@ class RandomAffine(keras.layers.Layer):
             return images
         shape = ops.shape(images)
         transform = self.transforms(shape[0], shape[1], shape[2])
+        if self.kernel == "opencv" and self.fill_mode != "wrap":  # TF's wrap has its own period: kept on TF
+            return ops.cast(self._opencv(images, transform), images.dtype)
         out = ops.image.affine_transform(
             ops.cast(images, "float32"), transform, interpolation=self.interpolation, fill_mode=self.fill_mode,
             fill_value=self.fill_value, data_format="channels_last",
         )
         return ops.cast(out, images.dtype)
+
+    def _opencv(self, images, transform):
+        import tensorflow as tf
+
+        from medkeras.data.cpu_kernels import warp_affine
+
+        def warp(x, t):
+            return warp_affine(x, t, self.interpolation, self.fill_mode, self.fill_value)
+
+        images = tf.cast(images, tf.float32)
+        out = tf.numpy_function(warp, [images, tf.cast(transform, tf.float32)], tf.float32, stateful=False)
+        return tf.ensure_shape(out, images.shape)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -67,7 +85,7 @@ class RandomAffine(keras.layers.Layer):
         return {
             **super().get_config(), "flip": self.flip, "rotation": self.rotation, "zoom": self.zoom,
             "translation": self.translation, "fill_mode": self.fill_mode, "fill_value": self.fill_value,
-            "interpolation": self.interpolation, "seed": self.seed,
+            "interpolation": self.interpolation, "seed": self.seed, "kernel": self.kernel,
         }
 
 

@@ -30,11 +30,12 @@ def _sometimes(layer, probability: float, seed: int):
     return Sometimes(name=f"sometimes_{layer.name}")
 
 
-def build_augmenter(aug_cfg, seed: int):
+def build_augmenter(aug_cfg, seed: int, kernel: str = "tf"):
     """A Keras Sequential of the configured augmentation layers (None when every factor is off).
 
     Keras core layers (keras-cv is frozen upstream), except flip/rotation/zoom/translation, fused into one
-    `RandomAffine` (same factors, one resampling pass); CLAHE is applied to a random share of images.
+    `RandomAffine` (same factors, one resampling pass); CLAHE is applied to a random share of images. `kernel`
+    ("tf" or "opencv", `cpu_kernels.py`) is what resamples the drawn transforms: the draws are the same either way.
     """
     import keras
 
@@ -50,7 +51,8 @@ def build_augmenter(aug_cfg, seed: int):
     if aug_cfg.flip != "none" or aug_cfg.rotation > 0 or aug_cfg.zoom > 0 or aug_cfg.translation > 0:
         # One resampling for all four (Keras' four layers resampled four times: 3.6x slower at 224 px)
         layers.append(RandomAffine(aug_cfg.flip, aug_cfg.rotation, aug_cfg.zoom, aug_cfg.translation,
-                                   fill_mode=aug_cfg.fill_mode, seed=seed, name="flip_rotate_zoom_translate", **f32))
+                                   fill_mode=aug_cfg.fill_mode, seed=seed, kernel=kernel,
+                                   name="flip_rotate_zoom_translate", **f32))
     if aug_cfg.brightness > 0:
         layers.append(keras.layers.RandomBrightness(aug_cfg.brightness, value_range=(0, 255), seed=seed + 4, **f32))
     if aug_cfg.contrast > 0:

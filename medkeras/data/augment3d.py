@@ -23,14 +23,15 @@ def check_volume_augment(aug_cfg) -> None:
                           f"({', '.join(f'data.augment.{k}' for k in SLICE_ONLY)} work slice by slice)")
 
 
-def build_volume_augmenter(aug_cfg, seed: int):
-    """A Keras layer augmenting (B, D, H, W, C) volumes in [0, 255], or None when every factor is off."""
+def build_volume_augmenter(aug_cfg, seed: int, kernel: str = "tf"):
+    """A Keras layer augmenting (B, D, H, W, C) volumes in [0, 255], or None when every factor is off; `kernel` as
+    in `build_augmenter` (OpenCV resamples the slices 4 channels at a time)."""
     import keras
 
     from medkeras.data.augment import build_augmenter
 
     check_volume_augment(aug_cfg)
-    planar = build_augmenter(aug_cfg, seed)
+    planar = build_augmenter(aug_cfg, seed, kernel)
     if planar is None:
         return None
 

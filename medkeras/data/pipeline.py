@@ -2,7 +2,8 @@
 
 Files are decoded once through the readers (plain DICOM in the graph, the rest in threads, with a progress bar)
 into one array at the training size, which batches are gathered from by index; augmentation runs on batches with
-Keras' own layers, on the training split only. Resizing is `resize.py`'s, the rule predict and serving follow.
+Keras' own layers (their transforms resampled by OpenCV where it is installed: `cpu_kernels.py`), on the training
+split only. Resizing is `resize.py`'s, the rule predict and serving follow.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from medkeras.data.augment import augment_pixels, build_augmenter
+from medkeras.data.cpu_kernels import pipeline_kernel
 from medkeras.data.readers import decode_dicom_graph, is_dicom, read_image
 from medkeras.data.resize import (
     resize_dynamic,
@@ -152,7 +154,7 @@ def _study_batches_out(ds, data_cfg, training: bool, seed: int, deterministic: b
     """Batches of studies, in memory or streamed -> augmented (training), 3 channels, prefetched."""
     from medkeras.data.augment3d import build_volume_augmenter
 
-    augmenter = build_volume_augmenter(data_cfg.augment, seed) if training else None
+    augmenter = build_volume_augmenter(data_cfg.augment, seed, kernel=pipeline_kernel()) if training else None
     if augmenter is not None:
         ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=None if deterministic else AUTOTUNE)
     # two batches ahead, not AUTOTUNE: its buffer grows with the epoch, and a batch of studies is tens of MiB
@@ -209,7 +211,7 @@ def augment_batches(ds, data_cfg, augment: bool = False, seed: int = 42, size_va
     """
     if front:
         return ds.prefetch(AUTOTUNE)
-    augmenter = build_augmenter(data_cfg.augment, seed) if augment else None
+    augmenter = build_augmenter(data_cfg.augment, seed, kernel=pipeline_kernel()) if augment else None
     if augmenter is not None:
         # `deterministic`: one batch at a time, so the layers' random draws follow the batch order: the same seed
         # gives the same run (in parallel, batches drew from the shared generators in whatever order they ran).

@@ -1,0 +1,85 @@
+"""OpenCV's resampling kernel for the training augmentation when it runs in tf.data on the CPU.
+
+The random draws stay in the Keras layers (`affine.RandomAffine`): only the
+kernel that applies a drawn transform changes, so a seed gives the same transforms on either kernel and the two
+agree to interpolation error (tested on real CT and ultrasound). OpenCV releases the GIL inside its kernels, so
+the images of a batch are spread over a small thread pool. Where the augmentation runs on the model's device
+(`data.augment_on: model`) the TF ops stay: they are what a GPU runs.
+
+Measured here (`python -m bench.augment`): see bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+
+import numpy as np
+
+# TF's fill modes (ImageProjectiveTransformV3) as OpenCV borders: reflect is (d c b a | a b c d), edge repeated
+# (TF's wrap repeats with a period of W - 1, not W: no OpenCV border matches it, so RandomAffine keeps it on TF)
+_BORDERS = {"constant": "BORDER_CONSTANT", "reflect": "BORDER_REFLECT", "nearest": "BORDER_REPLICATE"}
+
+
+@lru_cache(maxsize=1)
+def opencv():
+    """The cv2 module, or None where OpenCV is not installed (the TF kernels are used then)."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    cv2.setNumThreads(1)  # one image per pool thread: OpenCV's own row split only adds handoffs at these sizes
+    return cv2
+
+
+def pipeline_kernel() -> str:
+    """The kernel for augmentation in tf.data on the CPU: "opencv" where OpenCV imports (3.6-3.8x TF's resampler
+    on 224 px CT here), else "tf". The model's front (`augment.training_front`) always runs TF's ops."""
+    return "opencv" if opencv() is not None else "tf"
+
+
+@lru_cache(maxsize=1)
+def _pool():
+    return ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="medkeras-cv")
+
+
+def _each(fn, n: int):
+    """fn(i) for every image of a batch, spread over the pool (OpenCV's kernels run without the GIL)."""
+    if n < 4:
+        for i in range(n):
+            fn(i)
+        return
+    list(_pool().map(fn, range(n)))
+
+
+def _planes(image: np.ndarray):
+    """(H, W, C) -> views of at most 4 channels, the most OpenCV's remap takes at once."""
+    if image.shape[-1] == 1:
+        return [(slice(0, 1), image[..., 0])]
+    return [(slice(c, c + 4), image[..., c:c + 4]) for c in range(0, image.shape[-1], 4)]
+
+
+def warp_affine(images: np.ndarray, transforms: np.ndarray, interpolation: str = "bilinear",
+                fill_mode: str = "reflect", fill_value: float = 0.0) -> np.ndarray:
+    """float32 (B, H, W, C) images resampled at TF's projective transforms (B, 8) (affine: the last two are 0).
+
+    Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2), integer pixel centres, as
+    ImageProjectiveTransformV3 does; `cv2.warpAffine` with WARP_INVERSE_MAP takes exactly that matrix.
+    """
+    cv2 = opencv()
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    out = np.empty_like(images)
+    flags = (cv2.INTER_LINEAR if interpolation == "bilinear" else cv2.INTER_NEAREST) | cv2.WARP_INVERSE_MAP
+    border = getattr(cv2, _BORDERS[fill_mode])
+    height, width = images.shape[1:3]
+    matrices = np.asarray(transforms, dtype=np.float64)[:, :6].reshape(-1, 2, 3)
+
+    def one(i):
+        for where, plane in _planes(images[i]):
+            warped = cv2.warpAffine(plane, matrices[i], (width, height), flags=flags, borderMode=border,
+                                    borderValue=fill_value)
+            out[i, ..., where] = warped.reshape(height, width, -1)
+
+    _each(one, len(images))
+    return out
