@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,9 @@ VARIANTS = {
     "epochs20": ["--set", "train.epochs=20"],
     "epochs15": ["--set", "train.epochs=15"],
     "before": [],  # the demo run by the checkout given with --before
+    "onednn_off": [],  # TensorFlow without oneDNN's CPU kernels (its default on CPUs without AVX-512)
 }
+ENV = {"onednn_off": {"TF_ENABLE_ONEDNN_OPTS": "0"}}
 TREES: dict = {}
 
 
@@ -44,6 +47,7 @@ def run(variant: str, workdir: Path, index: int = 0) -> dict:
         capture_output=True,
         text=True,
         cwd=TREES.get(variant),  # `python -m` puts the working directory first on the path
+        env={**os.environ, **ENV.get(variant, {})},
     )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:

@@ -244,6 +244,8 @@ def main(argv=None):
     from medkeras.config import DataConfig
     from medkeras.data.prepare import prepare
 
+    load = [os.getloadavg()[0]]
+    print(f"load average before: {load[0]:.2f}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="medkeras-bench-"))
     m1 = manifest(args.source.resolve(), work / "x1.csv", args.repeat)
     rows = list(csv.DictReader(open(m1)))
@@ -309,7 +311,9 @@ def main(argv=None):
 
     from bench.common import save
 
-    path = save("pipeline", {
+    load.append(os.getloadavg()[0])
+    print(f"load average after: {load[1]:.2f}")
+    path = save("pipeline", {"load": load,
         "items_per_epoch": len(paths), "size": args.size, "batch": args.batch,
         "prepare_images_per_s": {"sized": prepare_sized, "native": prepare_native},
         "throughput": table, "stall": stall_result, "memory": memory,

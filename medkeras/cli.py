@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from medkeras.errors import ConfigError, MedkerasError, one_line
+from medkeras.progress import counted
 
 _DEBUG = {"on": False}
 
@@ -152,10 +153,10 @@ def prepare(data, out, config, overrides, window, size, on_bad_file, workers, ov
 
     summary = run_prepare(cfg.data, out, size, cfg.train.seed, workers, overwrite, studies=is_study(cfg))
     counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
-    kind, what = ("HU volumes", "studies") if summary["studies"] else ("HU" if summary["hu"] else "pixels", "files")
+    kind, what = ("HU volumes", "study") if summary["studies"] else ("HU" if summary["hu"] else "pixels", "file")
     click.echo(f"medkeras: prepared {out} ({counts}; {kind}; {summary['bytes'] / 2**20:.1f} MiB)")
     if summary["skipped"]:
-        click.echo(f"medkeras: skipped {summary['skipped']} unreadable {what} (listed in {Path(out) / 'bad_files.csv'})")
+        click.echo(f"medkeras: skipped {counted(summary['skipped'], 'unreadable ' + what)} (listed in {Path(out) / 'bad_files.csv'})")
 
 
 @cli.command("eval")
@@ -215,9 +216,7 @@ def export(model, base, name, version, fmt):
         result = export_savedmodel(model, base, name=name, version=version)
         what = "probabilities"
     check = result["verification"]
-    click.echo(
-        f"verified on {check['images']} {check['source']}: max |served - keras| {what} = {check['max_abs_diff']:.2e}"
-    )
+    click.echo(f"verified on {check['images']} {check['source']}: max |served - keras| {what} = {check['max_abs_diff']:.2e}")
     for signature, diff in check.get("signatures", {}).items():
         click.echo(f"  {signature}: {check['checked'][signature]}: {diff:.2e}")
     click.echo(f"exported {result['path']} in {result['seconds']} s")
@@ -247,9 +246,9 @@ def predict_cmd(model, inputs, out, on_bad_file, batch_size, redact_paths):
     for path, cause in result["skipped"]:
         click.echo(f"medkeras: skipped {path}: {cause}", err=True)
     if result["skipped"]:
-        click.echo(f"medkeras: skipped {len(result['skipped'])} unreadable {result['unit']}", err=True)
+        click.echo(f"medkeras: skipped {counted(len(result['skipped']), 'unreadable ' + result['unit'])}", err=True)
     if out:
-        click.echo(f"scored {result['scored']} {result['unit']} -> {out}", err=True)
+        click.echo(f"scored {counted(result['scored'], result['unit'])} -> {out}", err=True)
 
 
 @cli.command()

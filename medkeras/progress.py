@@ -94,3 +94,10 @@ class Progress:
 def plural(unit: str) -> str:
     """"image" -> "images", "study" -> "studies"."""
     return unit[:-1] + "ies" if unit.endswith("y") else unit + "s"
+
+
+def counted(n: int, unit) -> str:
+    """"1 unreadable study", "2 unreadable studies": `n` and `unit` agreeing; `unit` is the singular, or a
+    (singular, plural) pair where `plural` cannot spell it."""
+    one, many = unit if isinstance(unit, tuple) else (unit, plural(unit))
+    return f"{n} {one if n == 1 else many}"

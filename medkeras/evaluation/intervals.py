@@ -16,6 +16,7 @@ from sklearn import metrics as skm
 
 from medkeras.evaluation.calibration import brier_score, expected_calibration_error, maximum_calibration_error
 from medkeras.models.outputs import positive_index
+from medkeras.progress import counted
 
 MIN_CASES = 10  # fewer positives (or negatives, ...) than this and a figure gets a note instead of an interval
 
@@ -165,11 +166,6 @@ def bootstrap_intervals(labels, probs, class_names, positive_class=None, thresho
     cases = _cases(labels, probs, class_names, positive_class, threshold)
     return {k: estimate(value, samples[k], *cases.get(k, cases.get("_all", (len(labels), ("case", "cases")))),
                         len(draws.indices), level) for k, value in point.items()}
-
-
-def counted(count: int, what) -> str:
-    """`3 positives`, `1 positive`: `what` is (singular, plural)."""
-    return f"{count} {what[0] if count == 1 else what[1]}"
 
 
 def estimate(value, resampled, count: int, what, draws: int, level: float = 0.95) -> dict:

@@ -16,9 +16,9 @@ import numpy as np
 import yaml
 
 from medkeras.evaluation import plots
-from medkeras.evaluation.intervals import counted
 from medkeras.evaluation.thresholds import parse_rule
 from medkeras.models.outputs import positive_index
+from medkeras.progress import counted
 from medkeras.utils import atomic_write_text
 
 HEADLINE = ("auroc", "auprc", "accuracy", "balanced_accuracy", "f1", "f1_macro", "sensitivity", "specificity", "ppv",
@@ -269,7 +269,8 @@ def write_report(out_dir, scored, dataset, cfg, meta, model=None, history_csv=No
     if m["n"] < SMALL_TEST:
         warnings.append(f"only {m['n']} {items} in the {scored['split']} split: intervals are wide, read them before the point values")
     if scored.get("bad_files"):
-        warnings.append(f"{len(scored['bad_files'])} unreadable {'studies' if studies else 'files'} were skipped")
+        n = len(scored["bad_files"])
+        warnings.append(f"{counted(n, 'unreadable study' if studies else 'unreadable file')} {'was' if n == 1 else 'were'} skipped")
     metric_rows = [[k, _with_ci(m, k)] for k in HEADLINE if k in m]
     level = int(round(100 * m.get("ci_level", 0.95)))
     sentence = ""

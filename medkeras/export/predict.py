@@ -127,4 +127,4 @@ def predict(model_path, inputs, out=None, on_bad_file="fail", batch_size=32, pro
             tmp.write_text(buf.getvalue())
     groups = write_groups(out, scorer, rows) if keys and out is not None else []
     return {"scored": len(rows), "skipped": bad, "out": str(out) if out else None, "groups": groups,
-            "unit": "studies" if studies else "files"}
+            "unit": "study" if studies else "file"}

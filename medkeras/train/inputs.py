@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medkeras.errors import MedkerasError
+from medkeras.progress import counted
 
 
 @dataclass
@@ -60,8 +61,8 @@ def _decode_splits(cfg, dataset, run_dir):
         bad += [(split, p, c) for p, c in skipped]
     if bad:
         write_rows(run_dir / "bad_files.csv", ["split", "path", "cause"], bad)
-        what = "studies" if dataset.splits["train"].studies else "files"
-        print(f"medkeras: skipped {len(bad)} unreadable {what} (listed in {run_dir / 'bad_files.csv'})")
+        what = "study" if dataset.splits["train"].studies else "file"
+        print(f"medkeras: skipped {counted(len(bad), 'unreadable ' + what)} (listed in {run_dir / 'bad_files.csv'})")
     for split in ("train", "val"):
         if len(arrays[split][1]) == 0:
             raise MedkerasError(f"{cfg.data.source}: the {split} split is empty after reading")

@@ -33,6 +33,35 @@ def test_graph_dicom_decode_equals_pydicom_exactly(dicom_variants, window):
         np.testing.assert_array_equal(resized[i], resize_images(read_image(path, windows), 64).numpy())
 
 
+def test_a_dicom_header_is_parsed_once_from_listing_to_decoding(tmp_path, monkeypatch):
+    """Listing a source notes each plain file's pixel layout from the header it reads; decoding takes it without
+    parsing the file again, while the file is unchanged. A file rewritten since (TCIA names every series' first
+    slice 1-01.dcm: the same path can hold another slice) is parsed afresh."""
+    import shutil
+
+    from medkeras.data.readers import dicom_layout, dicom_tags
+
+    names = ("1-01.dcm", "1-13.dcm")
+    for name in names:
+        shutil.copy(LUNG / name, tmp_path / name)
+    expected = {name: dicom_layout.pixel_layout(tmp_path / name) for name in names}
+    dicom_layout._NOTED.clear()
+    for name in names:
+        dicom_tags.dicom_items(tmp_path / name)
+    parses = []
+    real = dicom_layout.dcmread
+    monkeypatch.setattr(dicom_layout, "dcmread", lambda *a, **k: parses.append(a[0]) or real(*a, **k))
+    assert {name: dicom_layout.pixel_layout(tmp_path / name) for name in names} == expected and parses == []
+    import os
+
+    before = (tmp_path / "1-01.dcm").stat().st_mtime_ns
+    (tmp_path / "1-01.dcm").write_bytes((LUNG / "1-14.dcm").read_bytes())  # another slice under the same name
+    os.utime(tmp_path / "1-01.dcm", ns=(before + 10**9, before + 10**9))  # a second later (the clock's tick is coarse)
+    assert dicom_layout.pixel_layout(tmp_path / "1-01.dcm") == dicom_layout.layout_of(real(LUNG / "1-14.dcm",
+                                                                                           defer_size=1024), LUNG / "1-14.dcm")
+    assert parses == [tmp_path / "1-01.dcm"]
+
+
 def test_image_kinds_are_read_not_refused(tmp_path, breast):
     base = breast.splits["train"].images[0]
     rgba = tmp_path / "rgba.png"

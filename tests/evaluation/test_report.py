@@ -117,9 +117,10 @@ def test_plots_count_epochs_as_the_log_does_and_bins_show_their_counts(tiny_run,
 
 
 def test_counts_agree_in_number():
-    from medkeras.evaluation.intervals import counted
+    from medkeras.progress import counted
 
     assert counted(1, ("positive", "positives")) == "1 positive" and counted(3, ("positive", "positives")) == "3 positives"
+    assert counted(1, "unreadable study") == "1 unreadable study" and counted(2, "study") == "2 studies"
     one = Draws(4, 10, seed=0, groups=["p", "p", "p", "p"])
     assert one.method == "cluster bootstrap over 1 patient (10 resamples)"
     two = Draws(4, 10, seed=0, groups=["p", "p", "q", "q"])

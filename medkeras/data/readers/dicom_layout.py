@@ -1,8 +1,15 @@
 """Where a plain DICOM keeps its pixels, for the graph decoder (`graph.decode_dicom_graph`): pydicom parses the
-header only, TensorFlow reads the bytes. Everything that is not plain goes through `dicom.py`."""
+header only, TensorFlow reads the bytes. Everything that is not plain goes through `dicom.py`.
+
+A header is parsed once per file: listing a source (`dicom_tags.dicom_items`) notes each file's layout from the
+header it has already read (`note_layout`), and decoding takes it from there while the file is unchanged (same
+size and modification time); a file decoded without being listed is parsed here.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from medkeras.data.readers.dicom import dcmread
@@ -13,6 +20,27 @@ _NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 # (BitsAllocated, PixelRepresentation) -> what tf.io.decode_raw reads (it has no uint32: those go through pydicom)
 _DTYPES = {(8, 0): "uint8", (8, 1): "int8", (16, 0): "uint16", (16, 1): "int16", (32, 1): "int32"}
 PIXEL_DTYPES = tuple(_DTYPES.values())
+_NOTED: OrderedDict = OrderedDict()  # path -> (stat key, layout): the most recent NOTED_MAX files listed
+_NOTED_MAX = 200_000
+_LOCK = threading.Lock()
+
+
+def _stat_key(path):
+    st = Path(path).stat()
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def note_layout(path, ds) -> None:
+    """Remember `path`'s layout from its already parsed header `ds` (read with pixel data deferred)."""
+    try:
+        entry = (_stat_key(path), layout_of(ds, path))
+    except Exception:  # noqa: BLE001 - nothing noted: decoding parses the file and names any cause
+        return
+    with _LOCK:
+        _NOTED[str(path)] = entry
+        _NOTED.move_to_end(str(path))
+        while len(_NOTED) > _NOTED_MAX:
+            _NOTED.popitem(last=False)
 
 
 def pixel_layout(path) -> dict | None:
@@ -25,16 +53,18 @@ def pixel_layout(path) -> dict | None:
     and goes through `read_dicom_hu`, which also names the cause of any failure.
     """
     try:
-        return _layout(path)
+        noted = _NOTED.get(str(path))
+        if noted is not None and noted[0] == _stat_key(path):
+            return noted[1]
+        return layout_of(dcmread(path, defer_size=1024), path)
+    except (DicomError, ResourceError):  # the Python path reads it again and names the cause
+        return None
     except Exception:  # noqa: BLE001 - anything odd in the header: the Python path reads it and names the cause
         return None
 
 
-def _layout(path) -> dict | None:
-    try:
-        ds = dcmread(path, defer_size=1024)
-    except (DicomError, ResourceError):  # the Python path reads it again and names the cause
-        return None
+def layout_of(ds, path) -> dict | None:
+    """The layout of `path` from its header `ds` (pydicom, pixel data deferred: `defer_size`), or None."""
     meta = getattr(ds, "file_meta", None)
     syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
     element = ds.get_item(0x7FE00010, keep_deferred=True)

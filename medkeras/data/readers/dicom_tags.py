@@ -20,6 +20,8 @@ from medkeras.data.readers.dicom import (
     read_dicom_hu,
     split_frame,
 )
+from medkeras.data.readers.dicom_layout import note_layout
+from medkeras.errors import DicomError
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,11 @@ def dicom_items(path, key_file=None) -> list[SliceInfo]:
     """The images of one DICOM file, from its header only: one for a single-frame file, one per frame (in z order,
     stored order where frames have no position) for a multi-frame one. Raises `DicomError` for unreadable files."""
     path, number = split_frame(path)
-    ds = dcmread(path, stop_before_pixels=True)
+    try:  # pixel data deferred, not skipped: the decoder takes the layout from this parse (`note_layout`)
+        ds = dcmread(path, defer_size=1024)
+        note_layout(path, ds)
+    except DicomError:
+        ds = dcmread(path, stop_before_pixels=True)  # a header readable without its pixel element
     patient = keyed("patient", getattr(ds, "PatientID", None), key_file)
     masks = id_masks(path, getattr(ds, "PatientID", None), patient)
     series = keyed("series", getattr(ds, "SeriesInstanceUID", None), key_file)
