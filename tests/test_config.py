@@ -40,6 +40,18 @@ def test_overrides_are_read_as_yaml_and_typed():
     assert cfg.data.augment.rotation == 0.0
 
 
+def test_a_recipes_weights_follow_the_backbones_a_user_keeps():
+    """`--set model.backbones=...` on a recipe with weights per backbone keeps the weights of the backbones left
+    (a new one starts from none); weights the user names themselves still have to name model.backbones."""
+    cfg = load_config("lung-ct-ensemble", ["model.backbones=[efficientnetb0, cnn8_small]"])
+    assert cfg.model.weights == {"efficientnetb0": "imagenet"}
+    from medkeras.models.ensemble import weights_for
+
+    assert weights_for(cfg.model.weights, "cnn8_small") == "none"
+    with pytest.raises(ConfigError, match="names \\['vgg19_bn'\\], not among model.backbones"):
+        load_config("lung-ct-ensemble", ["model.backbones=[cnn8_small]", "model.weights={vgg19_bn: none}"])
+
+
 @pytest.mark.parametrize(
     "override, hint",
     [("train.epoch=3", "train.epochs"), ("data.imagesize=64", "data.image_size"), ("modle.backbones=[x]", "model")],

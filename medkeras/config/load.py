@@ -60,6 +60,11 @@ def load_config(name_or_path="demo", overrides=()) -> Config:
         # the recipe on other data: named after the data, not described as the recipe's own data
         cfg.description = f"the {cfg.name} recipe on {cfg.data.source}"
         cfg.name = f"{cfg.name}-{Path(str(cfg.data.source)).stem or 'data'}"
+    keys = set(map(str, _keys(overrides)))
+    if "model.backbones" in keys and "model.weights" not in keys and isinstance(cfg.model.weights, dict):
+        # the recipe's weights per backbone follow the backbones the user keeps (others: its default, or none)
+        kept = set(cfg.model.backbones) | {"default"}
+        cfg.model.weights = {k: v for k, v in cfg.model.weights.items() if str(k) in kept}
     validate(cfg)
     resolve_paths(cfg)
     return cfg

@@ -81,7 +81,9 @@ class ModelConfig:
     input: str = "slice"
     # names from `medkeras backbones`; several make an ensemble averaging their logits
     backbones: list = field(default_factory=lambda: ["resnet50"])
-    weights: Any = "none"  # "imagenet", "none", a .weights.h5 path, or {backbone: one of those, default: ...}
+    # "imagenet", "none", a .weights.h5 path, or {backbone: one of those, default: ...}; a recipe's dict follows
+    # `--set model.backbones` (the backbones kept keep their weights, a new one starts from `default`, else none)
+    weights: Any = "none"
     head: str = "linear"  # "linear" (Dense K) or "mlp" (Dropout .5, Dense 128 ReLU, Dropout .3, Dense K)
     dropout: float = 0.0  # before the linear head
     ensemble_weights: Optional[list] = None  # fixed weights for averaging the members' logits
