@@ -40,6 +40,17 @@ def test_overrides_are_read_as_yaml_and_typed():
     assert cfg.data.augment.rotation == 0.0
 
 
+def test_a_folder_is_never_taken_for_a_config(tmp_path, monkeypatch):
+    """`medkeras fit --out demo` makes a folder named like the bundled config; `fit` (demo) still finds the bundled
+    one, and a folder named otherwise is refused as a folder, not as a missing file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "runs").mkdir()
+    assert load_config("demo").name == "demo"
+    with pytest.raises(ConfigError, match="runs: is a folder, not a config file"):
+        load_config("runs")
+
+
 def test_a_recipes_weights_follow_the_backbones_a_user_keeps():
     """`--set model.backbones=...` on a recipe with weights per backbone keeps the weights of the backbones left
     (a new one starts from none); weights the user names themselves still have to name model.backbones."""

@@ -26,11 +26,13 @@ def bundled_configs() -> dict[str, Path]:
 
 def resolve_config_path(name_or_path) -> Path:
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    bundled = bundled_configs()
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         return path
-    bundled = bundled_configs()
+    if path.is_dir() and str(name_or_path) not in bundled:  # a folder is never a config (`fit --out demo` makes one)
+        raise ConfigError(f"{path}: is a folder, not a config file (give a YAML file or a bundled config name)")
     if str(name_or_path) in bundled:
         return bundled[str(name_or_path)]
     close = difflib.get_close_matches(str(name_or_path), list(bundled), n=1)

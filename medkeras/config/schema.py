@@ -23,7 +23,7 @@ class AugmentConfig:
     rotation: float = 0.05  # fraction of a full turn (0.05 = +-18 degrees)
     zoom: float = 0.0  # fraction of the side
     translation: float = 0.0  # fraction of the side
-    fill_mode: str = "reflect"  # what rotation/zoom/translation fill with: reflect, constant (black: CT air), nearest
+    fill_mode: str = "reflect"  # what rotation/zoom/translation fill with: reflect, constant (black: CT air), nearest, wrap
     brightness: float = 0.1  # fraction of the value range
     contrast: float = 0.1  # RandomContrast factor (0: off)
     noise: float = 0.0  # Gaussian noise standard deviation, in pixel units (0-255)

@@ -95,6 +95,20 @@ def test_predict_names_two_series_folders_apart_and_hides_the_patient_folder(tmp
     assert all(n.startswith(f"patient-{patient_key('Lung_Dx-A0001')}/{TCIA_STUDY}/") for n in names)
 
 
+def test_an_unreadable_file_in_a_patient_folder_is_named_by_the_key_too(tmp_path):
+    """A file with no readable header (no PatientID of its own) in a TCIA patient folder: its name hides the folder
+    as its readable neighbours' do (predict's skip message showed the raw ID; found by a new-user trial)."""
+    from medkeras.data.readers import named_inputs
+
+    tcia_layout(tmp_path / "tcia", second_patient=False)
+    series = tmp_path / "tcia" / "Lung_Dx-A0001" / TCIA_STUDY / "2.000000-5mm-40805"
+    (series / "1-99.dcm").write_bytes(b"not a DICOM file at all")
+    names = [name for _, name, _ in named_inputs([str(tmp_path / "tcia")])]
+    assert len(names) == 7 and any(n.endswith("/1-99.dcm") for n in names)
+    assert not any("Lung_Dx" in n for n in names), names
+    assert all(n.startswith(f"patient-{patient_key('Lung_Dx-A0001')}/") for n in names)
+
+
 def test_a_manifest_patient_id_that_names_a_folder_is_hidden_too(tmp_path):
     rows = tcia_layout(tmp_path / "tcia", second_patient=False)
     manifest = tmp_path / "manifest.csv"

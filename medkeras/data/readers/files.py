@@ -160,13 +160,17 @@ def named_inputs(inputs, key_file=None) -> list[tuple]:
         base = os.path.commonpath([str(Path(item).resolve() if Path(item).is_dir() else Path(item).resolve().parent)
                                    for item in inputs])
         files = [(f, os.path.relpath(Path(f).resolve(), base)) for f, _ in files]
-    out = []
-    for f, name in files:  # frames of multi-frame files, each an input of its own
+    read = []
+    for f, name in files:
         try:
-            frames = dicom_items(f, key_file) if is_dicom(f) else None
+            read.append(dicom_items(f, key_file) if is_dicom(f) else None)
         except DataError:
-            frames = None  # unreadable: reported when it is read
-        shown = masked_name(name, frames[0].masks) if frames else name  # a folder named by the PatientID
+            read.append(None)  # unreadable: reported when it is read
+    # a folder named by the PatientID is shown by its key in every name under it, an unreadable file's as well
+    masks = tuple({m for frames in read if frames for m in frames[0].masks})
+    out = []
+    for (f, name), frames in zip(files, read):  # frames of multi-frame files, each an input of its own
+        shown = masked_name(name, masks)
         if frames is None or len(frames) == 1:
             out.append((f, shown, frames[0] if frames else None))
         else:

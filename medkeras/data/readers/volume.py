@@ -21,13 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medkeras.data.readers.dicom import (
-    _functional,
-    dataset_hu,
-    dcmread,
-    frame_count,
-    frame_name,
-)
+from medkeras.data.readers.dicom import _functional, dataset_hu, dcmread, frame_count, frame_name
 from medkeras.data.readers.files import is_dicom
 from medkeras.errors import DataError
 
@@ -213,12 +207,7 @@ def read_nifti(path) -> Volume:
 
 def _canonical(data: np.ndarray, affine: np.ndarray, source: str, names: list, slice_axis: int = 0) -> Volume:
     """`data` and its (index -> LPS mm) affine turned to the canonical frame (see the module's docstring)."""
-    from nibabel.orientations import (
-        apply_orientation,
-        inv_ornt_aff,
-        io_orientation,
-        ornt_transform,
-    )
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 
     start = io_orientation(affine)
     transform = ornt_transform(start, LPS_TARGET)
