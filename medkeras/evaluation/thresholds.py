@@ -54,14 +54,23 @@ def choose_threshold(rule, positive: np.ndarray, scores: np.ndarray) -> float:
     if kind == "f1":
         precision, recall, thresholds = precision_recall_curve(positive, scores)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-        return float(thresholds[int(np.argmax(f1[:-1]))])
+        return _between(float(thresholds[int(np.argmax(f1[:-1]))]), scores)
     fpr, tpr, thresholds = roc_curve(positive, scores, drop_intermediate=False)
     thresholds = np.minimum(thresholds, 1.0)  # sklearn's first threshold is +inf
     if kind == "youden":
-        return float(thresholds[int(np.argmax(tpr - fpr))])
+        return _between(float(thresholds[int(np.argmax(tpr - fpr))]), scores)
     if kind == "sensitivity":
         ok = np.flatnonzero(tpr >= target)  # thresholds fall along the curve: the first such is the highest
-        return float(thresholds[ok[0]])
+        return _between(float(thresholds[ok[0]]), scores)
     specificity = 1.0 - fpr
     ok = np.flatnonzero(specificity >= target)  # the last such is the lowest threshold keeping the target
-    return float(thresholds[ok[-1]])
+    return _between(float(thresholds[ok[-1]]), scores)
+
+
+def _between(threshold: float, scores: np.ndarray) -> float:
+    """The chosen validation score `threshold` moved halfway down to the next lower score: validation is labelled
+    exactly as at the score itself (`p >= threshold`), but no case sits on the operating point. On the score, a
+    test case scoring as a validation case does (a rescan, a duplicate) took either label as the float32 rounding
+    of each door fell (a SavedModel labelled a real CT study otherwise than eval did, 1e-7 apart)."""
+    lower = scores[scores < threshold]
+    return float((threshold + lower.max()) / 2 if lower.size else threshold / 2)

@@ -51,15 +51,22 @@ def test_threshold_rules_on_constructed_cases():
     positive = np.array([0, 0, 0, 0, 1, 0, 1, 1, 1, 1], bool)
     scores = np.array([0.05, 0.1, 0.2, 0.3, 0.35, 0.4, 0.6, 0.7, 0.8, 0.9])
     assert choose_threshold("0.42", positive, scores) == 0.42
+    # Each rule picks a validation score s, then the threshold goes halfway down to the next lower score: the same
+    # validation labels (p >= t), no case on the operating point.
     # Youden: at 0.6 sens 4/5, spec 5/5 -> J 0.8; at 0.35 sens 1, spec 4/5 -> J 0.8; argmax takes the first (higher t)
-    assert choose_threshold("youden", positive, scores) == 0.6
+    assert choose_threshold("youden", positive, scores) == pytest.approx((0.6 + 0.4) / 2)
     # F1: at 0.35 -> tp 5, fp 1 -> F1 10/11 = 0.909 (best); at 0.6 -> tp 4 fp 0 fn 1 -> 8/9
-    assert choose_threshold("f1", positive, scores) == 0.35
+    assert choose_threshold("f1", positive, scores) == pytest.approx((0.35 + 0.3) / 2)
     # the highest threshold keeping sensitivity >= 0.95 must catch all five positives
-    assert choose_threshold("sensitivity@0.95", positive, scores) == 0.35
+    assert choose_threshold("sensitivity@0.95", positive, scores) == pytest.approx((0.35 + 0.3) / 2)
     # the lowest threshold keeping specificity >= 0.8 (4 of 5 negatives below it)
-    assert choose_threshold("specificity@0.8", positive, scores) == 0.35
-    assert choose_threshold("specificity@1.0", positive, scores) == 0.6
+    assert choose_threshold("specificity@0.8", positive, scores) == pytest.approx((0.35 + 0.3) / 2)
+    assert choose_threshold("specificity@1.0", positive, scores) == pytest.approx(0.5)
+    for rule in ("youden", "f1", "sensitivity@0.95", "specificity@0.8"):  # validation labelled as at the score
+        t = choose_threshold(rule, positive, scores)
+        assert not np.isin(t, scores) and ((scores >= t) == (scores >= scores[scores >= t].min())).all()
+    lowest = np.array([True, False, True, True])  # the lowest score is a positive: below every score, halfway to 0
+    assert choose_threshold("sensitivity@1.0", lowest, np.array([0.2, 0.3, 0.5, 0.6])) == pytest.approx(0.1)
     assert parse_rule("sensitivity@0.9") == ("sensitivity", 0.9)
 
     with pytest.raises(ConfigError, match="unknown threshold rule"):

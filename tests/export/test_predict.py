@@ -38,7 +38,7 @@ def test_predict_input_kinds_and_bad_files(tiny_run, tmp_path, breast):
     assert skip.returncode == 0, skip.stderr
     rows = list(csv.DictReader(io.StringIO(skip.stdout)))
     assert [Path(r["path"]).name for r in rows] == ["a.npy", "1-01.dcm"]
-    assert "skipped 1 unreadable files" in skip.stderr
+    assert "skipped 1 unreadable file\n" in skip.stderr
 
 
 def test_predict_on_dicom_gives_a_row_per_frame_with_keyed_patient_and_series(ct_run, tmp_path, lce_ct):
