@@ -153,7 +153,9 @@ class EvalConfig:
 
     split: str = "test"  # the split `medkeras eval` scores by default
     batch_size: int = 64  # evaluation batch size
-    threshold: str = "0.5"  # binary operating point: a number, youden, f1, sensitivity@0.95, specificity@0.9
+    # binary operating point: a number, youden, f1, sensitivity@0.95, specificity@0.9 (a rule's threshold sits halfway
+    # between the validation score it picks and the next lower one: validation is labelled as at the score itself)
+    threshold: str = "0.5"
     calibrate: str = "temperature"  # "temperature" (fitted on validation logits) or "none"
     bootstrap: int = 1000  # resamples for the 95% intervals (0: none)
     ci_level: float = 0.95  # the intervals' level
