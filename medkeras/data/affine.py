@@ -15,6 +15,8 @@ import math
 import keras
 from keras import ops
 
+from medkeras.data.cpu_kernels import FILL_MODES, warp_affine
+
 
 @keras.saving.register_keras_serializable(package="medkeras")
 class RandomAffine(keras.layers.Layer):
@@ -58,7 +60,7 @@ class RandomAffine(keras.layers.Layer):
             return images
         shape = ops.shape(images)
         transform = self.transforms(shape[0], shape[1], shape[2])
-        if self.kernel == "opencv" and self.fill_mode != "wrap":  # TF's wrap has its own period: kept on TF
+        if self.kernel == "opencv" and self.fill_mode in FILL_MODES:  # wrap stays on TF (`cpu_kernels._BORDERS`)
             return ops.cast(self._opencv(images, transform), images.dtype)
         out = ops.image.affine_transform(
             ops.cast(images, "float32"), transform, interpolation=self.interpolation, fill_mode=self.fill_mode,
@@ -68,8 +70,6 @@ class RandomAffine(keras.layers.Layer):
 
     def _opencv(self, images, transform):
         import tensorflow as tf
-
-        from medkeras.data.cpu_kernels import warp_affine
 
         def warp(x, t):
             return warp_affine(x, t, self.interpolation, self.fill_mode, self.fill_value)

@@ -25,7 +25,7 @@ def check_volume_augment(aug_cfg) -> None:
 
 def build_volume_augmenter(aug_cfg, seed: int, kernel: str = "tf"):
     """A Keras layer augmenting (B, D, H, W, C) volumes in [0, 255], or None when every factor is off; `kernel` as
-    in `build_augmenter` (OpenCV resamples the slices 4 channels at a time)."""
+    in `build_augmenter` (OpenCV resamples a study's slices a few channels at a time: `cpu_kernels._planes`)."""
     import keras
 
     from medkeras.data.augment import build_augmenter

@@ -20,6 +20,7 @@ import numpy as np
 # TF's fill modes (ImageProjectiveTransformV3) as OpenCV borders: reflect is (d c b a | a b c d), edge repeated
 # (TF's wrap repeats with a period of W - 1, not W: no OpenCV border matches it, so RandomAffine keeps it on TF)
 _BORDERS = {"constant": "BORDER_CONSTANT", "reflect": "BORDER_REFLECT", "nearest": "BORDER_REPLICATE"}
+FILL_MODES = tuple(_BORDERS)  # the fill modes `warp_affine` resamples as TF does
 
 
 @lru_cache(maxsize=1)
@@ -53,14 +54,14 @@ def _each(fn, n: int):
     list(_pool().map(fn, range(n)))
 
 
-def _planes(image: np.ndarray):
-    """(H, W, C) -> (channels, view) planes OpenCV resamples exactly: blocks of 4 (the most its remap takes at
-    once), then 3 or single channels. Never 2: its 2-channel float path was off by up to 4 grey levels (found by a
-    new-user trial with two windows; 1, 3 and 4 channels agree with TF's kernel to 0.006)."""
-    planes, c, channels = [], 0, image.shape[-1]
+def _planes(channels: int) -> list:
+    """The channel slices OpenCV resamples exactly: blocks of 4 (the most its remap takes at once), then 3 or single
+    channels. Never 2: its 2-channel float path was off by up to 4 grey levels (found by a new-user trial with two
+    windows; 1, 3 and 4 channels agree with TF's kernel to 0.006)."""
+    planes, c = [], 0
     while c < channels:
         width = 4 if channels - c >= 4 else (3 if channels - c == 3 else 1)
-        planes.append((slice(c, c + width), image[..., c] if width == 1 else image[..., c:c + width]))
+        planes.append(slice(c, c + width))
         c += width
     return planes
 
@@ -79,11 +80,13 @@ def warp_affine(images: np.ndarray, transforms: np.ndarray, interpolation: str =
     border = getattr(cv2, _BORDERS[fill_mode])
     height, width = images.shape[1:3]
     matrices = np.asarray(transforms, dtype=np.float64)[:, :6].reshape(-1, 2, 3)
+    planes = _planes(images.shape[-1])
 
     def one(i):
-        for where, plane in _planes(images[i]):
-            warped = cv2.warpAffine(plane, matrices[i], (width, height), flags=flags, borderMode=border,
-                                    borderValue=fill_value)
+        for where in planes:
+            plane = images[i, ..., where]
+            warped = cv2.warpAffine(plane[..., 0] if plane.shape[-1] == 1 else plane, matrices[i], (width, height),
+                                    flags=flags, borderMode=border, borderValue=fill_value)
             out[i, ..., where] = warped.reshape(height, width, -1)
 
     _each(one, len(images))

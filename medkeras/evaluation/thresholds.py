@@ -38,33 +38,39 @@ def parse_rule(rule) -> tuple[str, float | None]:
 
 
 def choose_threshold(rule, positive: np.ndarray, scores: np.ndarray) -> float:
-    """The threshold `rule` picks on (`positive` bool labels, `scores` = p(positive))."""
+    """The threshold `rule` picks on (`positive` bool labels, `scores` = p(positive)): a number as given, a rule's
+    chosen validation score moved halfway down to the next lower score (`_between`)."""
+    kind, target = parse_rule(rule)
+    if kind == "fixed":
+        return float(target)
+    scores = np.asarray(scores, dtype=np.float64)
+    return _between(_chosen_score(kind, target, rule, positive, scores), scores)
+
+
+def _chosen_score(kind, target, rule, positive, scores: np.ndarray) -> float:
+    """The validation score at which `rule` (not fixed) labels best."""
     from sklearn.metrics import (  # here: config checks import this module
         precision_recall_curve,
         roc_curve,
     )
 
-    kind, target = parse_rule(rule)
-    if kind == "fixed":
-        return float(target)
     positive = np.asarray(positive, dtype=bool)
-    scores = np.asarray(scores, dtype=np.float64)
     if positive.all() or not positive.any():
         raise ConfigError(f"threshold rule '{rule}' needs both classes in the validation split")
     if kind == "f1":
         precision, recall, thresholds = precision_recall_curve(positive, scores)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-        return _between(float(thresholds[int(np.argmax(f1[:-1]))]), scores)
+        return float(thresholds[int(np.argmax(f1[:-1]))])
     fpr, tpr, thresholds = roc_curve(positive, scores, drop_intermediate=False)
     thresholds = np.minimum(thresholds, 1.0)  # sklearn's first threshold is +inf
     if kind == "youden":
-        return _between(float(thresholds[int(np.argmax(tpr - fpr))]), scores)
+        return float(thresholds[int(np.argmax(tpr - fpr))])
     if kind == "sensitivity":
         ok = np.flatnonzero(tpr >= target)  # thresholds fall along the curve: the first such is the highest
-        return _between(float(thresholds[ok[0]]), scores)
+        return float(thresholds[ok[0]])
     specificity = 1.0 - fpr
     ok = np.flatnonzero(specificity >= target)  # the last such is the lowest threshold keeping the target
-    return _between(float(thresholds[ok[-1]]), scores)
+    return float(thresholds[ok[-1]])
 
 
 def _between(threshold: float, scores: np.ndarray) -> float:

@@ -3,7 +3,7 @@ header only, TensorFlow reads the bytes. Everything that is not plain goes throu
 
 A header is parsed once per file: listing a source (`dicom_tags.dicom_items`) notes each file's layout from the
 header it has already read (`note_layout`), and decoding takes it from there while the file is unchanged (same
-size and modification time); a file decoded without being listed is parsed here.
+size, modification and change times); a file decoded without being listed is parsed here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from collections import OrderedDict
 from pathlib import Path
 
 from medkeras.data.readers.dicom import dcmread
-from medkeras.errors import DicomError, ResourceError
 
 # Uncompressed little-endian transfer syntaxes: pixel bytes lie in the file as stored (implicit / explicit VR).
 _NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
@@ -57,9 +56,7 @@ def pixel_layout(path) -> dict | None:
         if noted is not None and noted[0] == _stat_key(path):
             return noted[1]
         return layout_of(dcmread(path, defer_size=1024), path)
-    except (DicomError, ResourceError):  # the Python path reads it again and names the cause
-        return None
-    except Exception:  # noqa: BLE001 - anything odd in the header: the Python path reads it and names the cause
+    except Exception:  # noqa: BLE001 - unreadable or odd: the Python path reads it again and names the cause
         return None
 
 
