@@ -117,6 +117,8 @@ def store_examples(split: Split, data_cfg, size: int, shuffle: bool = False, see
 
     def to_pixels(example):
         image = example["image"]
+        if "hu16" in example:  # integral HU kept exactly as int16 (`prepare._image_features`), else in "image"
+            image = tf.cond(tf.size(example["hu16"]) > 0, lambda: tf.cast(example["hu16"], tf.float32), lambda: image)
         if windows:
             windowed = hu_to_pixels(image[..., 0], windows)
             image = tf.cond(example["hu"], lambda: channels(windowed), lambda: channels(image))

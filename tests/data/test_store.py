@@ -55,6 +55,41 @@ def test_store_reads_back_what_the_files_give(tmp_path, ct_manifest, size):
     assert b"Lung_Dx-A0001-train" not in raw and stored.splits["train"].groups[0] != "Lung_Dx-A0001-train"
 
 
+def test_native_hu_records_are_exact_int16_where_whole_and_float32_where_not(tmp_path, ct_manifest):
+    """Real CT (integer stored values, slope 1) is kept as int16 bytes; a fractional HU array stays float32; both
+    read back exactly what the reader gave, in one store."""
+    from medkeras.data.readers import read_raw
+    from medkeras.data.store import _records
+
+    fractional = (np.arange(40 * 40, dtype=np.float32).reshape(40, 40) * 0.25 - 1000.0)
+    np.save(tmp_path / "fractional.npy", fractional)
+    rows = list(csv.reader(open(ct_manifest)))
+    rows.append([tmp_path / "fractional.npy", "normal", "test", "other"])
+    with open(ct_manifest, "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    cfg = data_cfg(source=str(ct_manifest), window="lung", image_size=32)
+    prepare(cfg, tmp_path / "hu", verbose=False)
+    stored = load_dataset(data_cfg(source=str(tmp_path / "hu"), window="lung", image_size=32))
+    kinds = {}
+    for example in _records(stored.splits["test"]).as_numpy_iterator():
+        name = example["key"].decode()
+        path = tmp_path / "fractional.npy" if name.endswith("fractional.npy") else LUNG / name.rsplit("/", 1)[-1]
+        expected = read_raw(path, True)[0]
+        whole = example["hu16"].size > 0
+        kinds[path.name] = whole
+        got = example["hu16"] if whole else example["image"]
+        assert got.dtype == (np.int16 if whole else np.float32) and got.shape == expected.shape
+        np.testing.assert_array_equal(got.astype(np.float32), expected)
+    assert kinds == {"1-01.dcm": True, "1-13.dcm": True, "1-14.dcm": True, "fractional.npy": False}
+    # and the graph reads both kinds to the same pixels as the files
+    images, _, names, _ = split_arrays(stored.splits["test"], data_cfg(source=str(tmp_path / "hu"), window="lung",
+                                                                       image_size=32))
+    for image, name in zip(images, names):
+        path = tmp_path / "fractional.npy" if name.endswith("fractional.npy") else LUNG / name.rsplit("/", 1)[-1]
+        expected = to_model_pixels(read_image(path, [(-600, 1500)])[None], 32)[0]
+        np.testing.assert_allclose(image, expected[..., :1], atol=1e-3)
+
+
 def test_hu_store_takes_any_window_and_sized_store_refuses_others(tmp_path, ct_manifest):
     cfg = data_cfg(source=str(ct_manifest), window="lung", image_size=32)
     prepare(cfg, tmp_path / "hu", verbose=False)
