@@ -160,6 +160,7 @@ def through_every_door(run: Path, export: Path, files: dict, tmp: Path) -> dict:
     assert set(expected) == set(files) == set(fitted)
     by_file = {files[name].resolve(): name for name in files}  # each door names a file its own way
     answers = {}  # door -> {name: (probabilities, label)}
+    tops = {}  # door -> {name: top slice}, for series models
     paths = [str(p) for p in files.values()]
     result = run_cli("predict", run, *paths, "--out", tmp / "cli.csv")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -174,6 +175,8 @@ def through_every_door(run: Path, export: Path, files: dict, tmp: Path) -> dict:
         shared = common_folder(paths)
         named = {os.path.relpath(p, shared): by_file[Path(p).resolve()] for p in paths}
         answers[door] = {named[r["path"]]: ([float(r[c]) for c in columns], r["predicted"]) for r in rows}
+        if "top_slice" in rows[0]:  # a series model: every door names the slice its attention weighed most
+            tops.setdefault(door, {}).update({named[r["path"]]: int(r["top_slice"]) for r in rows})
     signatures = tf.saved_model.load(str(export)).signatures
     windows = meta.get("windows") or []
     studies = meta.get("model_input", "slice") != "slice"
@@ -189,6 +192,12 @@ def through_every_door(run: Path, export: Path, files: dict, tmp: Path) -> dict:
         for door, out in got.items():
             answers.setdefault(door, {})[name] = (out["probabilities"].numpy()[0].tolist(),
                                                   classes[int(out["label"].numpy()[0])])
+            if "top_slice" in out:
+                tops.setdefault(door, {})[name] = int(out["top_slice"].numpy()[0])
+    if studies and meta.get("model_input") == "series":
+        assert set(tops) == {"predict RUN (CLI)", "predict model.keras", "predict SavedModel", "serving_default",
+                             "serve_volume"}, tops
+        assert all(by_name == tops["predict model.keras"] for by_name in tops.values()), tops
     for name, path in (() if studies else files.items()):
         got = {"serving_default": signatures["serving_default"](image=tf.constant(read_image(path, windows)[None]))}
         if is_dicom(path):

@@ -26,9 +26,9 @@ def _client():
     return module
 
 
-def _as_tf_serving_would(loaded, body):
+def _as_tf_serving_would(loaded, body, outputs=False):
     """What TF Serving's REST API does with a row-format body: each named input stacked over the instances, b64
-    objects decoded to bytes, then the signature called -> probabilities."""
+    objects decoded to bytes, then the signature called -> probabilities (every output, numpy, with `outputs`)."""
     import tensorflow as tf
 
     fn = loaded.signatures[body["signature_name"]]
@@ -41,7 +41,8 @@ def _as_tf_serving_would(loaded, body):
             feed[name] = tf.constant([base64.b64decode(r["b64"]) for r in rows])
         else:
             feed[name] = tf.constant(np.asarray(rows, dtype=np.float32))
-    return fn(**feed)["probabilities"].numpy()
+    answer = fn(**feed)
+    return {k: v.numpy() for k, v in answer.items()} if outputs else answer["probabilities"].numpy()
 
 
 def _predicted(run, folder, tmp_path):
@@ -128,9 +129,19 @@ def test_a_study_goes_to_serve_volume_as_tf_serving_takes_it_and_answers_as_pred
         body = json.loads(json.dumps(body))  # as sent
         assert body["signature_name"] == "serve_volume" and set(body["instances"][0]) == {"hu", "spacing"}
         assert len(body["instances"][0]["spacing"]) == 3
-        served = _as_tf_serving_would(loaded, body)[0]
+        answer = _as_tf_serving_would(loaded, body, outputs=True)
         want = expected[str(folder.relative_to(folders[0].parents[1]))]
-        np.testing.assert_allclose(served, [float(want["p_normal"]), float(want["p_tumour"])], atol=1e-5)
+        np.testing.assert_allclose(answer["probabilities"][0], [float(want["p_normal"]), float(want["p_tumour"])],
+                                   atol=1e-5)
+        # a series model answers with its slice attention too, the slice weighed most as predict names it
+        assert answer["attention"].shape == (1, 4) and abs(float(answer["attention"].sum()) - 1) < 1e-5
+        assert int(answer["top_slice"][0]) == int(np.argmax(answer["attention"][0])) == int(want["top_slice"])
+    # `medkeras predict` on the export gives the run's rows: the same probabilities and the same top slice
+    served_rows = _predicted(export, folders[0].parents[1], tmp_path)
+    assert served_rows.keys() == expected.keys()
+    for name, row in served_rows.items():
+        assert row["top_slice"] == expected[name]["top_slice"] and row["predicted"] == expected[name]["predicted"]
+        assert abs(float(row["p_tumour"]) - float(expected[name]["p_tumour"])) < 1e-5
     result = subprocess.run([sys.executable, str(CLIENT), "--study", str(tmp_path / "nowhere")], capture_output=True,
                             text=True)
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "nowhere: not found" in result.stderr

@@ -62,11 +62,11 @@ def score_studies(scorer, items, on_bad_file="fail", batch_size=8, bar=None):
     from medkeras.data.resize import to_model_channels
     from medkeras.data.studies import study_volume
     from medkeras.models.outputs import predict_labels, softmax
-    from medkeras.models.study import attention_models
+    from medkeras.models.study import with_attention
 
     loaded = scorer.loaded
     size, spacing, windows = loaded.volume_size, loaded.meta.get("spacing"), loaded.windows
-    attention = attention_models(loaded.model) if loaded.kind == "keras" else {}
+    both = with_attention(loaded.scoring_model()) if loaded.kind == "keras" else None
     rows, bad = [], []
     for start in range(0, len(items), batch_size):
         chunk, volumes = [], []
@@ -91,14 +91,18 @@ def score_studies(scorer, items, on_bad_file="fail", batch_size=8, bar=None):
             probs = np.concatenate([o["probabilities"].numpy() for o in outs])
             labels = np.concatenate([o["label"].numpy() for o in outs])
             logits = np.concatenate([o["logits"].numpy() for o in outs])
-            top = [None] * len(chunk)
+            top = (np.concatenate([o["top_slice"].numpy() for o in outs]).tolist() if "top_slice" in outs[0]
+                   else [None] * len(chunk))
         else:
             pixels = to_model_channels(np.stack(volumes)).numpy()
-            logits = np.asarray(loaded.scoring_model().predict(pixels, verbose=0), np.float32)
+            if both is not None:  # logits and slice attention in one pass
+                logits, weights = both.predict(pixels, verbose=0)
+                top = np.argmax(weights, axis=1).tolist()
+            else:
+                logits, top = loaded.scoring_model().predict(pixels, verbose=0), [None] * len(chunk)
+            logits = np.asarray(logits, np.float32)
             probs = softmax(logits, loaded.temperature)
             labels = predict_labels(probs, loaded.positive_index, loaded.threshold)
-            weights = [m.predict(pixels, verbose=0) for m in attention.values()]
-            top = list(np.argmax(np.mean(weights, axis=0), axis=1)) if weights else [None] * len(chunk)
         rows += [(name, info, p, int(lb), lg, t) for (name, info), p, lb, lg, t in zip(chunk, probs, labels, logits,
                                                                                        top)]
         if bar is not None:

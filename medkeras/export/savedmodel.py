@@ -84,10 +84,13 @@ def build_archive(model, meta: dict, fold: bool = True):
     windows = list(meta.get("windows") or [])
     pos = positive_index(meta["class_names"], meta.get("positive_class"))
 
-    def outputs(pixels):
-        logits = tf.cast(model(pixels, training=False), tf.float32)
+    def scored(logits):
+        logits = tf.cast(logits, tf.float32)
         probabilities = tf.nn.softmax(logits / temperature, axis=-1)
         return {"probabilities": probabilities, "logits": logits, "label": predict_labels(probabilities, pos, threshold)}
+
+    def outputs(pixels):
+        return scored(model(pixels, training=False))
 
     def serving_default(image):
         return outputs(to_model_input(image, size))
@@ -107,7 +110,18 @@ def build_archive(model, meta: dict, fold: bool = True):
     if meta.get("model_input", "slice") != "slice":  # a study model: pixels and HU volumes (study_export.py)
         from medkeras.export.study_export import add_study_endpoints
 
-        add_study_endpoints(archive, meta, outputs)
+        from medkeras.models.study import with_attention
+
+        both = with_attention(model)  # series members: their slice attention beside the logits, in the same pass
+
+        def study_outputs(pixels):
+            if both is None:
+                return outputs(pixels)
+            logits, weights = both(pixels, training=False)
+            weights = tf.cast(weights, tf.float32)
+            return {**scored(logits), "attention": weights, "top_slice": tf.argmax(weights, axis=1, output_type=tf.int32)}
+
+        add_study_endpoints(archive, meta, study_outputs)
         return archive
     archive.add_endpoint(
         "serving_default", serving_default, input_signature=[tf.TensorSpec([None, None, None, None], tf.float32, name="image")]

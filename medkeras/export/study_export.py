@@ -1,6 +1,8 @@
 """The SavedModel of a study model (`model.input` slab, series or volume): its signatures and their verification.
 
-Two signatures, each returning `probabilities`, `logits` and `label` per study:
+Two signatures, each returning `probabilities`, `logits` and `label` per study, and for a model with series members
+`attention` (N, D: the slice weights, averaged over those members) and `top_slice` (the slice weighed most), from
+the same pass as the logits:
 - `serving_default`: float32 pixels [N, D, H, W, C] in [0, 255] (C 1 or 3), resized trilinearly in the graph to the
   model's `volume_size` (the identity at that size);
 - `serve_volume`: a study as a scanner gives it, Hounsfield units [N, D, H, W] with its spacing [N, 3] (z, y, x mm),
@@ -30,8 +32,10 @@ inputs = np.load(sys.argv[2])
 for name in ("serving_default", "serve_volume"):
     if name not in loaded.signatures:
         print(json.dumps({"error": "missing signature " + name})); sys.exit(0)
-out = {"serving_default": loaded.signatures["serving_default"](image=tf.constant(inputs["pixels"]))["probabilities"]
-       .numpy().tolist(), "serve_volume": []}
+got = loaded.signatures["serving_default"](image=tf.constant(inputs["pixels"]))
+out = {"serving_default": got["probabilities"].numpy().tolist(), "serve_volume": []}
+if "attention" in got:
+    out["serving_default attention"] = got["attention"].numpy().tolist()
 for i in range(int(inputs["count"])):
     hu, spacing = inputs[f"hu{i}"], inputs[f"spacing{i}"]
     got = loaded.signatures["serve_volume"](hu=tf.constant(hu[None]), spacing=tf.constant(spacing[None]))
@@ -135,8 +139,13 @@ def verify_study_export(path: Path, loaded, target=None) -> dict:
     def keras_probs(batch):
         return softmax(np.asarray(model.predict(to_model_channels(batch).numpy(), verbose=0)), loaded.temperature)
 
+    from medkeras.models.study import with_attention
+
+    both = with_attention(model)
     expected = {
         "serving_default": keras_probs(pixels),
+        **({"serving_default attention": np.asarray(both.predict(to_model_channels(pixels).numpy(), verbose=0)[1])}
+           if both is not None else {}),
         "serve_volume": (keras_probs(np.stack([p for _, _, p in volumes])) if volumes
                          else np.zeros((0, len(loaded.class_names)))),
     }
@@ -146,7 +155,8 @@ def verify_study_export(path: Path, loaded, target=None) -> dict:
         np.savez(Path(tmp) / "inputs.npz", pixels=pixels, count=len(volumes), **arrays)
         served = served_in_fresh_process(_SERVE, [path, Path(tmp) / "inputs.npz"], target or path)
     what = {"serving_default": f"pixels of {len(pixels)} {source}",
-            "serve_volume": f"HU and spacing of {len(volumes)} studies read from their files or store"}
+            "serve_volume": f"HU and spacing of {len(volumes)} studies read from their files or store",
+            "serving_default attention": f"the slice attention of {len(pixels)} {source}"}
     diffs = compared(expected, served, what)
     return {"images": int(len(pixels)), "source": source, "max_abs_diff": max(diffs.values()), "signatures": diffs,
             "checked": what}

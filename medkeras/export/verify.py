@@ -191,7 +191,8 @@ def compared(expected: dict, served: dict, what: dict) -> dict:
         got = np.asarray(served[name], dtype=np.float32).reshape(np.shape(want))
         diffs[name] = float(np.abs(got - want).max()) if np.size(want) else 0.0
         if diffs[name] > PARITY_TOLERANCE:
-            signature = name.replace("_resized", "")
-            raise MedkerasError(f"{name}: {signature} on {what[name]} gives probabilities {diffs[name]:.2e} away from "
+            signature = name.split()[0].replace("_resized", "")
+            values = "attention weights" if name.endswith(" attention") else "probabilities"
+            raise MedkerasError(f"{name}: {signature} on {what[name]} gives {values} {diffs[name]:.2e} away from "
                                 f"the Keras model (> {PARITY_TOLERANCE}); the export is refused")
     return diffs
