@@ -171,3 +171,26 @@ def test_study_members_of_three_kinds_make_one_ensemble_and_each_is_a_member(rea
     mirrored = np.asarray(model(x[..., ::-1, :]))  # each slice's columns reversed
     tta = np.asarray(with_tta(model, ["horizontal"])(x))
     np.testing.assert_allclose(tta, (np.asarray(model(x)) + mirrored) / 2, rtol=1e-5, atol=1e-5)
+
+
+def test_with_attention_gives_the_logits_and_the_series_attention_in_one_pass(real_studies):
+    """What predict and every study signature score: (logits, slice attention) of an ensemble of a series and a
+    volume member under test-time flips, equal to the logits and to the series member's attention averaged over the
+    flips; a model without series members has none."""
+    from medkeras.config import load_config
+    from medkeras.models.ensemble import leaf_members
+    from medkeras.models.study import build_study_model, with_attention
+    from medkeras.models.tta import with_tta
+
+    x, _ = real_studies
+    cfg = load_config("lung-ct-study", ["data.image_size=32", "data.volume_size=[16, 32, 32]",
+                                        "model.backbones=[cnn8_small, resnet18_3d]", "model.weights=none"])
+    model = with_tta(build_study_model(cfg.model, cfg.data, 2), ["horizontal"])
+    both = with_attention(model)
+    logits, attention = (np.asarray(v) for v in both(x))
+    np.testing.assert_allclose(logits, np.asarray(model(x)), rtol=1e-5, atol=1e-6)
+    series, volume = leaf_members(model)
+    flipped = (np.asarray(slice_attention(series)(x)) + np.asarray(slice_attention(series)(x[..., ::-1, :]))) / 2
+    np.testing.assert_allclose(attention, flipped, rtol=1e-5, atol=1e-7)
+    assert attention.shape == (4, 16) and with_attention(volume) is None
+    assert [w.name for w in both.weights] == [w.name for w in model.weights]  # shared, not copied
