@@ -100,26 +100,34 @@ def training_front(aug_cfg, seed: int, size_var=None):
 
     The pipeline then feeds batches as read (`front=True`): `data.image_size`, the data's own channels.
     """
+    augmenter = build_augmenter(aug_cfg, seed)
+    return front_layer(None if augmenter is None else lambda x: augment_pixels(augmenter, aug_cfg, x), augmenter,
+                       size_var)
+
+
+def front_layer(augment, layers, size_var=None):
+    """The layer at the front of a fitted model: in training `augment(x)` (None: nothing), then the resize to
+    `size_var` (progressive resizing), then grey repeated to 3 channels; outside training the channels alone.
+    `layers`: the Keras layers `augment` calls (tracked here, so their seed state lives with the model). Slices
+    (B, H, W, C) and studies (B, D, H, W, C) alike."""
     import keras
 
     from medkeras.data.resize import resize_to, to_model_channels
 
-    augmenter = build_augmenter(aug_cfg, seed)
-
     class TrainingFront(keras.layers.Layer):
         def __init__(self, **kwargs):
             super().__init__(dtype="float32", **kwargs)
-            self.augmenter = augmenter
+            self.augmenter = layers
 
         def call(self, x, training=False):
-            if training and self.augmenter is not None:
-                x = augment_pixels(self.augmenter, aug_cfg, x)
+            if training and augment is not None:
+                x = augment(x)
             if training and size_var is not None:
                 x = resize_to(x, size_var)
             return to_model_channels(x)
 
         def compute_output_shape(self, input_shape):
-            side = (None, None) if size_var is not None else tuple(input_shape[1:3])
-            return (input_shape[0], *side, 3)
+            side = (None, None) if size_var is not None else tuple(input_shape[-3:-1])
+            return (*input_shape[:-3], *side, 3)
 
     return TrainingFront(name="training_front")

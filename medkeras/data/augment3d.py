@@ -55,3 +55,12 @@ def build_volume_augmenter(aug_cfg, seed: int, kernel: str = "tf"):
             return input_shape
 
     return VolumeAugment(name="volume_augment")
+
+
+def study_training_front(aug_cfg, seed: int):
+    """`data.augment_on: model` for studies: `build_volume_augmenter`'s layer (TF's kernels: the model's device) at
+    the front of the fitted model, then the channels repeated to 3, as `pipeline.study_batches` does in tf.data."""
+    from medkeras.data.augment import front_layer
+
+    augmenter = build_volume_augmenter(aug_cfg, seed)
+    return front_layer(None if augmenter is None else lambda x: augmenter(x, training=True), augmenter)

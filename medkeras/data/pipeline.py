@@ -127,7 +127,7 @@ def make_tf_dataset(
     """
     if images.ndim == 5:  # (N, D, H, W, C) studies, already at data.volume_size
         return study_batches(images, labels, data_cfg, batch_size, training and augment, seed, deterministic,
-                             balanced)
+                             balanced, front and training)
     size = data_cfg.image_size
     if images.ndim == 3:  # (N, H, W) grayscale: a view with a channel axis, not a copy
         images = images[..., None]
@@ -142,18 +142,21 @@ def make_tf_dataset(
 
 
 def study_batches(volumes, labels, data_cfg, batch_size: int, training: bool = False, seed: int = 42,
-                  deterministic: bool = True, balanced: bool = False):
+                  deterministic: bool = True, balanced: bool = False, front: bool = False):
     """Studies (N, D, H, W, C) read at `data.volume_size` (`studies.study_arrays`) -> batches of float32
     (B, D, H, W, 3) in [0, 255]: on the training split augmented with one draw per study (`augment3d.py`), a single
-    window repeated to 3 channels at the end, as slices are."""
+    window repeated to 3 channels at the end, as slices are. `front` (`data.augment_on: model`): batches leave as
+    read, and `augment3d.study_training_front` in the fitted model does the rest on its device."""
     ds = gather_batches(volumes, labels, batch_size, shuffle=training, seed=seed, balanced=training and balanced)
-    return _study_batches_out(ds, data_cfg, training, seed, deterministic)
+    return _study_batches_out(ds, data_cfg, training, seed, deterministic, front)
 
 
-def _study_batches_out(ds, data_cfg, training: bool, seed: int, deterministic: bool):
+def _study_batches_out(ds, data_cfg, training: bool, seed: int, deterministic: bool, front: bool = False):
     """Batches of studies, in memory or streamed -> augmented (training), 3 channels, prefetched."""
     from medkeras.data.augment3d import build_volume_augmenter
 
+    if front:
+        return ds.prefetch(2)
     augmenter = build_volume_augmenter(data_cfg.augment, seed, kernel=pipeline_kernel()) if training else None
     if augmenter is not None:
         ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=None if deterministic else AUTOTUNE)
@@ -245,6 +248,7 @@ def stream_tf_dataset(split: Split, data_cfg, batch_size: int, training=False, s
         least = 8 if split.studies else 256
         ds = ds.shuffle(min(len(split), max(least, 64 * 2**20 // per_item)), seed=seed, reshuffle_each_iteration=True)
     if split.studies:
-        return _study_batches_out(ds.batch(batch_size), data_cfg, training and augment, seed, deterministic)
+        return _study_batches_out(ds.batch(batch_size), data_cfg, training and augment, seed, deterministic,
+                                  front and training)
     return augment_batches(ds.batch(batch_size), data_cfg, training and augment, seed, size_var, deterministic,
                            front and training)

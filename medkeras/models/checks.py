@@ -75,8 +75,6 @@ def check_study(cfg) -> None:
     if cfg.train.size_schedule:
         raise ConfigError("train.size_schedule (progressive resizing) is for slices; study models train at "
                           "data.volume_size")
-    if data.augment_on == "model":
-        raise ConfigError("data.augment_on: model is for slices; studies augment in tf.data (set data or auto)")
     try:
         check_volume_augment(data.augment)
     except ConfigError as exc:

@@ -94,7 +94,7 @@ def read_data(cfg, run_dir, size_var=None) -> RunData:
     arrays = _decode_splits(cfg, dataset, run_dir)
     cfg.data.class_names = list(dataset.class_names)
     cfg.data.positive_class = dataset.positive_class
-    in_model = augment_where(cfg.data.augment_on) == "model" and not is_study(cfg)  # studies augment in tf.data
+    in_model = augment_where(cfg.data.augment_on) == "model"
 
     def train_batches(training):
         split, (images, labels, _) = dataset.splits["train"], arrays["train"]

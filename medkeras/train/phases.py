@@ -126,14 +126,20 @@ def _with_front(ctx, model, sized: bool):
     fitted in its place; callbacks save and validate `model` itself."""
     import keras
 
+    from medkeras.config import is_study
     from medkeras.data.augment import training_front
+    from medkeras.data.augment3d import study_training_front
 
     full = ctx.cfg.data.image_size
     resize = ctx.size_var if sized else None
     with ctx.multiworker.scope() if ctx.multiworker is not None else contextlib.nullcontext():
         channels = ctx.data.train_ds.element_spec[0].shape[-1]  # as read: the front repeats grey to the model's 3
-        inputs = keras.Input((full, full, channels), name="pixels")
-        front = training_front(ctx.cfg.data.augment, ctx.cfg.train.seed, resize)
+        if is_study(ctx.cfg):  # (D, H, W, C) studies at data.volume_size
+            inputs = keras.Input((*(int(v) for v in ctx.cfg.data.volume_size), channels), name="volume")
+            front = study_training_front(ctx.cfg.data.augment, ctx.cfg.train.seed)
+        else:
+            inputs = keras.Input((full, full, channels), name="pixels")
+            front = training_front(ctx.cfg.data.augment, ctx.cfg.train.seed, resize)
         return keras.Model(inputs, model(front(inputs)), name=f"{model.name}_training")
 
 

@@ -46,3 +46,26 @@ def test_slice_only_keys_are_refused_and_nothing_on_is_none():
     with pytest.raises(ConfigError, match="data.augment.clahe applies to slices only"):
         build_volume_augmenter(AugmentConfig(clahe=0.5), seed=0)
     assert build_volume_augmenter(AugmentConfig(flip="none", rotation=0.0, brightness=0.0, contrast=0.0), 0) is None
+
+
+def test_the_study_front_augments_as_the_pipeline_does(study):
+    """`data.augment_on: model` for studies: the block at the front of the fitted model gives what the tf.data
+    pipeline gives a batch of real CT studies, draw for draw (same seed; the pipeline resamples with OpenCV, the front
+    with TF's kernel), then the window repeated to 3; outside training only the repeat."""
+    from medkeras.config import DataConfig
+    from medkeras.data.augment3d import study_training_front
+    from medkeras.data.pipeline import make_tf_dataset
+
+    aug = AugmentConfig(flip="horizontal", rotation=0.1, zoom=0.1, translation=0.05, brightness=0.2, contrast=0.2,
+                        noise=3.0)
+    cfg = DataConfig(source="x", window=[[-600.0, 1500.0]], image_size=32, volume_size=[8, 32, 32], augment=aug)
+    volumes, labels = np.concatenate([study, study[:, ::-1]]), np.asarray([1, 1, 0, 0])
+    piped = next(iter(make_tf_dataset(volumes, labels, cfg, 4, training=True, seed=3)))[0].numpy()
+    raw = next(iter(make_tf_dataset(volumes, labels, cfg, 4, training=True, seed=3, front=True)))[0]
+    assert raw.shape == (4, 8, 32, 32, 1)  # as read: the front does the rest
+    front = study_training_front(aug, 3)
+    got = front(raw, training=True).numpy()
+    assert got.shape == piped.shape == (4, 8, 32, 32, 3)
+    np.testing.assert_allclose(got, piped, atol=0.05)  # OpenCV's resampling against TF's: interpolation error
+    assert np.abs(got - np.repeat(raw.numpy(), 3, axis=-1)).max() > 10  # and it did augment
+    np.testing.assert_array_equal(front(raw, training=False).numpy(), np.repeat(raw.numpy(), 3, axis=-1))
