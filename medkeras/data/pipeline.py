@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from medkeras.data.allocator import keep_batch_buffers
 from medkeras.data.augment import augment_pixels, build_augmenter
 from medkeras.data.cpu_kernels import pipeline_kernel
 from medkeras.data.readers import decode_dicom_graph, is_dicom, read_image
@@ -125,6 +126,8 @@ def make_tf_dataset(
     (`data.cache: memory`, or `auto` below 4 GiB resized) or per batch (`none`, or `auto` above). Grayscale stays
     one channel through augmentation (a third of the work) and is repeated to 3 at the end.
     """
+    if training:
+        keep_batch_buffers()
     if images.ndim == 5:  # (N, D, H, W, C) studies, already at data.volume_size
         return study_batches(images, labels, data_cfg, batch_size, training and augment, seed, deterministic,
                              balanced, front and training)
@@ -232,6 +235,8 @@ def stream_tf_dataset(split: Split, data_cfg, batch_size: int, training=False, s
     """A prepared-store split streamed as batches (never held in memory): files shuffled, then a bounded buffer."""
     import tensorflow as tf
 
+    if training:
+        keep_batch_buffers()
     if split.studies:  # one HU volume a record, windowed as it is read
         ds = study_examples(split, data_cfg, shuffle=training, seed=seed, deterministic=deterministic)
         per_item = int(np.prod(data_cfg.volume_size)) * len(data_cfg.window or [1]) * 4
