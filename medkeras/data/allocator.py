@@ -6,7 +6,8 @@ batch buffers went back to the kernel and came back as fresh pages, step after s
 in one of two states, ~730 or ~1,400 images/s, from epoch to epoch in the same process (`bench.pipeline`'s cached
 mode; with the grey batch not repeated to 3 channels, ~1,500 every epoch). Keeping buffers up to 64 MiB on the
 heap and trimming only past 512 MiB free made every epoch the fast one, for ~5% more peak memory (1,003 vs
-949 MiB). Applied where a training pipeline is built (after the decode), so it outlasts TensorFlow's own setting;
+949 MiB). Applied where a training pipeline from memory is built (after the decode), so it outlasts TensorFlow's
+own setting (not for a store streamed: there the heap kept more than it reused, +10-20% peak at 10x the data);
 `MEDKERAS_MALLOC=default` leaves the allocator as it is. Elsewhere than glibc, nothing is done.
 """
 
