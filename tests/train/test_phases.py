@@ -32,8 +32,8 @@ def test_augmentation_in_the_model_trains_as_in_the_pipeline_and_is_never_saved(
         configs[where] = json.loads(zipfile.ZipFile(run / "model.keras").read("config.json"))
     first = {where: logs[where][0] for where in logs}
     assert first["data"]["image_size"] == first["model"]["image_size"] == "20.0"
-    for key in ("loss", "accuracy", "val_loss", "val_auroc"):
-        np.testing.assert_allclose(float(first["model"][key]), float(first["data"][key]), rtol=1e-4)
+    for key in ("loss", "accuracy", "val_loss", "val_auroc"):  # the pipeline resamples on OpenCV, the front on TF:
+        np.testing.assert_allclose(float(first["model"][key]), float(first["data"][key]), rtol=5e-3)  # 0.24% here
     assert logs["model"][1]["image_size"] == "28.0"
     assert "training_front" not in json.dumps(configs["model"])
     assert configs["model"]["config"]["layers"] == configs["data"]["config"]["layers"]  # the same model saved
