@@ -86,10 +86,9 @@ def _image_features(image, native_hu: bool) -> dict:
     """A record's image features: an exact int16 copy of integral HU in "hu16" where the store has it, else "image"."""
     if not native_hu:
         return {"image": image}
-    if image.dtype != np.int16:
-        whole = image.astype(np.int16)
-        if np.array_equal(whole, image):
-            return {"image": np.zeros((0, 0, 1), np.float32), "hu16": whole}
+    whole = image.astype(np.int16)
+    if np.array_equal(whole, image):
+        return {"image": np.zeros((0, 0, 1), np.float32), "hu16": whole}
     return {"image": image, "hu16": np.zeros((0, 0, 1), np.int16)}
 
 

@@ -109,7 +109,6 @@ def build_archive(model, meta: dict, fold: bool = True):
     archive.track(model)
     if meta.get("model_input", "slice") != "slice":  # a study model: pixels and HU volumes (study_export.py)
         from medkeras.export.study_export import add_study_endpoints
-
         from medkeras.models.study import with_attention
 
         both = with_attention(model)  # series members: their slice attention beside the logits, in the same pass

@@ -142,10 +142,14 @@ def verify_study_export(path: Path, loaded, target=None) -> dict:
     from medkeras.models.study import with_attention
 
     both = with_attention(model)
+    if both is None:
+        expected = {"serving_default": keras_probs(pixels)}
+    else:  # the logits and the slice attention of one pass, as the signatures give them
+        logits, weights = both.predict(to_model_channels(pixels).numpy(), verbose=0)
+        expected = {"serving_default": softmax(np.asarray(logits), loaded.temperature),
+                    "serving_default attention": np.asarray(weights)}
     expected = {
-        "serving_default": keras_probs(pixels),
-        **({"serving_default attention": np.asarray(both.predict(to_model_channels(pixels).numpy(), verbose=0)[1])}
-           if both is not None else {}),
+        **expected,
         "serve_volume": (keras_probs(np.stack([p for _, _, p in volumes])) if volumes
                          else np.zeros((0, len(loaded.class_names)))),
     }
