@@ -198,6 +198,15 @@ def through_every_door(run: Path, export: Path, files: dict, tmp: Path) -> dict:
         assert set(tops) == {"predict RUN (CLI)", "predict model.keras", "predict SavedModel", "serving_default",
                              "serve_volume"}, tops
         assert all(by_name == tops["predict model.keras"] for by_name in tops.values()), tops
+        weights = {}  # eval's attention.csv: each series member's weights (over the recipe's test-time flips)
+        for r in _rows(tmp / "eval" / "attention.csv"):
+            weights.setdefault(r["path"], []).append([float(v) for k, v in r.items() if k.startswith("slice_")])
+        assert set(weights) == set(files)
+        report_tops = {name: int(np.argmax(np.mean(w, axis=0))) for name, w in weights.items()}
+        assert report_tops == tops["predict model.keras"], "the report's top slices must be the ones served"
+    for level in ("series", "patient") if studies else ():  # a group counts what it holds: studies
+        if (tmp / "eval" / f"predictions.{level}.csv").exists():
+            assert "studies" in _rows(tmp / "eval" / f"predictions.{level}.csv")[0]
     for name, path in (() if studies else files.items()):
         got = {"serving_default": signatures["serving_default"](image=tf.constant(read_image(path, windows)[None]))}
         if is_dicom(path):

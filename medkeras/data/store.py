@@ -43,7 +43,11 @@ def load_store(path, data_cfg) -> Dataset:
     class_names = index["class_names"]
     windows = data_cfg.window or []
     if data_cfg.class_names is not None and list(data_cfg.class_names) != list(class_names):
-        raise DataError(path, f"the store holds classes {class_names}, not data.class_names {data_cfg.class_names}")
+        hint = (f": the same classes in another order; prepare with --config of this recipe (the store then orders "
+                f"them as it does) or --set data.class_names=[{','.join(class_names)}] (the positive class is named "
+                "by data.positive_class)" if sorted(data_cfg.class_names) == sorted(class_names) else "")
+        raise DataError(path, f"the store holds classes {class_names}, not data.class_names {data_cfg.class_names}"
+                              f"{hint}")
     if index["hu"] and not windows:
         raise DataError(path, "the store holds Hounsfield units: set data.window (e.g. lung) to read it")
     baked = index.get("windows")

@@ -88,11 +88,12 @@ def level_keys(split, names, levels) -> dict:
     return out
 
 
-def write_group_predictions(path, level, groups, probs, pred, class_names, labels=None) -> None:
-    """One row per series or patient (its key, images, probabilities, prediction[, label]); written atomically."""
+def write_group_predictions(path, level, groups, probs, pred, class_names, labels=None, unit="images") -> None:
+    """One row per series or patient (its key, how many `unit` (images or studies) it holds, probabilities,
+    prediction[, label]); written atomically."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow([level, "images", *[f"p_{c}" for c in class_names], "predicted", *(["label"] if labels is not None else [])])
+    writer.writerow([level, unit, *[f"p_{c}" for c in class_names], "predicted", *(["label"] if labels is not None else [])])
     for i, key in enumerate(groups["keys"]):
         extra = [class_names[labels[i]]] if labels is not None else []
         writer.writerow([key, groups["sizes"][i], *[f"{v:.9g}" for v in probs[i]], class_names[pred[i]], *extra])

@@ -265,7 +265,7 @@ def score_split(model, meta, split_name, dataset, cfg, tta=None, threshold=None,
     thr = float(meta.get("threshold", 0.5)) if threshold is None else float(threshold)
     scored = score_arrays(split_name, dataset, (images, labels, names), logits, float(meta.get("temperature", 1.0)),
                           thr, thresholds, eval_cfg, members)
-    attention = study_attention(model, images, cfg.data, eval_cfg.batch_size) if analysis else {}  # series models
+    attention = study_attention(model, images, cfg.data, eval_cfg.batch_size, flips) if analysis else {}  # series models
     return {**scored, "bad_files": bad, "tta": bool(flips), "tta_flips": flips,
             "tta_as_served": flips == flips_of(meta), "attention": attention}
 
@@ -321,7 +321,7 @@ def write_outputs(out_dir, scored, dataset, cfg, meta, model=None, history_csv=N
         write_attention(out_dir / "attention.csv", scored["names"], scored["attention"])
     for level, groups in scored.get("levels", {}).items():
         write_group_predictions(out_dir / f"predictions.{level}.csv", level, groups, groups["probs"], groups["pred"],
-                                dataset.class_names, groups["labels"])
+                                dataset.class_names, groups["labels"], "studies" if is_study(cfg) else "images")
     write_report(out_dir, scored, dataset, cfg, meta, model=model, history_csv=history_csv)
     return scored["metrics"]
 

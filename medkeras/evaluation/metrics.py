@@ -95,6 +95,8 @@ def summary_lines(run_dir) -> list[str]:
             m = metrics[split]
             auroc = "undefined" if m.get("auroc") is None else f"{m['auroc']:.3f}"
             lines.append(f"{split}: AUROC {auroc}  accuracy {m['accuracy']:.3f}  (n={m['n']})")
+    if metrics.get("tta_flips"):  # the epochs' val_auroc in train_log.csv is of the image alone
+        lines.append(f"val and test scored with test-time flips ({', '.join(metrics['tta_flips'])}), as served")
     lines.append(f"best epoch {metrics.get('best_epoch')} by {metrics.get('monitor')}")
     lines.append(f"run directory: {run_dir}")
     return lines

@@ -44,7 +44,7 @@ class Scorer:
         return probs, predict_labels(probs, loaded.positive_index, loaded.threshold), logits
 
 
-def write_groups(out, scorer, rows) -> list:
+def write_groups(out, scorer, rows, studies=False) -> list:
     """`<out>.series.csv` / `<out>.patient.csv` beside `out`: each group's slices combined as at evaluation (the
     model's aggregate rule; each level's threshold chosen on validation). -> the files written."""
     from pathlib import Path
@@ -64,7 +64,7 @@ def write_groups(out, scorer, rows) -> list:
         threshold = float((loaded.meta.get("thresholds") or {}).get(level, loaded.threshold))
         path = Path(out).with_suffix(f".{level}.csv")
         write_group_predictions(path, level, groups, probs, predict_labels(probs, loaded.positive_index, threshold),
-                                scorer.class_names)
+                                scorer.class_names, unit="studies" if studies else "images")
         written.append(str(path))
     return written
 
@@ -125,6 +125,6 @@ def predict(model_path, inputs, out=None, on_bad_file="fail", batch_size=32, pro
     else:
         with atomic_path(out) as tmp:
             tmp.write_text(buf.getvalue())
-    groups = write_groups(out, scorer, rows) if keys and out is not None else []
+    groups = write_groups(out, scorer, rows, studies) if keys and out is not None else []
     return {"scored": len(rows), "skipped": bad, "out": str(out) if out else None, "groups": groups,
             "unit": "study" if studies else "file"}

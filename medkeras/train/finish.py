@@ -90,6 +90,7 @@ def finish_run(ctx, model, best: dict) -> dict:
             "thresholds": meta.get("thresholds", {}),
             "calibration_note": meta.get("calibration_note"),  # where the temperature worsens validation's ECE
             "fusion_weights": meta.get("fusion_weights"),
+            "tta_flips": meta["tta_flips"],  # val and test below are scored with them, as served
             **results,
             "timing_s": ctx.timer.marks,
         },

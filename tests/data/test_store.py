@@ -103,6 +103,10 @@ def test_hu_store_takes_any_window_and_sized_store_refuses_others(tmp_path, ct_m
         load_dataset(data_cfg(source=str(tmp_path / "sized"), window="bone", image_size=32))
     with pytest.raises(DataError, match="holds Hounsfield units"):
         load_dataset(DataConfig(source=str(tmp_path / "hu"), image_size=32))
+    # a recipe naming the same classes in another order is told how to read the store
+    with pytest.raises(DataError, match=r"another order.*data.class_names=\[normal,tumour\]"):
+        load_dataset(data_cfg(source=str(tmp_path / "hu"), window="lung", image_size=32,
+                              class_names=["tumour", "normal"]))
 
 
 def test_bad_files_fail_without_a_store_or_are_skipped_and_listed(tmp_path, ct_manifest):

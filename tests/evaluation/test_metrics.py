@@ -50,3 +50,16 @@ def test_softmax_with_temperature():
     logits = np.array([[2.0, 0.0]])
     np.testing.assert_allclose(softmax(logits)[0, 0], 1 / (1 + np.exp(-2)), rtol=1e-6)
     np.testing.assert_allclose(softmax(logits, 2.0)[0, 0], 1 / (1 + np.exp(-1)), rtol=1e-6)
+
+
+def test_the_fit_summary_says_when_val_and_test_were_scored_with_test_time_flips(tmp_path):
+    import json
+
+    from medkeras.evaluation.metrics import summary_lines
+
+    scored = {"val": {"auroc": 0.91, "accuracy": 0.8, "n": 10}, "best_epoch": 3, "monitor": "val_auroc"}
+    (tmp_path / "metrics.json").write_text(json.dumps({**scored, "tta_flips": ["horizontal"]}))
+    lines = summary_lines(tmp_path)
+    assert lines[0].startswith("val: AUROC 0.910") and "test-time flips (horizontal)" in lines[1]
+    (tmp_path / "metrics.json").write_text(json.dumps({**scored, "tta_flips": []}))
+    assert not any("flips" in line for line in summary_lines(tmp_path))
