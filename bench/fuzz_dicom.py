@@ -99,14 +99,15 @@ def mutate(data: bytes, rng: np.random.Generator) -> tuple[bytes, str]:
 def read_one(path) -> str:
     """What reading a file gives: "pixels", "DicomError", or the name of anything else raised."""
     from medkeras.data.readers import is_dicom, read_dicom_hu
-    from medkeras.data.readers.dicom_layout import pixel_layout
+    from medkeras.data.readers.dicom_layout import pixel_layout, plain_hu
     from medkeras.data.readers.dicom_tags import dicom_items
     from medkeras.errors import DicomError
 
     try:
-        pixel_layout(path)  # the graph decoder's header check must never raise
-        items = dicom_items(path) if is_dicom(path) else []
-        image = read_dicom_hu(items[0].name if len(items) > 1 else path)
+        pixel_layout(path)  # the layout check must never raise
+        items = dicom_items(path) if is_dicom(path) else []  # notes the layout: the numpy read below must hold too
+        image = plain_hu(path) if len(items) == 1 else None
+        image = read_dicom_hu(items[0].name if len(items) > 1 else path) if image is None else image
     except DicomError:
         return "DicomError"
     except Exception as exc:  # noqa: BLE001 - the finding

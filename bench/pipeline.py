@@ -3,8 +3,9 @@
 Baselines, in the same run on the same files: a per-file Python loop doing what a PyTorch notebook's
 `Dataset.__getitem__` does (pydicom + numpy + PIL, one image at a time, collated into batches), and the same
 `Dataset` behind a `torch.utils.data.DataLoader` with 2 worker processes (if torch is installed).
-medkeras rows: from DICOM (`split_arrays`: pydicom parses headers while the graph reads, rescales, windows and
-resizes the pixels; then the tf.data pipeline with one fused flip/rotation resampling), and from a `medkeras
+medkeras rows: from DICOM (`split_arrays`: pydicom parses the headers, in forked workers for a long listing; numpy
+reads, rescales and windows the pixels from the noted layout and Pillow resizes them, in threads; then the tf.data
+pipeline with one fused flip/rotation resampling), and from a `medkeras
 prepare` store (sized: windowed pixels at the training size; native: HU at 512 px, windowed and resized in the
 graph). Every mode runs in its own fresh process per round (`child_run`: a warm-up epoch, then one timed epoch
 over the same items); rounds are interleaved.
@@ -266,7 +267,7 @@ def main(argv=None):
 
     modes = {
         "python loop (PyTorch-style __getitem__)": ("python_loop", m1),
-        "medkeras from DICOM, one pass (headers by pydicom, pixels in the graph)": ("dicom_single_pass", m1),
+        "medkeras from DICOM, one pass (headers by pydicom, pixels by numpy + Pillow in threads)": ("dicom_single_pass", m1),
         "medkeras from DICOM, later epochs (decoded once, cached)": ("cached_epoch", m1),
         "medkeras from store (--size 224: pixels)": ("store_epoch", work / "sized"),
         "medkeras from store (native 512 HU, windowed + resized in graph)": ("store_epoch", work / "native"),
@@ -284,7 +285,7 @@ def main(argv=None):
     loop = float(np.median(rates["python loop (PyTorch-style __getitem__)"]))
     table = {name: {"images_per_s": float(np.median(r)), "vs_loop": float(np.median(r)) / loop, "runs": r}
              for name, r in rates.items()}
-    one = table["medkeras from DICOM, one pass (headers by pydicom, pixels in the graph)"]["images_per_s"]
+    one = table["medkeras from DICOM, one pass (headers by pydicom, pixels by numpy + Pillow in threads)"]["images_per_s"]
     later = table["medkeras from DICOM, later epochs (decoded once, cached)"]["images_per_s"]
     epochs = args.fit_epochs
     fit_rate = epochs / (1 / one + (epochs - 1) / later)  # derived: one decoding pass, then cached epochs

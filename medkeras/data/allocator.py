@@ -1,7 +1,7 @@
 """glibc's malloc, told to keep a training batch's buffers between steps.
 
 A batch of 32 images of 224 x 224 x 3 float32 is 19 MiB. With glibc's defaults (a sliding mmap threshold) and the
-128 KiB trim threshold TensorFlow sets when a `from_generator` dataset first runs (the graph DICOM decode), freed
+128 KiB trim threshold TensorFlow sets when a `from_generator` dataset first runs (the graph DICOM decode did), freed
 batch buffers went back to the kernel and came back as fresh pages, step after step: later epochs from memory ran
 in one of two states, ~730 or ~1,400 images/s, from epoch to epoch in the same process (`bench.pipeline`'s cached
 mode; with the grey batch not repeated to 3 channels, ~1,500 every epoch). Keeping buffers up to 64 MiB on the

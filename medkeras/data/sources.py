@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from medkeras.data.keys import id_masks, keyed
-from medkeras.data.readers import READABLE_SUFFIXES, common_folder, dicom_items, is_dicom
+from medkeras.data.readers import READABLE_SUFFIXES, common_folder, is_dicom
+from medkeras.data.readers.listing import list_dicom
 from medkeras.data.splits import split_groups, split_indices
 from medkeras.data.store import is_store, load_store
 from medkeras.data.types import SPLITS, Dataset, Split
@@ -74,16 +75,12 @@ def load_npz(path, class_names=None, name=None) -> Dataset:
 
 def _dicom_structure(paths, key_file):
     """Each file's images from its DICOM header: [SliceInfo] per path ([None] for other files; a DICOM file whose
-    header cannot be read stays one item, named when it is decoded)."""
-    out = []
-    for path in paths:
-        if not is_dicom(path):
-            out.append([None])
-            continue
-        try:
-            out.append(dicom_items(path, key_file))
-        except DataError:
-            out.append([None])
+    header cannot be read stays one item, named when it is decoded). Many headers are parsed on every core."""
+    dicom = [i for i, path in enumerate(paths) if is_dicom(path)]
+    out = [[None] for _ in paths]
+    for i, items in zip(dicom, list_dicom([paths[i] for i in dicom], key_file)):
+        if items is not None:
+            out[i] = items
     return out
 
 

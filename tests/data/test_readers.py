@@ -1,5 +1,5 @@
-"""The readers on real files: every picture kind Pillow reads, and the graph twins (PNG/JPEG bytes, plain DICOM)
-equal to the Python readers pixel for pixel; machine limits are not bad files. DICOM itself: test_dicom.py."""
+"""The readers on real files: every picture kind Pillow reads, the graph twin (PNG/JPEG bytes) and the numpy read of
+plain DICOM equal to Pillow and pydicom pixel for pixel; machine limits are not bad files. DICOM itself: test_dicom.py."""
 
 from pathlib import Path
 
@@ -13,24 +13,25 @@ from medkeras.data.readers import read_image
 
 
 @pytest.mark.parametrize("window", ["lung", ["lung", "mediastinum", "bone"]])
-def test_graph_dicom_decode_equals_pydicom_exactly(dicom_variants, window):
-    """The tf.data DICOM reader (header by pydicom, pixels in the graph) gives the pydicom path's pixels exactly;
-    files it cannot read plainly are handed back, not guessed at."""
-    from medkeras.data.readers import decode_dicom_graph
-    from medkeras.data.resize import resize_dynamic, resize_images
+def test_listed_plain_dicom_read_by_numpy_equals_pydicom_exactly(dicom_variants, window, monkeypatch):
+    """A listed plain DICOM is read by numpy from the layout its listing noted (no second parse), giving pydicom's
+    HU and pixels exactly; files it cannot read plainly, or not listed, are left to pydicom, not guessed at."""
+    from medkeras.data.readers import dicom_items, dicom_layout, hu_to_pixels
     from medkeras.data.windows import parse_windows
 
+    monkeypatch.setattr(dicom_layout, "_NOTED", type(dicom_layout._NOTED)())
     plain, other = dicom_variants
     windows = parse_windows(window)
-    items, rest = decode_dicom_graph(plain + other, windows)
-    items = dict(items)
-    assert sorted(items) == list(range(len(plain))) and rest == list(range(len(plain), len(plain) + len(other)))
-    for i, path in enumerate(plain):
-        np.testing.assert_array_equal(items[i], read_image(path, windows))  # full size, before any resize
-    assert not np.array_equal(items[3], items[4])  # MONOCHROME1 really inverted
-    resized = dict(decode_dicom_graph(plain[:2], windows, then=lambda x: resize_dynamic(x, 64))[0])
-    for i, path in enumerate(plain[:2]):  # the resize fused into the same map: still the Python path's pixels
-        np.testing.assert_array_equal(resized[i], resize_images(read_image(path, windows), 64).numpy())
+    assert all(dicom_layout.plain_hu(p) is None for p in plain)  # not listed: pydicom reads it
+    for path in plain + other[:-1]:
+        dicom_items(path)
+    for path in plain:
+        hu = dicom_layout.plain_hu(path)
+        assert hu is not None and hu.dtype == np.float32
+        np.testing.assert_array_equal(hu, read_dicom_hu(path))
+        np.testing.assert_array_equal(read_image(path, windows), hu_to_pixels(read_dicom_hu(path), windows))
+    assert not np.array_equal(dicom_layout.plain_hu(plain[3]), dicom_layout.plain_hu(plain[4]))  # MONOCHROME1
+    assert all(dicom_layout.plain_hu(p) is None for p in other)  # big-endian, multi-frame, colour, truncated
 
 
 def test_a_dicom_header_is_parsed_once_from_listing_to_decoding(tmp_path, monkeypatch):
@@ -177,6 +178,9 @@ def test_a_machine_limit_is_not_a_bad_file(monkeypatch, tmp_path, breast):
     def out_of_memory(*args, **kwargs):
         raise MemoryError()
 
+    from medkeras.data.readers import dicom_layout
+
+    monkeypatch.setattr(dicom_layout, "_NOTED", type(dicom_layout._NOTED)())  # nothing listed: pydicom reads them
     monkeypatch.setattr(pydicom, "dcmread", out_of_memory)
     with pytest.raises(ResourceError, match="1-01.dcm: cannot read it now: out of memory"):
         read_dicom_hu(LUNG / "1-01.dcm")

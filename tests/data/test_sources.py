@@ -172,7 +172,7 @@ def test_a_multi_frame_file_is_one_sample_per_frame_grouped_by_its_patient(tmp_p
     expected = read_image(LUNG / "1-14.dcm", cfg.window)  # frame 3 is the slice at z -189
     from medkeras.data.resize import resize_images
 
-    np.testing.assert_array_equal(by_name[frames[0]], resize_images(expected, 64).numpy())
+    np.testing.assert_allclose(by_name[frames[0]], resize_images(expected, 64).numpy(), atol=5e-3)  # Pillow = TF
 
 
 def test_redact_paths_names_items_by_keyed_patient_and_index_only(tmp_path):

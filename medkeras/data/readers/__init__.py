@@ -1,8 +1,8 @@
 """Readers: the only code that turns a file or encoded bytes into float32 pixels or Hounsfield units.
 
 Fit (in memory and tf.data), eval, predict, gradcam, `prepare` and the SavedModel's signatures all read through
-here: `read_image` / `read_raw` in Python (Pillow, pydicom, numpy), and their graph twins `decode_encoded` (PNG and
-JPEG bytes) and `decode_dicom_graph` (plain DICOM), which tests hold equal to the Python readers on real files.
+here: `read_image` / `read_raw` in Python (Pillow, pydicom, numpy: a listed plain DICOM's pixels straight from its
+bytes), and the graph twin `decode_encoded` (PNG and JPEG bytes), which tests hold equal to the Python readers.
 """
 
 from medkeras.data.readers.dicom import read_dicom_display, read_dicom_hu, split_frame
@@ -25,7 +25,7 @@ from medkeras.data.readers.files import (
     read_image,
     read_raw,
 )
-from medkeras.data.readers.graph import decode_dicom_graph, decode_encoded
+from medkeras.data.readers.graph import decode_encoded
 from medkeras.data.readers.pixels import (
     hu_to_pixels,
     minmax_pixels,
@@ -41,7 +41,6 @@ __all__ = [
     "READABLE_SUFFIXES",
     "collect_inputs",
     "common_folder",
-    "decode_dicom_graph",
     "decode_encoded",
     "SliceInfo",
     "dicom_items",

@@ -1,9 +1,14 @@
-"""Where a plain DICOM keeps its pixels, for the graph decoder (`graph.decode_dicom_graph`): pydicom parses the
-header only, TensorFlow reads the bytes. Everything that is not plain goes through `dicom.py`.
+"""Where a plain DICOM keeps its pixels, so that its HU are read with numpy from the bytes (`plain_hu`): pydicom
+parses the header only. Everything that is not plain goes through `dicom.py`.
 
 A header is parsed once per file: listing a source (`dicom_tags.dicom_items`) notes each file's layout from the
-header it has already read (`note_layout`), and decoding takes it from there while the file is unchanged (same
-size, modification and change times); a file decoded without being listed is parsed here.
+header it has already read (`note_layout`), and reading takes it from there while the file is unchanged (same
+size, modification and change times). `plain_hu` reads only files whose layout is noted: any other file goes to
+pydicom, which parses it once and names any failure.
+
+Measured here (512 px CT, 2 cores, TF loaded): numpy from the noted layout 0.3 ms a slice (file read + rescale),
+against 1.8-2.2 ms for pydicom's full read with `pixel_array`; it runs outside the GIL, so `decode_files`' threads
+decode on every core (the graph decoder it replaces ran 190-290 slices/s with the resize, 2 threads of this 540-670).
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from medkeras.data.readers.dicom import dcmread
+import numpy as np
+
+from medkeras.data.readers.dicom import dcmread, named_errors
 
 # Uncompressed little-endian transfer syntaxes: pixel bytes lie in the file as stored (implicit / explicit VR).
 _NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
@@ -35,6 +42,16 @@ def note_layout(path, ds) -> None:
         entry = (_stat_key(path), layout_of(ds, path))
     except Exception:  # noqa: BLE001 - nothing noted: decoding parses the file and names any cause
         return
+    remember(path, entry)
+
+
+def noted(path):
+    """The (stat key, layout) entry noted for `path`, or None: what a listing worker sends back (`listing.py`)."""
+    return _NOTED.get(str(path))
+
+
+def remember(path, entry) -> None:
+    """Note an entry made by `note_layout` here or in a listing worker."""
     with _LOCK:
         _NOTED[str(path)] = entry
         _NOTED.move_to_end(str(path))
@@ -89,3 +106,27 @@ def layout_of(ds, path) -> dict | None:
         "slope": float(slope if slope is not None else 1.0), "intercept": float(intercept or 0.0),
         "invert": photometric == "MONOCHROME1",
     }
+
+
+@named_errors  # out of memory is a ResourceError, as on pydicom's path
+def plain_hu(path) -> np.ndarray | None:
+    """float32 (H, W) HU of a listed plain DICOM (its layout noted, the file unchanged since), read with numpy:
+    `stored * slope + intercept` in float32, MONOCHROME1 inverted within its range, exactly what `read_dicom_hu`
+    gives (tests compare them on real files). None for any other file, which `read_dicom_hu` then reads."""
+    noted = _NOTED.get(str(path))
+    try:
+        if noted is None or noted[1] is None or noted[0] != _stat_key(path):
+            return None
+        layout = noted[1]
+        with open(path, "rb") as f:
+            f.seek(layout["offset"])
+            data = f.read(layout["nbytes"])
+    except OSError:
+        return None  # gone or unreadable since it was listed: pydicom names the cause
+    if len(data) != layout["nbytes"]:
+        return None
+    stored = np.frombuffer(data, dtype=np.dtype(layout["dtype"]).newbyteorder("<"))
+    hu = stored.reshape(layout["rows"], layout["cols"]).astype(np.float32)
+    hu *= np.float32(layout["slope"])
+    hu += np.float32(layout["intercept"])
+    return hu.max() + hu.min() - hu if layout["invert"] else hu

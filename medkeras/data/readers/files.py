@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from medkeras.data.readers.dicom import read_dicom_display, read_dicom_hu, split_frame
+from medkeras.data.readers.dicom_layout import plain_hu
 from medkeras.data.readers.pixels import hu_to_pixels, to_pixels
 from medkeras.errors import DataError, raise_if_resource
 
@@ -80,8 +81,9 @@ def read_raw(path, hu: bool = False) -> tuple[np.ndarray, bool]:
     suffix = split_frame(path)[0].suffix.lower()
     is_hu = False
     if suffix in DICOM_SUFFIXES:
-        if hu:
-            image, is_hu = read_dicom_hu(path), True
+        if hu:  # a listed plain file by numpy from its noted layout (no second parse), else pydicom
+            image = plain_hu(path) if split_frame(path)[1] is None else None
+            image, is_hu = (image if image is not None else read_dicom_hu(path)), True
         else:
             image = to_pixels(read_dicom_display(path))
     elif suffix in ARRAY_SUFFIXES:
@@ -129,7 +131,8 @@ def named_inputs(inputs, key_file=None) -> list[tuple]:
     import os
 
     from medkeras.data.keys import masked_name
-    from medkeras.data.readers.dicom_tags import dicom_items, series_in_z_order
+    from medkeras.data.readers.dicom_tags import series_in_z_order
+    from medkeras.data.readers.listing import list_dicom
 
     typed = [Path(item) for item in inputs if Path(item).is_absolute() and not Path(item).is_dir()]
     shared = common_folder(typed) if typed else None
@@ -160,12 +163,10 @@ def named_inputs(inputs, key_file=None) -> list[tuple]:
         base = os.path.commonpath([str(Path(item).resolve() if Path(item).is_dir() else Path(item).resolve().parent)
                                    for item in inputs])
         files = [(f, os.path.relpath(Path(f).resolve(), base)) for f, _ in files]
-    read = []
-    for f, name in files:
-        try:
-            read.append(dicom_items(f, key_file) if is_dicom(f) else None)
-        except DataError:
-            read.append(None)  # unreadable: reported when it is read
+    at = [i for i, (f, _) in enumerate(files) if is_dicom(f)]
+    read = [None] * len(files)  # None: not DICOM, or unreadable (reported when it is read)
+    for i, items in zip(at, list_dicom([files[i][0] for i in at], key_file)):
+        read[i] = items
     # a folder named by the PatientID is shown by its key in every name under it, an unreadable file's as well
     masks = tuple({m for frames in read if frames for m in frames[0].masks})
     out = []
