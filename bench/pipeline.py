@@ -227,6 +227,29 @@ def child_run(mode, path, size, batch):
     return {"images_per_s": float(out[-3]), "images": int(out[-2]), "peak_rss_mib": float(out[-1])}
 
 
+def first_pass(m1, args):
+    """`--first-pass-only`: the loop, torch's DataLoader and medkeras' one pass from DICOM, interleaved rounds."""
+    from bench.common import save
+
+    modes = {"python loop": "python_loop", "medkeras from DICOM, one pass": "dicom_single_pass"}
+    try:
+        import torch  # noqa: F401
+
+        modes["torch DataLoader, 2 workers"] = "torch_loader"
+    except ImportError:
+        pass
+    rates = {name: [] for name in modes}
+    for _ in range(args.rounds):
+        for name, mode in modes.items():
+            rates[name].append(child_run(mode, m1, args.size, args.batch)["images_per_s"])
+    loop = float(np.median(rates["python loop"]))
+    table = {name: {"images_per_s": float(np.median(r)), "vs_loop": float(np.median(r)) / loop, "runs": r}
+             for name, r in rates.items()}
+    load = os.getloadavg()[0]
+    print(json.dumps(table, indent=1), f"\nload average after: {load:.2f}")
+    print("wrote", save("pipeline-first-pass", {"throughput": table, "load_after": load}))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=Path("../shared/data/lung_pet_ct_dx_A0001"))
@@ -236,6 +259,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--stall-steps", type=int, default=6)
     parser.add_argument("--stall-only", action="store_true", help="only the input-stall measurement")
+    parser.add_argument("--first-pass-only", action="store_true",
+                        help="only the loop, torch and medkeras' first pass from DICOM (no stores, stall or memory)")
     parser.add_argument("--fit-epochs", type=int, default=20, help="epochs of the derived whole-fit row (lung-ct: 20)")
     args = parser.parse_args(argv)
 
@@ -252,6 +277,8 @@ def main(argv=None):
     rows = list(csv.DictReader(open(m1)))
     paths = _train_items(m1)[0]
 
+    if args.first_pass_only:
+        return first_pass(m1, args)
     t = time.perf_counter()
     prepare(DataConfig(source=str(m1), window=LUNG), work / "sized", size=args.size, verbose=False)
     prepare_sized = len(rows) / (time.perf_counter() - t)

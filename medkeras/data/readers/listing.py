@@ -65,19 +65,22 @@ def list_dicom(paths, key_file=None) -> list:
         return [_listed(p, key_file) for p in paths]
     import multiprocessing
 
-    chunks = [paths[i::workers * 4] for i in range(workers * 4)]  # interleaved: each worker gets every series
+    first = _listed(paths[0], key_file)  # pydicom's first-use work done here, once, not in every worker
+
+    rest = paths[1:]
+    chunks = [rest[i::workers * 4] for i in range(workers * 4)]  # interleaved: each worker gets every series
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
             parts = list(pool.map(partial(_share, key_file=key_file), chunks))
     except (OSError, BrokenProcessPool):  # no processes to be had here (limits, a sandbox): one by one
         return [_listed(p, key_file) for p in paths]
-    listed = [None] * len(paths)
+    listed = [first] + [None] * len(rest)
     for k, part in enumerate(parts):
         for j, (items, entry) in enumerate(part):
             i = k + j * len(chunks)
             if isinstance(items, str):  # _RAISED
-                items = _listed(paths[i], key_file)  # raises here, as the serial listing would
+                items = _listed(rest[i], key_file)  # raises here, as the serial listing would
             elif entry is not None:
-                dicom_layout.remember(paths[i], entry)
-            listed[i] = items
+                dicom_layout.remember(rest[i], entry)
+            listed[i + 1] = items
     return listed

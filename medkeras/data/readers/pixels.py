@@ -54,7 +54,10 @@ def hu_to_pixels(hu, windows):
     """
     if windows:
         channels = apply_windows(hu, windows)
-        return channels * (np.float32(255.0) if _is_numpy(hu) else 255.0)
+        if _is_numpy(hu):
+            channels *= np.float32(255.0)  # apply_windows' own new array: scaled in place
+            return channels
+        return channels * 255.0
     if _is_numpy(hu):
         return minmax_pixels(hu)[..., None]
     return minmax_pixels(hu, batched=hu.shape.rank == 3)[..., None]
