@@ -32,7 +32,9 @@ def window_hu(hu, level: float, width: float):
     low = float(level) - float(width) / 2.0
     if isinstance(hu, np.ndarray) or np.isscalar(hu):
         out = np.asarray(hu, dtype=np.float32) - np.float32(low)  # a new array, then in place: the same values,
-        out /= np.float32(width)  # a third of the passes over memory (0.57 -> ~0.2 ms a 512 px slice)
+        if not isinstance(out, np.ndarray):  # a number in (0-d arithmetic gives a numpy scalar), a number out
+            return np.float32(np.clip(out / np.float32(width), 0.0, 1.0))
+        out /= np.float32(width)  # a third of the passes over memory (0.57 -> ~0.26 ms a 512 px slice)
         return np.clip(out, 0.0, 1.0, out=out)
     import tensorflow as tf
 

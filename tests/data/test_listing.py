@@ -64,3 +64,16 @@ def test_no_processes_to_be_had_lists_one_by_one(tcia_files, monkeypatch):
     monkeypatch.setattr(listing, "ProcessPoolExecutor", refused)
     monkeypatch.setattr(listing, "_workers", lambda n: 2)
     assert listing.list_dicom(tcia_files) == serial
+
+
+def test_a_worker_forked_while_another_thread_notes_a_layout_gets_a_lock_of_its_own():
+    """A notebook thread noting layouts at the moment a listing forks held the layout lock in the workers forever
+    (found by a trial); a forked child now starts with a free lock."""
+    import os
+
+    with dicom_layout._LOCK:  # held at the fork, as by another thread
+        pid = os.fork()
+        if pid == 0:  # the child: its lock must be free
+            os._exit(0 if dicom_layout._LOCK.acquire(timeout=5) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -49,3 +49,11 @@ def test_stacked_windows_become_channels():
     assert out.shape == (1, 2, 2)
     np.testing.assert_allclose(out[0, 0], [0.5, 0.0])
     np.testing.assert_allclose(out[0, 1], [1400 / 1500, 0.5], rtol=1e-6)  # 50 HU: lung, mediastinum
+
+
+def test_window_hu_of_a_number_is_a_number():
+    """One HU value in, one float32 out (the in-place array path refused numpy scalars: found by a trial)."""
+    for value in (-600.0, np.float32(-600.0), np.array(-600.0)):
+        out = window_hu(value, -600, 1500)
+        assert out == np.float32(0.5) and np.asarray(out).dtype == np.float32
+    assert window_hu(10_000.0, -600, 1500) == 1.0 and window_hu(-10_000, -600, 1500) == 0.0

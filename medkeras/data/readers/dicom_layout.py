@@ -13,6 +13,7 @@ decode on every core (the graph decoder it replaces ran 190-290 slices/s with th
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -23,12 +24,23 @@ from medkeras.data.readers.dicom import dcmread, named_errors
 
 # Uncompressed little-endian transfer syntaxes: pixel bytes lie in the file as stored (implicit / explicit VR).
 _NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
-# (BitsAllocated, PixelRepresentation) -> what tf.io.decode_raw reads (it has no uint32: those go through pydicom)
+# (BitsAllocated, PixelRepresentation) -> the numpy dtype `plain_hu` reads (uint32 is left to pydicom, as it was for the
+# graph decoder before it)
 _DTYPES = {(8, 0): "uint8", (8, 1): "int8", (16, 0): "uint16", (16, 1): "int16", (32, 1): "int32"}
-PIXEL_DTYPES = tuple(_DTYPES.values())
 _NOTED: OrderedDict = OrderedDict()  # path -> (stat key, layout): the most recent NOTED_MAX files listed
 _NOTED_MAX = 200_000
 _LOCK = threading.Lock()
+
+
+def _fresh_lock() -> None:
+    """A forked child (a listing worker) gets a lock of its own: one held by another thread of the parent at the
+    fork would stay held in the child forever (found by a trial: a notebook thread noting layouts hung the listing)."""
+    global _LOCK
+    _LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock)
 
 
 def _stat_key(path):
@@ -60,7 +72,7 @@ def remember(path, entry) -> None:
 
 
 def pixel_layout(path) -> dict | None:
-    """Where a plain DICOM keeps its pixels, so that the graph can read them without pydicom; None otherwise.
+    """Where a plain DICOM keeps its pixels (what `plain_hu` reads with numpy), parsing its header; None otherwise.
 
     "Plain": uncompressed little-endian, one frame, one sample per pixel, 8/16/32-bit integers, with both
     RescaleSlope and RescaleIntercept (or neither, outside CT). pydicom parses the header only (pixel data
