@@ -78,11 +78,12 @@ def read_raw(path, hu: bool = False) -> tuple[np.ndarray, bool]:
         raise DataError(path, "file not found")
     elif path.stat().st_size == 0:
         raise DataError(path, "empty file (0 bytes)")
-    suffix = split_frame(path)[0].suffix.lower()
+    file, frame = split_frame(path)
+    suffix = file.suffix.lower()
     is_hu = False
     if suffix in DICOM_SUFFIXES:
         if hu:  # a listed plain file by numpy from its noted layout (no second parse), else pydicom
-            image = plain_hu(path) if split_frame(path)[1] is None else None
+            image = plain_hu(path) if frame is None else None
             image, is_hu = (image if image is not None else read_dicom_hu(path)), True
         else:
             image = to_pixels(read_dicom_display(path))

@@ -9,8 +9,6 @@ JPEG is decoded with the accurate integer DCT, as Pillow (libjpeg's default) doe
 
 from __future__ import annotations
 
-
-
 from medkeras.data.readers.pixels import scale_uint16
 
 JPEG_MAGIC = b"\xff\xd8\xff"

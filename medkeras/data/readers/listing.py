@@ -66,14 +66,13 @@ def list_dicom(paths, key_file=None) -> list:
     import multiprocessing
 
     first = _listed(paths[0], key_file)  # pydicom's first-use work done here, once, not in every worker
-
     rest = paths[1:]
     chunks = [rest[i::workers * 4] for i in range(workers * 4)]  # interleaved: each worker gets every series
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
             parts = list(pool.map(partial(_share, key_file=key_file), chunks))
     except (OSError, BrokenProcessPool):  # no processes to be had here (limits, a sandbox): one by one
-        return [_listed(p, key_file) for p in paths]
+        return [first] + [_listed(p, key_file) for p in rest]
     listed = [first] + [None] * len(rest)
     for k, part in enumerate(parts):
         for j, (items, entry) in enumerate(part):
