@@ -196,12 +196,13 @@ def study_volume(path, windows, spacing=None, size=None):
     """One study -> float32 (D, H, W, C) pixels in [0, 255]: read, resampled, windowed (C = number of windows).
 
     `windows` as `data.window` takes them: "lung", [-600, 1500], or a list of presets or [level, width] pairs."""
-    from medkeras.data.windows import apply_windows, parse_windows
+    from medkeras.data.readers import hu_to_pixels
+    from medkeras.data.windows import parse_windows
 
     windows = parse_windows(windows)
     if not windows:
         raise ConfigError("studies need windows (data.window): CT volumes are windowed from HU")
-    return np.asarray(apply_windows(study_hu(path, spacing, size, numpy=False), windows)) * np.float32(255.0)
+    return hu_to_pixels(study_hu(path, spacing, size), windows)  # numpy: the graph's float32 values, in place
 
 
 def study_hu(path, spacing=None, size=None, numpy: bool = True):

@@ -40,6 +40,44 @@ def test_a_series_is_one_volume_in_z_order_with_its_geometry(tmp_path):
         np.testing.assert_allclose(volume.affine[:3, :3], [[0, 0, dx], [0, dy, 0], [5.0, 0, 0]], atol=1e-9)
 
 
+def test_a_long_series_reads_every_slice_exactly_plain_or_compressed_each_header_parsed_once(tmp_path, monkeypatch):
+    """Eight slices of one series (real CT pixels, positions 5 mm apart, listed out of z order, named 1-01.dcm ...
+    as TCIA names them), three of them RLE-compressed and one with a rescale of its own: plain files are
+    read by numpy straight into their slices, the others by pydicom, in threads; every slice is exactly pydicom's HU
+    at its place along +z, and each file's header is parsed once."""
+    from pydicom.uid import RLELossless
+
+    from medkeras.data.readers import volume as volume_module
+
+    series = tmp_path / "Patient" / "Study" / "2.000000-5mm-40805"
+    series.mkdir(parents=True)
+    z = [-189.0 + 5.0 * k for k in (3, 0, 6, 1, 7, 2, 5, 4)]  # file order is not z order
+    uid = pydicom.uid.generate_uid()
+    for k, zk in enumerate(z):
+        def edit(ds, zk=zk, k=k):
+            ds.SeriesInstanceUID = uid
+            ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], zk]
+            if k == 2:
+                ds.RescaleIntercept, ds.RescaleSlope = -1000, 2  # a slice of its own rescale
+            if k in (1, 4, 6):
+                ds.compress(RLELossless)
+        _copy(series, f"1-{k + 1:02d}.dcm", edit, source=(LUNG if k % 2 else SERIES_3) / "1-14.dcm")
+    parses = []
+    real = volume_module.dcmread
+    monkeypatch.setattr(volume_module, "dcmread", lambda *a, **k: parses.append(a[0]) or real(*a, **k))
+    decoded = []
+    by_pydicom = volume_module.dataset_hu
+    monkeypatch.setattr(volume_module, "dataset_hu", lambda ds, path, *a: decoded.append(path) or by_pydicom(ds, path, *a))
+    volume = read_volume(series)
+    assert sorted(parses) == sorted(series.iterdir())  # one parse a file: the numpy read takes the noted layout
+    assert sorted(p.name for p in decoded) == ["1-02.dcm", "1-05.dcm", "1-07.dcm"]  # pydicom: the compressed alone
+    in_z = [series / f"1-{k + 1:02d}.dcm" for k in np.argsort(z)]
+    assert volume.names == [str(p) for p in in_z]
+    for k, path in enumerate(in_z):
+        np.testing.assert_array_equal(volume.hu[k], _hu(path).astype(np.float32))
+    assert volume.spacing[0] == pytest.approx(5.0)
+
+
 def test_nifti_written_by_nibabel_reads_back_to_the_same_voxels_and_affine(tmp_path):
     nib = pytest.importorskip("nibabel")
     volume = read_volume([LUNG / "1-13.dcm", LUNG / "1-14.dcm"])

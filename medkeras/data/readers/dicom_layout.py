@@ -121,15 +121,20 @@ def layout_of(ds, path) -> dict | None:
 
 
 @named_errors  # out of memory is a ResourceError, as on pydicom's path
-def plain_hu(path) -> np.ndarray | None:
+def plain_hu(path, out: np.ndarray | None = None) -> np.ndarray | None:
     """float32 (H, W) HU of a listed plain DICOM (its layout noted, the file unchanged since), read with numpy:
     `stored * slope + intercept` in float32, MONOCHROME1 inverted within its range, exactly what `read_dicom_hu`
-    gives (tests compare them on real files). None for any other file, which `read_dicom_hu` then reads."""
+    gives (tests compare them on real files). None for any other file, which `read_dicom_hu` then reads.
+
+    `out`: a float32 (H, W) array (a slice of a volume) to fill and return instead of a new one; a layout of
+    another matrix returns None and leaves it untouched."""
     noted = _NOTED.get(str(path))
     try:
         if noted is None or noted[1] is None or noted[0] != _stat_key(path):
             return None
         layout = noted[1]
+        if out is not None and out.shape != (layout["rows"], layout["cols"]):
+            return None
         with open(path, "rb") as f:
             f.seek(layout["offset"])
             data = f.read(layout["nbytes"])
@@ -138,7 +143,11 @@ def plain_hu(path) -> np.ndarray | None:
     if len(data) != layout["nbytes"]:
         return None
     stored = np.frombuffer(data, dtype=np.dtype(layout["dtype"]).newbyteorder("<"))
-    hu = stored.reshape(layout["rows"], layout["cols"]).astype(np.float32)
-    hu *= np.float32(layout["slope"])
+    stored = stored.reshape(layout["rows"], layout["cols"])
+    # one pass: each stored value cast to float32 and multiplied in float32, as `astype(float32) * slope` does
+    hu = np.multiply(stored, np.float32(layout["slope"]), out=out, dtype=np.float32)
     hu += np.float32(layout["intercept"])
-    return hu.max() + hu.min() - hu if layout["invert"] else hu
+    if layout["invert"]:
+        top = hu.max() + hu.min()
+        np.subtract(top, hu, out=hu)
+    return hu

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from medkeras.data.readers.dicom import _functional, dataset_hu, dcmread, frame_count, frame_name
+from medkeras.data.readers.dicom_layout import note_layout, plain_hu
 from medkeras.data.readers.files import is_dicom
 from medkeras.errors import DataError
 
@@ -85,14 +86,24 @@ def _number(values, path, tag) -> np.ndarray:
     return out
 
 
-def _read_file(path: Path) -> tuple[list[_Slice], list[np.ndarray]]:
-    """One DICOM file parsed once: the geometry of each of its images (a multi-frame file: each frame's) and their
-    HU (each frame's own rescale)."""
-    ds = dcmread(path)
-    slices = _slices_of(ds, path)
-    if len(slices) == 1:
-        return slices, [dataset_hu(ds, path)]
-    return slices, [dataset_hu(ds, path, k + 1) for k in range(len(slices))]
+def _read_header(path: Path):
+    """One DICOM file's header, pixel data deferred (noted for `plain_hu`), and the geometry of each of its images
+    (a multi-frame file: each frame's)."""
+    ds = dcmread(path, defer_size=1024)
+    note_layout(path, ds)
+    return ds, _slices_of(ds, path)
+
+
+def _fill(hu: np.ndarray, at: list, ds, path: Path) -> None:
+    """Write one file's images into the volume's slices `at` (the file's frames in stored order): a plain file read
+    by numpy straight into its slice, anything else decoded by pydicom with each frame's own rescale."""
+    if len(at) == 1 and plain_hu(path, out=hu[at[0]]) is not None:
+        return
+    if len(at) == 1:
+        hu[at[0]] = dataset_hu(ds, path)
+        return
+    for k, slot in enumerate(at):
+        hu[slot] = dataset_hu(ds, path, k + 1)
 
 
 def _slices_of(ds, path: Path) -> list[_Slice]:
@@ -123,7 +134,11 @@ def _slices_of(ds, path: Path) -> list[_Slice]:
 
 
 def _dicom_volume(files: list[Path], source: str) -> Volume:
-    slices, images = _read_files(files)  # an unreadable file: a DicomError naming it
+    """Every header first (pydicom holds the GIL: one thread), the geometry checked and ordered, then the pixels
+    read in parallel threads straight into their slices (numpy's file read and rescale release the GIL): a series
+    refused for its geometry reads no pixels, and the volume is never copied to be put in order."""
+    headers = [_read_header(f) for f in files]  # an unreadable file: a DicomError naming it
+    slices = [s for _, file_slices in headers for s in file_slices]
     if not slices:
         raise DataError(source, "no DICOM images")
     first = slices[0]
@@ -145,42 +160,46 @@ def _dicom_volume(files: list[Path], source: str) -> Volume:
     normal = np.cross(row, col)
     depth = np.asarray([s.position @ normal for s in slices])
     order = np.argsort(depth, kind="stable")
-    slices, depth = [slices[i] for i in order], depth[order]
-    if len(slices) > 1:
+    ordered, depth = [slices[i] for i in order], depth[order]
+    if len(ordered) > 1:
         steps = np.diff(depth)
         at = int(np.argmin(steps))
         if steps[at] < 1e-3:
-            raise DataError(slices[at + 1].name, f"at the same position as {Path(slices[at].name).name} "
-                                                 f"({depth[at]:.3f} mm along the slice normal)")
+            raise DataError(ordered[at + 1].name, f"at the same position as {Path(ordered[at].name).name} "
+                                                  f"({depth[at]:.3f} mm along the slice normal)")
         median = float(np.median(steps))
         at = int(np.argmax(steps))
         if steps[at] > 1.5 * median:
-            raise DataError(slices[at + 1].name, f"a gap of {steps[at]:.2f} mm after {Path(slices[at].name).name} "
-                                                 f"(the median step is {median:.2f} mm): slices are missing")
+            raise DataError(ordered[at + 1].name, f"a gap of {steps[at]:.2f} mm after {Path(ordered[at].name).name} "
+                                                  f"(the median step is {median:.2f} mm): slices are missing")
         dz = median
     else:
         dz = 1.0  # one slice: no step to measure
     dy, dx = first.spacing
-    hu = np.empty((len(images), *first.matrix), np.float32)
-    for k, i in enumerate(order):  # into place in slice order, each image freed as it goes: one volume's memory
-        hu[k], images[i] = images[i], None
+    hu = np.empty((len(ordered), *first.matrix), np.float32)
+    place = np.empty(len(order), int)
+    place[order] = np.arange(len(order))  # the k-th image read (file order) goes to slice place[k]
+    tasks, k = [], 0
+    for f, (ds, file_slices) in zip(files, headers):
+        tasks.append((ds, f, [int(v) for v in place[k:k + len(file_slices)]]))
+        k += len(file_slices)
+    _fill_all(hu, tasks)
     affine = np.eye(4)
     affine[:3, 0], affine[:3, 1], affine[:3, 2] = normal * dz, col * dy, row * dx  # (d, h, w) as stacked
-    affine[:3, 3] = slices[0].position
-    return _canonical(hu, affine, source, [s.name for s in slices])
+    affine[:3, 3] = ordered[0].position
+    return _canonical(hu, affine, source, [s.name for s in ordered])
 
 
-def _read_files(files: list[Path]) -> tuple[list[_Slice], list[np.ndarray]]:
-    """Every file read once (header and pixels together), in parallel threads (file reads and numpy's rescale release
-    the GIL), in file order."""
-    if len(files) < 4:
-        parts = [_read_file(f) for f in files]
-    else:
-        from concurrent.futures import ThreadPoolExecutor
+def _fill_all(hu: np.ndarray, tasks: list) -> None:
+    """`_fill` every file's images into `hu`, in parallel threads where there are several files."""
+    if len(tasks) < 4:
+        for ds, path, at in tasks:
+            _fill(hu, at, ds, path)
+        return
+    from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-            parts = list(pool.map(_read_file, files))
-    return [s for p in parts for s in p[0]], [i for p in parts for i in p[1]]
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+        list(pool.map(lambda task: _fill(hu, task[2], task[0], task[1]), tasks))  # the first failure raised
 
 
 def read_nifti(path) -> Volume:
