@@ -45,12 +45,12 @@ RECIPES = {
     "lung-ct-study": ("ct_studies", ["train.epochs=2", "train.freeze_epochs=1", "data.image_size=32",
                                      "data.volume_size=[4, 32, 32]", "data.spacing=null", "model.weights=none"],
                       "[cnn8_small, resnet18_small]"),
-    "lung-ct-3d": ("ct_studies", ["train.epochs=2", "data.volume_size=[16, 32, 32]", "data.spacing=[5.0, 11.2, 11.2]"],
-                   None),
+    "lung-ct-3d": ("ct_studies", ["train.epochs=2", "data.volume_size=[16, 32, 32]", "data.spacing=[5.0, 11.2, 11.2]",
+                                  "train.size_schedule=[[1, 16], [2, 32]]"], None),
 }
 # each study model kind apart from the bundled ones: (recipe, switches)
 STUDY_KINDS = {"slab": ("lung-ct-study", ["model.input=slab", "data.slab=3", "model.backbones=[cnn8_small]",
-                                          "train.precision=float32"])}
+                                          "train.precision=float32", "train.size_schedule=[[1, 16], [2, 32]]"])}
 # the recipes' own architectures, at 32 px (-m slow)
 OWN = {"lung-ct-ensemble": "[vgg19_bn, efficientnetb0, resnet101]", "cancer-resnet34-frozen": "[resnet34]",
        "spine-xray-ensemble": "[densenet121, efficientnetv2s, resnet50]",

@@ -16,7 +16,7 @@ from medkeras.config.schema import (
     TrackConfig,
     TrainConfig,
 )
-from medkeras.config.values import STUDY_INPUTS, from_dict, is_study, one_of, parse_override, set_key
+from medkeras.config.values import STUDY_INPUTS, from_dict, is_study, one_of, parse_override, plane_size, set_key
 from medkeras.errors import ConfigError
 from medkeras.utils import lazy_getattr
 
@@ -45,6 +45,7 @@ __all__ = [
     "is_study",
     "one_of",
     "parse_override",
+    "plane_size",
     "set_key",
     *sorted(_LAZY),
 ]

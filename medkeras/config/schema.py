@@ -131,7 +131,8 @@ class TrainConfig:
     ensemble: str = "joint"  # "joint" (one fit of the whole graph) or "separate" (each member, then assembled)
     strategy: str = "auto"  # tf.distribute: "auto" (mirrored over >1 GPU), "one_device", "mirrored", "multiworker"
     # Progressive resizing (EfficientNetV2): [[first epoch, size], ...], e.g. [[1, 128], [4, 256], [7, 384]];
-    # validation, evaluation and export stay at data.image_size. Members: only these (default: all).
+    # validation, evaluation and export stay at data.image_size. Studies: the plane of data.volume_size, every
+    # slice kept. Members: only these (default: all).
     size_schedule: Optional[list] = None
     size_schedule_members: Optional[list] = None  # with train.ensemble: separate, the members trained under it
     steps_per_epoch: Optional[int] = None  # default: the whole training split

@@ -24,6 +24,14 @@ def is_study(cfg) -> bool:
     return cfg.model.input in STUDY_INPUTS
 
 
+def plane_size(cfg) -> int:
+    """The in-plane size training ends at, which progressive resizing (`train.size_schedule`) starts below:
+    `data.image_size` for slices; a study's H (= W) at `data.volume_size`, its depth always kept."""
+    if is_study(cfg) and cfg.data.volume_size:
+        return int(cfg.data.volume_size[1])
+    return int(cfg.data.image_size)
+
+
 def one_of(key, value, allowed) -> None:
     """Refuse `value` for `key` unless it is one of `allowed`, naming the closest allowed value."""
     if value not in allowed:

@@ -57,10 +57,11 @@ def build_volume_augmenter(aug_cfg, seed: int, kernel: str = "tf"):
     return VolumeAugment(name="volume_augment")
 
 
-def study_training_front(aug_cfg, seed: int):
+def study_training_front(aug_cfg, seed: int, size_var=None):
     """`data.augment_on: model` for studies: `build_volume_augmenter`'s layer (TF's kernels: the model's device) at
-    the front of the fitted model, then the channels repeated to 3, as `pipeline.study_batches` does in tf.data."""
+    the front of the fitted model, then (progressive resizing) the resize in plane to `size_var`, then the channels
+    repeated to 3, as `pipeline.study_batches` does in tf.data."""
     from medkeras.data.augment import front_layer
 
     augmenter = build_volume_augmenter(aug_cfg, seed)
-    return front_layer(None if augmenter is None else lambda x: augmenter(x, training=True), augmenter)
+    return front_layer(None if augmenter is None else lambda x: augmenter(x, training=True), augmenter, size_var)

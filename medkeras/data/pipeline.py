@@ -122,7 +122,7 @@ def make_tf_dataset(
         keep_batch_buffers()
     if images.ndim == 5:  # (N, D, H, W, C) studies, already at data.volume_size
         return study_batches(images, labels, data_cfg, batch_size, training and augment, seed, deterministic,
-                             balanced, front and training)
+                             balanced, front and training, size_var)
     size = data_cfg.image_size
     if images.ndim == 3:  # (N, H, W) grayscale: a view with a channel axis, not a copy
         images = images[..., None]
@@ -137,17 +137,20 @@ def make_tf_dataset(
 
 
 def study_batches(volumes, labels, data_cfg, batch_size: int, training: bool = False, seed: int = 42,
-                  deterministic: bool = True, balanced: bool = False, front: bool = False):
+                  deterministic: bool = True, balanced: bool = False, front: bool = False, size_var=None):
     """Studies (N, D, H, W, C) read at `data.volume_size` (`studies.study_arrays`) -> batches of float32
     (B, D, H, W, 3) in [0, 255]: on the training split augmented with one draw per study (`augment3d.py`), a single
     window repeated to 3 channels at the end, as slices are. `front` (`data.augment_on: model`): batches leave as
-    read, and `augment3d.study_training_front` in the fitted model does the rest on its device."""
+    read, and `augment3d.study_training_front` in the fitted model does the rest on its device. `size_var`
+    (progressive resizing): augmented batches resized in plane to its current value, slices kept."""
     ds = gather_batches(volumes, labels, batch_size, shuffle=training, seed=seed, balanced=training and balanced)
-    return _study_batches_out(ds, data_cfg, training, seed, deterministic, front)
+    return _study_batches_out(ds, data_cfg, training, seed, deterministic, front, size_var)
 
 
-def _study_batches_out(ds, data_cfg, training: bool, seed: int, deterministic: bool, front: bool = False):
-    """Batches of studies, in memory or streamed -> augmented (training), 3 channels, prefetched."""
+def _study_batches_out(ds, data_cfg, training: bool, seed: int, deterministic: bool, front: bool = False,
+                       size_var=None):
+    """Batches of studies, in memory or streamed -> augmented (training), resized in plane (progressive resizing),
+    3 channels, prefetched."""
     from medkeras.data.augment3d import build_volume_augmenter
 
     if front:
@@ -155,6 +158,8 @@ def _study_batches_out(ds, data_cfg, training: bool, seed: int, deterministic: b
     augmenter = build_volume_augmenter(data_cfg.augment, seed, kernel=pipeline_kernel()) if training else None
     if augmenter is not None:
         ds = ds.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=None if deterministic else AUTOTUNE)
+    if size_var is not None:
+        ds = ds.map(lambda x, y: (resize_to(x, size_var), y))
     # two batches ahead, not AUTOTUNE: its buffer grows with the epoch, and a batch of studies is tens of MiB
     return ds.map(lambda x, y: (to_model_channels(x), y)).prefetch(2)
 
@@ -246,6 +251,6 @@ def stream_tf_dataset(split: Split, data_cfg, batch_size: int, training=False, s
         ds = ds.shuffle(min(len(split), max(least, 64 * 2**20 // per_item)), seed=seed, reshuffle_each_iteration=True)
     if split.studies:
         return _study_batches_out(ds.batch(batch_size), data_cfg, training and augment, seed, deterministic,
-                                  front and training)
+                                  front and training, size_var)
     return augment_batches(ds.batch(batch_size), data_cfg, training and augment, seed, size_var, deterministic,
                            front and training)

@@ -55,9 +55,15 @@ def resize_dynamic(images, size: int):
 
 def resize_to(images, size):
     """A (N, H, W, C) batch resized to `size` x `size` (a tensor: progressive resizing's variable, read per batch),
-    unresampled where it is already at that size; the spatial shape is left unknown, as the size changes."""
+    unresampled where it is already at that size; the spatial shape is left unknown, as the size changes. A batch of
+    studies (N, D, H, W, C) is resized in plane, every slice alike, its D slices kept."""
     import tensorflow as tf
 
+    if images.shape.rank == 5:
+        shape = tf.shape(images)
+        flat = resize_to(tf.reshape(images, tf.concat([[-1], shape[2:]], 0)), size)
+        out = tf.reshape(flat, tf.concat([shape[:2], tf.shape(flat)[1:]], 0))
+        return tf.ensure_shape(out, [None, images.shape[1], None, None, images.shape[-1]])
     size = tf.convert_to_tensor(size)
     same = tf.logical_and(tf.equal(size, tf.shape(images)[1]), tf.equal(size, tf.shape(images)[2]))
     out = tf.cond(same, lambda: images, lambda: tf.image.resize(images, tf.stack([size, size]), antialias=True))

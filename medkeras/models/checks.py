@@ -72,9 +72,6 @@ def check_study(cfg) -> None:
             if min(size) < spec.min_size:
                 raise ConfigError(f"{name} needs data.volume_size of at least {spec.min_size} on every axis, "
                                   f"got {size}")
-    if cfg.train.size_schedule:
-        raise ConfigError("train.size_schedule (progressive resizing) is for slices; study models train at "
-                          "data.volume_size")
     try:
         check_volume_augment(data.augment)
     except ConfigError as exc:

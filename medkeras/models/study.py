@@ -68,9 +68,10 @@ class FoldSlices(keras.layers.Layer):
         self.slices = slices
 
     def call(self, x):
+        shape = ops.shape(x)  # static where known, else the run's (a plane of any size: progressive resizing)
         if self.slices is None:
-            return ops.reshape(x, (-1, *x.shape[2:]))
-        return ops.reshape(x, (-1, self.slices, *x.shape[1:]))
+            return ops.reshape(x, (-1, *shape[2:]))
+        return ops.reshape(x, (-1, self.slices, *shape[1:]))
 
     def compute_output_shape(self, input_shape):
         if self.slices is None:
@@ -110,14 +111,16 @@ def build_slab_member(name: str, num_classes: int, image_size: int, slab: int = 
 
 def build_series_member(name: str, num_classes: int, image_size: int, slices: int, weights: str = "none",
                         head: str = "linear", dropout: float = 0.0, member_name: str | None = None,
-                        normalization=None, attention_units: int = 128):
+                        normalization=None, attention_units: int = 128, dynamic: bool = False):
     """One 2D backbone shared by every slice of a study (B, D, S, S, 3), gated attention over the slices -> (B, K).
 
-    The attention weights (B, D) are the output of the layer named `ATTENTION_LAYER` (`slice_attention`)."""
-    encoder_in = keras.Input((image_size, image_size, 3), name="slice")
-    encoder = keras.Model(encoder_in, build_backbone(name, image_size, weights)(
+    The attention weights (B, D) are the output of the layer named `ATTENTION_LAYER` (`slice_attention`).
+    `dynamic`: slices of any size (progressive resizing; predict, eval and export feed `image_size`)."""
+    plane = (None, None) if dynamic else (image_size, image_size)
+    encoder_in = keras.Input((*plane, 3), name="slice")
+    encoder = keras.Model(encoder_in, build_backbone(name, image_size, weights, dynamic)(
         _preprocessing(name, normalization)(encoder_in)), name=f"{name}_encoder")
-    inputs = keras.Input((slices, image_size, image_size, 3), name="series")
+    inputs = keras.Input((slices, *plane, 3), name="series")
     flat = FoldSlices(name="fold_slices")(inputs)  # (B * D, S, S, 3): every slice of the batch at once
     features = FoldSlices(slices, name="slice_features")(encoder(flat))  # (B, D, F)
     pooled, _ = GatedAttentionPooling(attention_units, return_attention=True, name=ATTENTION_LAYER)(features)
@@ -138,7 +141,7 @@ class StudySlabs(keras.layers.Layer):
     def call(self, x):
         import numpy as np
 
-        depth, height, width = x.shape[1], x.shape[2], x.shape[3]
+        depth, height, width = x.shape[1], ops.shape(x)[2], ops.shape(x)[3]  # a plane of any size: progressive resizing
         index = np.clip(np.arange(depth)[:, None] + np.arange(self.slab)[None, :] - self.slab // 2, 0, depth - 1)
         stacked = ops.take(x[..., : self.channels], index.reshape(-1), axis=1)  # (B, D * slab, H, W, c)
         stacked = ops.reshape(stacked, (-1, depth, self.slab, height, width, self.channels))
@@ -155,31 +158,32 @@ class StudySlabs(keras.layers.Layer):
 
 def build_study_slab_member(name: str, num_classes: int, volume_shape, slab: int = 3, windows: int = 1,
                             weights: str = "none", head: str = "linear", dropout: float = 0.0,
-                            member_name: str | None = None, normalization=None):
+                            member_name: str | None = None, normalization=None, dynamic: bool = False):
     """A 2D backbone over every slab of a study (B, D, S, S, 3) -> (B, K): the mean of its D slabs' logits, so it
     trains from study labels and averages with other study members. The backbone is the member's direct child (the
-    recipe's phases freeze it as a slice member's)."""
+    recipe's phases freeze it as a slice member's). `dynamic`: a plane of any size (progressive resizing)."""
     depth, size = int(volume_shape[0]), int(volume_shape[1])
     if slab < 1 or slab % 2 == 0:
         from medkeras.errors import ConfigError
 
         raise ConfigError(f"data.slab must be an odd number of slices, got {slab}")
-    inputs = keras.Input((depth, size, size, 3), name="volume")
+    inputs = keras.Input((depth, *((None, None) if dynamic else (size, size)), 3), name="volume")
     x = StudySlabs(slab, windows, name="study_slabs")(inputs)  # (B * D, S, S, slab * windows)
     if slab * windows != 3:  # to the 3 channels an ImageNet stem takes; starts as each channel the slab's mean
         x = layers.Conv2D(3, 1, kernel_initializer=keras.initializers.Constant(1.0 / (slab * windows)),
                           use_bias=False, name="slab_to_rgb")(x)
     x = _preprocessing(name, normalization)(x)
-    slab_logits = build_head(build_backbone(name, size, weights)(x), num_classes, head, dropout)
+    slab_logits = build_head(build_backbone(name, size, weights, dynamic)(x), num_classes, head, dropout)
     per_slab = FoldSlices(depth, dtype="float32", name="slab_logits")(slab_logits)  # (B, D, K)
     logits = layers.GlobalAveragePooling1D(dtype="float32", name="study_logits")(per_slab)
     return keras.Model(inputs, logits, name=member_name or f"{name}_slab")
 
 
 def build_study_member(model_cfg, data_cfg, name: str, num_classes: int, member_name: str | None = None,
-                       normalization=None):
+                       normalization=None, dynamic: bool = False):
     """One member of a study model (`model.input` slab, series or volume) from the config: a 3D backbone name is a
-    volume member whatever the input; a 2D one a slab or series member. Input (B, D, H, W, 3) pixels."""
+    volume member whatever the input; a 2D one a slab or series member. Input (B, D, H, W, 3) pixels; `dynamic`:
+    (B, D, any, any, 3), for progressive resizing in plane (`train.size_schedule`)."""
     from medkeras.models.ensemble import weights_for
     from medkeras.models.volume3d import VOLUME_BACKBONES
 
@@ -187,21 +191,22 @@ def build_study_member(model_cfg, data_cfg, name: str, num_classes: int, member_
     weights = weights_for(model_cfg.weights, name)
     if name in VOLUME_BACKBONES:
         return build_volume_member(name, num_classes, (depth, height, width), weights, model_cfg.head,
-                                   model_cfg.dropout, member_name)
+                                   model_cfg.dropout, member_name, dynamic=dynamic)
     if model_cfg.input == "slab":
         return build_study_slab_member(name, num_classes, (depth, height, width), data_cfg.slab,
                                        len(data_cfg.window or [None]), weights, model_cfg.head, model_cfg.dropout,
-                                       member_name, normalization)
+                                       member_name, normalization, dynamic)
     return build_series_member(name, num_classes, height, depth, weights, model_cfg.head, model_cfg.dropout,
-                               member_name, normalization)
+                               member_name, normalization, dynamic=dynamic)
 
 
-def build_study_model(model_cfg, data_cfg, num_classes: int, normalization=None):
-    """`model` and `data` config sections -> the study model to train (a member, or the ensemble of them)."""
+def build_study_model(model_cfg, data_cfg, num_classes: int, normalization=None, dynamic: bool = False):
+    """`model` and `data` config sections -> the study model to train (a member, or the ensemble of them);
+    `dynamic`: planes of any size (progressive resizing)."""
     from medkeras.models.ensemble import build_ensemble, member_names
 
     names = list(model_cfg.backbones)
-    members = [build_study_member(model_cfg, data_cfg, name, num_classes, tag, normalization)
+    members = [build_study_member(model_cfg, data_cfg, name, num_classes, tag, normalization, dynamic)
                for name, tag in zip(names, member_names(names))]
     return build_ensemble(members, data_cfg.image_size, model_cfg.ensemble_weights)
 
@@ -253,12 +258,14 @@ def with_attention(model):
 
 def build_volume_member(name: str, num_classes: int, volume_shape, weights: str = "none", head: str = "linear",
                         dropout: float = 0.0, member_name: str | None = None, stem_depth: int = 7,
-                        stem_depth_stride: int | None = None):
-    """A 3D backbone on volumes (B, D, H, W, 3) -> logits (B, K), its 2D source's preprocessing inside."""
+                        stem_depth_stride: int | None = None, dynamic: bool = False):
+    """A 3D backbone on volumes (B, D, H, W, 3) -> logits (B, K), its 2D source's preprocessing inside; `dynamic`:
+    (B, D, any, any, 3), for progressive resizing in plane."""
     from medkeras.models.volume3d import build_volume_backbone, preprocessing_of
 
-    inputs = keras.Input((*volume_shape, 3), name="volume")
+    shape = (volume_shape[0], None, None) if dynamic else tuple(volume_shape)
+    inputs = keras.Input((*shape, 3), name="volume")
     x = ImagePreprocessing(preprocessing_of(name), name="preprocess")(inputs)
-    backbone = build_volume_backbone(name, volume_shape, weights, stem_depth, stem_depth_stride)
+    backbone = build_volume_backbone(name, volume_shape, weights, stem_depth, stem_depth_stride, dynamic)
     logits = build_head(backbone(x), num_classes, head, dropout)
     return keras.Model(inputs, logits, name=member_name or name)

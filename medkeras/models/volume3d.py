@@ -166,8 +166,9 @@ def preprocessing_of(name: str) -> str:
 
 
 def build_volume_backbone(name: str, volume_shape, weights="none", stem_depth: int = 7,
-                          stem_depth_stride: int | None = None):
-    """A 3D backbone for volumes of `volume_shape` (D, H, W) with 3 channels -> pooled features.
+                          stem_depth_stride: int | None = None, dynamic: bool = False):
+    """A 3D backbone for volumes of `volume_shape` (D, H, W) with 3 channels -> pooled features; `dynamic`: a plane
+    of any size (progressive resizing; `volume_shape` is then the largest).
 
     `weights`: "none", "imagenet" (Keras' 2D ImageNet weights of the source backbone, inflated) or a 2D
     `.weights.h5` file of the source backbone (as `medkeras convert-weights` writes), inflated.
@@ -179,7 +180,8 @@ def build_volume_backbone(name: str, volume_shape, weights="none", stem_depth: i
     if min(volume_shape) < spec.min_size:
         raise ConfigError(f"backbone '{name}' needs volumes of at least {spec.min_size} voxels a side, got "
                           f"{list(volume_shape)}")
-    model = spec.build((*volume_shape, 3), stem_depth=stem_depth, stem_depth_stride=stem_depth_stride)
+    shape = (volume_shape[0], None, None) if dynamic else tuple(volume_shape)
+    model = spec.build((*shape, 3), stem_depth=stem_depth, stem_depth_stride=stem_depth_stride)
     weights = "none" if weights in (None, "none", "None") else str(weights)
     if weights != "none":
         from medkeras.models.backbones import build_backbone

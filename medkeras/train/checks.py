@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from medkeras.config.values import one_of
+from medkeras.config.values import is_study, one_of, plane_size
 from medkeras.errors import ConfigError
 from medkeras.models.backbones import check_backbone_name
+from medkeras.models.volume3d import VOLUME_BACKBONES
 from medkeras.train.monitors import LOGGED
 
 
@@ -24,15 +25,22 @@ def _check_size_schedule(cfg) -> None:
         raise ConfigError(
             f"config key 'train.size_schedule' must start at epoch 1 with increasing epochs <= train.epochs, got {epochs}"
         )
-    if min(sizes) < 8 or max(sizes) > cfg.data.image_size:
-        raise ConfigError(f"config key 'train.size_schedule' sizes must be 8..data.image_size ({cfg.data.image_size})")
+    study = is_study(cfg)
+    full = plane_size(cfg)
+    if study and cfg.data.volume_size[1] != cfg.data.volume_size[2]:
+        raise ConfigError(f"config key 'train.size_schedule' resizes a study's square plane; data.volume_size "
+                          f"{cfg.data.volume_size} is not square in plane")
+    least = max([8] + [VOLUME_BACKBONES[n].min_size for n in cfg.model.backbones if n in VOLUME_BACKBONES])
+    if min(sizes) < least or max(sizes) > full:
+        where = "the plane of data.volume_size, slices kept" if study else "data.image_size"
+        raise ConfigError(f"config key 'train.size_schedule' sizes must be {least}..{full} ({where})")
     if cfg.train.size_schedule_members and cfg.train.ensemble != "separate":
         raise ConfigError("config key 'train.size_schedule_members' needs train.ensemble: separate (joint trains all)")
     for name in cfg.train.size_schedule_members or []:
         if name not in cfg.model.backbones:
             raise ConfigError(f"config key 'train.size_schedule_members' names '{name}', not among model.backbones")
     for name in cfg.train.size_schedule_members or cfg.model.backbones:
-        if check_backbone_name(name).fixed_size:
+        if name not in VOLUME_BACKBONES and check_backbone_name(name).fixed_size:
             raise ConfigError(f"config key 'train.size_schedule': backbone '{name}' takes one input size only; leave it "
                               "out with train.size_schedule_members (train.ensemble: separate)")
 

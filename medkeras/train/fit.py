@@ -9,7 +9,7 @@ import contextlib
 from pathlib import Path
 
 import medkeras
-from medkeras.config import Config, is_study, resolve_paths, validate
+from medkeras.config import Config, is_study, plane_size, resolve_paths, validate
 from medkeras.errors import MedkerasError
 from medkeras.models.tta import config_flips
 from medkeras.progress import step
@@ -149,7 +149,7 @@ def _in_scope(cfg, run_dir, resume, timer, multiworker) -> Path:
     if cfg.train.size_schedule:  # created outside the strategy scope: the input pipeline reads it, not a replica
         import tensorflow as tf
 
-        size_var = tf.Variable(cfg.data.image_size, dtype=tf.int32, trainable=False, name="train_image_size")
+        size_var = tf.Variable(plane_size(cfg), dtype=tf.int32, trainable=False, name="train_image_size")
     try:  # multiworker: only model building and training run in the strategy's scope (see train_models)
         scope = contextlib.nullcontext() if multiworker else make_strategy(cfg.train.strategy).scope()
         chief = multiworker is None or is_chief(multiworker)  # only the chief tracks a multi-worker run
@@ -208,7 +208,7 @@ def train_models(ctx):
 
     def whole(sized):
         if studies:
-            return build_study_model(cfg.model, cfg.data, k, normalization)
+            return build_study_model(cfg.model, cfg.data, k, normalization, dynamic=sized)
         return build_model(cfg.model, k, size, normalization, sized)
 
     if tc.ensemble == "separate" and len(names) > 1:
@@ -216,7 +216,7 @@ def train_models(ctx):
         for name, tag in zip(names, member_names(names)):
             sized = _uses_schedule(tc, name)
             if studies:
-                member = build_study_member(cfg.model, cfg.data, name, k, tag, normalization)
+                member = build_study_member(cfg.model, cfg.data, name, k, tag, normalization, dynamic=sized)
             else:
                 member = build_member(name, k, size, weights_for(cfg.model.weights, name), cfg.model.head,
                                       cfg.model.dropout, tag, normalization, dynamic=sized)

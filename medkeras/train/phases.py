@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from medkeras.config import Config
+from medkeras.config import Config, plane_size
 from medkeras.train.rundir import Timer, backup_epoch, truncate_log
 from medkeras.utils import atomic_path
 
@@ -136,7 +136,7 @@ def _with_front(ctx, model, sized: bool):
         channels = ctx.data.train_ds.element_spec[0].shape[-1]  # as read: the front repeats grey to the model's 3
         if is_study(ctx.cfg):  # (D, H, W, C) studies at data.volume_size
             inputs = keras.Input((*(int(v) for v in ctx.cfg.data.volume_size), channels), name="volume")
-            front = study_training_front(ctx.cfg.data.augment, ctx.cfg.train.seed)
+            front = study_training_front(ctx.cfg.data.augment, ctx.cfg.train.seed, resize)
         else:
             inputs = keras.Input((full, full, channels), name="pixels")
             front = training_front(ctx.cfg.data.augment, ctx.cfg.train.seed, resize)
@@ -210,7 +210,7 @@ def train_model(ctx: Context, model, tag: str | None = None, sized: bool = False
         if tc.ema:  # first: every later callback sees the averaged weights
             callbacks.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
         if ctx.size_var is not None:
-            full = ctx.cfg.data.image_size
+            full = plane_size(ctx.cfg)
             sizes = size_schedule(tc.size_schedule if sized else None, tc.epochs, full)
             callbacks.insert(0, ProgressiveResizing(ctx.size_var, sizes, full))
         if ctx.tracker is not None:
