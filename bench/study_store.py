@@ -2,7 +2,10 @@
 1x and 10x the studies, each in a fresh process.
 
 Studies are the real series' first `--slices` slices, hard-linked into one folder per study (distinct paths, no
-disk), half labelled tumour; a manifest names them all train but two val and two test. Modes:
+disk), half labelled tumour; a manifest names them all train but two val and two test. Each mode also reports its
+peak once the first `--plateau` training studies have been fed: a peak that grows with the data rises after that
+point; a bounded one (the shuffle buffer's 64 MiB, batches in flight, tf.data's tuned buffers) is reached before it.
+Modes:
 - `memory`: what `fit` does without a store, the split read into one (N, D, H, W, C) array (`study_split_arrays`),
   then batches gathered from it;
 - `store`: `medkeras prepare` (timed, in this process) once per size, then the train split streamed
@@ -11,7 +14,7 @@ disk), half labelled tumour; a manifest names them all train but two val and two
   volumes stay in the heap instead of going back to the system).
 
     python -m bench.study_store --series ../shared/data/lung_pet_ct_dx_A0001/Lung_Dx-A0001/04-04-2007-NA-Chest-07990/2.000000-5mm-40805 \
-        --studies 16 --scales 1 5 10 --volume 48 160 160 --name study-store
+        --studies 16 --scales 1 5 10 20 --volume 48 160 160 --name study-store-bounded
 """
 
 from __future__ import annotations
@@ -54,8 +57,13 @@ def study_cfg(source, volume):
     return cfg.data
 
 
-def epoch(mode: str, source: str, volume, batch: int):
-    """One pass over the train split as `fit` feeds it: (studies, seconds)."""
+def _peak_mib() -> float:
+    return int([line for line in open("/proc/self/status") if line.startswith("VmHWM")][0].split()[1]) / 1024
+
+
+def epoch(mode: str, source: str, volume, batch: int, first: int = 0):
+    """One pass over the train split as `fit` feeds it: (studies, seconds, peak RSS once `first` studies had been
+    fed: a peak that grows with the data grows after it, a bounded one is reached before)."""
     from medkeras.data.pipeline import make_tf_dataset, stream_tf_dataset
     from medkeras.data.studies import load_studies, study_split_arrays
 
@@ -67,20 +75,25 @@ def epoch(mode: str, source: str, volume, batch: int):
     else:
         volumes, labels, _, _ = study_split_arrays(train, cfg)
         ds = make_tf_dataset(volumes, labels, cfg, batch, training=True)
-    n = sum(int(x.shape[0]) for x, _ in ds)
-    return n, time.perf_counter() - t
+    n, early = 0, None
+    for x, _ in ds:
+        n += int(x.shape[0])
+        if early is None and n >= first:
+            early = _peak_mib()
+    return n, time.perf_counter() - t, early
 
 
-def child(mode: str, source: Path, volume, batch: int, env=None) -> dict:
-    """`epoch` in a fresh process (with `env` added to its environment); peak RSS from /proc (VmHWM)."""
+def child(mode: str, source: Path, volume, batch: int, env=None, first: int = 0) -> dict:
+    """`epoch` in a fresh process (with `env` added to its environment); peak RSS from /proc (VmHWM), at the end and
+    once `first` studies had been fed."""
     code = ("import sys; sys.path.insert(0, '.'); from bench import study_store as b;"
-            f"n, s = b.epoch({mode!r}, {str(source)!r}, {list(volume)}, {batch});"
-            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1];"
-            "print(n, s, int(hwm) / 1024)")
+            f"n, s, early = b.epoch({mode!r}, {str(source)!r}, {list(volume)}, {batch}, {first});"
+            "print(n, s, early, b._peak_mib())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}).stdout.split()
-    return {"studies": int(out[-3]), "studies_per_s": round(int(out[-3]) / float(out[-2]), 3),
-            "peak_rss_mib": round(float(out[-1]), 1)}
+    return {"studies": int(out[-4]), "studies_per_s": round(int(out[-4]) / float(out[-3]), 3),
+            "peak_rss_mib": round(float(out[-1]), 1),
+            f"peak_rss_mib_after_{first}": None if out[-2] == "None" else round(float(out[-2]), 1)}  # None: fewer
 
 
 def main():
@@ -91,6 +104,7 @@ def main():
     parser.add_argument("--slices", type=int, default=32, help="slices per study")
     parser.add_argument("--volume", type=int, nargs=3, default=[48, 160, 160])
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--plateau", type=int, default=48, help="report the peak also after this many studies")
     parser.add_argument("--name", default="study-store")
     args = parser.parse_args()
     from medkeras.data.prepare import prepare
@@ -108,7 +122,7 @@ def main():
             for mode, source, env in (("memory", manifest, None), ("store", store, None),
                                       ("store", store, {"MALLOC_MMAP_THRESHOLD_": str(2**20)})):
                 row = {"scale": scale, "studies_total": n, "mode": mode, **({"env": env} if env else {}),
-                       **child(mode, source, args.volume, args.batch, env)}
+                       **child(mode, source, args.volume, args.batch, env, first=args.plateau)}
                 if mode == "store":
                     row["prepare_studies_per_s"] = round(n / prepared, 3)
                 rows.append(row)

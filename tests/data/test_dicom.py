@@ -288,3 +288,37 @@ def test_a_file_without_a_preamble_reads_and_a_text_file_named_dcm_is_not_dicom(
     text.write_text("hello, this is not an image\n")
     with pytest.raises(DicomError, match="notes.dcm: not a DICOM file"):
         read_dicom_hu(text)
+
+
+def test_headers_are_parsed_with_the_collector_held_off_and_it_comes_back_as_it_was():
+    """`headers_parsed` holds Python's cyclic collector off while headers are parsed (threads share one hold, the
+    last out restores it) and leaves a collector the user had switched off switched off."""
+    import gc
+    import threading
+
+    from medkeras.data.readers.dicom import headers_parsed
+
+    assert gc.isenabled()
+    inside, release = threading.Event(), threading.Event()
+
+    def hold():
+        with headers_parsed():
+            inside.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    inside.wait(10)
+    with headers_parsed():
+        assert not gc.isenabled()
+    assert not gc.isenabled()  # the other thread still parses
+    release.set()
+    worker.join()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with headers_parsed():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

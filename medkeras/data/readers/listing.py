@@ -16,6 +16,7 @@ from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 
 from medkeras.data.readers import dicom_layout
+from medkeras.data.readers.dicom import headers_parsed
 from medkeras.data.readers.dicom_tags import dicom_items
 from medkeras.errors import DataError
 
@@ -34,12 +35,13 @@ def _listed(path, key_file):
 def _share(paths, key_file) -> list:
     """A worker's part: (images or None or _RAISED, the noted layout entry) per path."""
     out = []
-    for path in paths:
-        try:
-            items = _listed(path, key_file)
-        except Exception:  # noqa: BLE001 - listed again in the parent, which raises it there
-            items = _RAISED
-        out.append((items, dicom_layout.noted(path)))
+    with headers_parsed():
+        for path in paths:
+            try:
+                items = _listed(path, key_file)
+            except Exception:  # noqa: BLE001 - listed again in the parent, which raises it there
+                items = _RAISED
+            out.append((items, dicom_layout.noted(path)))
     return out
 
 
@@ -56,7 +58,8 @@ def list_dicom(paths, key_file=None) -> list:
     paths = list(paths)
     workers = _workers(len(paths))
     if workers == 1:
-        return [_listed(p, key_file) for p in paths]
+        with headers_parsed():
+            return [_listed(p, key_file) for p in paths]
     from medkeras.data.keys import secret
 
     try:

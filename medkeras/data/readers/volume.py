@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medkeras.data.readers.dicom import _functional, dataset_hu, dcmread, frame_count, frame_name
+from medkeras.data.readers.dicom import _functional, dataset_hu, dcmread, frame_count, frame_name, headers_parsed
 from medkeras.data.readers.dicom_layout import note_layout, plain_hu
 from medkeras.data.readers.files import is_dicom
 from medkeras.errors import DataError
@@ -137,7 +137,8 @@ def _dicom_volume(files: list[Path], source: str) -> Volume:
     """Every header first (pydicom holds the GIL: one thread), the geometry checked and ordered, then the pixels
     read in parallel threads straight into their slices (numpy's file read and rescale release the GIL): a series
     refused for its geometry reads no pixels, and the volume is never copied to be put in order."""
-    headers = [_read_header(f) for f in files]  # an unreadable file: a DicomError naming it
+    with headers_parsed():
+        headers = [_read_header(f) for f in files]  # an unreadable file: a DicomError naming it
     slices = [s for _, file_slices in headers for s in file_slices]
     if not slices:
         raise DataError(source, "no DICOM images")
