@@ -56,10 +56,11 @@ def fit(config, out, overrides, resume, overwrite):
         raise click.UsageError("--resume needs --out RUN_DIR (the run to continue)")
     epochs = None
     if resume:
+        from medkeras.train.rundir import changed_on_resume
         pairs = [parse_override(o) for o in overrides]
-        others = [k for k, _ in pairs if k != "train.epochs"]
-        if others:
-            raise click.UsageError(f"--resume continues the run's own config; only train.epochs can change, not {others[0]}")
+        for key, had, asked in changed_on_resume(out, overrides)[:1]:
+            raise click.UsageError(f"--resume continues the run's own config; only train.epochs can change, not "
+                                   f"{key} (the run has {had!r}, --set asks {asked!r})")
         epochs = next((v for k, v in pairs if k == "train.epochs"), None)
         cfg = None
     else:

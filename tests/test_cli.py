@@ -140,3 +140,14 @@ def test_a_run_works_from_any_directory(ct_run, tmp_path):
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["n"] == 3
     result = run_cli("predict", run / "model.keras", "--out", "scored.csv", LUNG / "1-13.dcm", cwd=elsewhere)
     assert result.returncode == 0 and (elsewhere / "scored.csv").is_file(), result.stderr[-2000:]
+
+
+def test_resume_takes_the_command_that_started_the_run_and_refuses_a_change(tiny_run):
+    """`fit --resume` with the `--set`s the run was started with (the same command run again) continues it; a
+    `--set` that would change its config is a usage error naming the key and both values."""
+    out, _ = tiny_run
+    same = run_cli("fit", "--out", out, "--resume", "--set", "train.epochs=2", "--set", "train.steps_per_epoch=3",
+                   "--set", "train.run_eagerly=true", "--set", "train.verbose=0")
+    assert same.returncode == 0 and "nothing to resume" in same.stdout, same.stderr
+    other = run_cli("fit", "--out", out, "--resume", "--set", "train.steps_per_epoch=4")
+    assert other.returncode == 2 and "not train.steps_per_epoch (the run has 3, --set asks 4)" in other.stderr

@@ -34,7 +34,7 @@ import numpy as np
 from medkeras.data.readers import hu_to_pixels, is_dicom, read_raw
 from medkeras.data.readers.dicom import is_encapsulated
 from medkeras.data.resize import resize_images
-from medkeras.data.studies import geometry, load_items, study_hu
+from medkeras.data.studies import geometry, load_items, study_cause, study_hu
 from medkeras.data.splits import content_hash
 from medkeras.data.store import INDEX, STORE_VERSION, is_store
 from medkeras.data.types import SPLITS, Dataset
@@ -175,7 +175,7 @@ def _builder(dataset: Dataset, data_dir: str, windows, size, on_bad_file: str, w
                 try:
                     hu = study_hu(split.paths[i], *geometry_cfg)
                 except DataError as exc:
-                    return None, False, None, (exc.path, exc.cause)
+                    return None, False, None, (exc.path, study_cause(split.paths[i], exc))
                 return hu[..., None], True, hashlib.sha1(hu.tobytes()).hexdigest(), None
 
             if studies:  # a few in flight: each is a whole volume

@@ -48,11 +48,8 @@ def split_indices(labels, groups, fractions, seed, source="data") -> dict:
             n_splits = min(max(2, int(round(1 / frac))), len(set(g)))
             if n_splits < 2:
                 return sub, sub[:0]
-            if np.bincount(labels[sub]).max(initial=0) < n_splits:  # too few per class to stratify: grouped only
-                from sklearn.model_selection import GroupShuffleSplit
-
-                a, b = next(GroupShuffleSplit(n_splits=1, test_size=frac, random_state=seed).split(sub, groups=g))
-                return sub[a], sub[b]
+            if np.bincount(labels[sub]).max(initial=0) < n_splits:  # too few per class for folds
+                return _few_groups_cut(sub, labels[sub], g, frac, seed)
             folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # few members per class: sklearn warns, the split stays grouped
@@ -65,6 +62,32 @@ def split_indices(labels, groups, fractions, seed, source="data") -> dict:
     rest, test = cut(idx, test_f)
     train, val = cut(rest, val_f / max(train_f + val_f, 1e-9))
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def _few_groups_cut(sub, labels, groups, frac: float, seed: int):
+    """(rest, cut) of `sub` by whole groups where a class has too few items for stratified folds (a study dataset
+    of a few patients): first one group for each class that has two groups or more (so both sides keep it; a
+    validation or test split of one class cannot choose a threshold or score an AUROC), then groups in seeded order
+    while the cut is under `frac` of the items."""
+    rng = np.random.default_rng(seed)
+    names = sorted(set(groups))
+    order = [names[i] for i in rng.permutation(len(names))]
+    members = {name: np.flatnonzero(groups == name) for name in names}
+    classes = {name: set(labels[members[name]].tolist()) for name in names}
+    cut: list = []
+    for c in sorted(set(labels.tolist())):
+        holders = [name for name in order if c in classes[name]]
+        if len(holders) >= 2 and not any(c in classes[name] for name in cut):
+            cut.append(next(name for name in holders if name not in cut))
+    size = sum(len(members[name]) for name in cut)
+    for name in order:
+        if size >= frac * len(sub) or len(cut) >= len(names) - 1:
+            break
+        if name not in cut:
+            cut.append(name)
+            size += len(members[name])
+    chosen = np.isin(groups, cut)
+    return sub[~chosen], sub[chosen]
 
 
 def fold_indices(labels, groups, folds: int, seed: int, source="data") -> list:

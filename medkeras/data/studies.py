@@ -216,6 +216,13 @@ def study_hu(path, spacing=None, size=None, numpy: bool = True):
     return hu.numpy() if numpy else hu
 
 
+def study_cause(study, exc: DataError) -> str:
+    """Why a study could not be read, naming the slice where one file of it is the cause (relative to the study,
+    so a patient folder above it is never shown): what a skip records beside the study's own name."""
+    path, study = Path(str(exc.path)), Path(str(study))
+    return f"{path.relative_to(study)}: {exc.cause}" if study in path.parents else exc.cause
+
+
 def study_arrays(split: Split, windows, spacing=None, size=None, workers: int | None = None,
                  on_bad_file: str = "fail", skipped: list | None = None) -> np.ndarray:
     """Every study of `split` as `study_volume` does it, read in parallel threads -> (N, D, H, W, C) float32.
@@ -237,7 +244,7 @@ def study_arrays(split: Split, windows, spacing=None, size=None, workers: int | 
         except DataError as exc:
             if on_bad_file == "fail":
                 raise
-            failed[i] = exc.cause
+            failed[i] = study_cause(split.paths[i], exc)
 
     with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
         list(pool.map(fill, range(len(split))))

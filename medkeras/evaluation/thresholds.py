@@ -37,6 +37,22 @@ def parse_rule(rule) -> tuple[str, float | None]:
     )
 
 
+def check_choosable(rule, labels, positive_index, class_names, source) -> None:
+    """Refuse, before anything trains, a rule (not a number) that must choose on a validation split holding one
+    class: the run would train, then fail at its end, and resume there again."""
+    from medkeras.errors import DataError
+
+    if positive_index is None or parse_rule(rule)[0] == "fixed":
+        return
+    positive = np.asarray(labels) == positive_index
+    if len(positive) and (positive.all() or not positive.any()):
+        held = class_names[positive_index] if positive.all() else next(
+            (c for k, c in enumerate(class_names) if k != positive_index), "negative")
+        raise DataError(source, f"the validation split holds only '{held}' items, and eval.threshold '{rule}' is "
+                                "chosen on both classes: give a split column, more patients, or a number "
+                                "(--set eval.threshold=0.5)")
+
+
 def choose_threshold(rule, positive: np.ndarray, scores: np.ndarray) -> float:
     """The threshold `rule` picks on (`positive` bool labels, `scores` = p(positive)): a number as given, a rule's
     chosen validation score moved halfway down to the next lower score (`_between`)."""

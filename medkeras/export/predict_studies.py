@@ -60,7 +60,7 @@ def score_studies(scorer, items, on_bad_file="fail", batch_size=8, bar=None):
 
     from medkeras.data.readers import read_volume
     from medkeras.data.resize import to_model_channels
-    from medkeras.data.studies import study_volume
+    from medkeras.data.studies import study_cause, study_volume
     from medkeras.models.outputs import predict_labels, softmax
     from medkeras.models.study import with_attention
 
@@ -80,7 +80,7 @@ def score_studies(scorer, items, on_bad_file="fail", batch_size=8, bar=None):
             except DataError as exc:
                 if on_bad_file == "fail":
                     raise
-                bad.append((name, exc.cause))
+                bad.append((name, study_cause(path, exc)))
                 continue
             chunk.append((name, info))
         if not chunk:

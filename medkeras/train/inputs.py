@@ -79,6 +79,7 @@ def read_data(cfg, run_dir, size_var=None) -> RunData:
     from medkeras.data.pipeline import make_tf_dataset, stream_tf_dataset
     from medkeras.data.sources import check_trainable
     from medkeras.data.studies import load_items
+    from medkeras.evaluation.thresholds import check_choosable
     from medkeras.models.outputs import positive_index
     from medkeras.train.losses import class_weights, make_loss
 
@@ -92,6 +93,7 @@ def read_data(cfg, run_dir, size_var=None) -> RunData:
     loss, one_hot = make_loss(tc, k)  # the class-dependent keys checked before any file is decoded
     class_weights(tc, dataset.splits["train"].labels, dataset.class_names, pos)
     arrays = _decode_splits(cfg, dataset, run_dir)
+    check_choosable(cfg.eval.threshold, arrays["val"][1], pos, dataset.class_names, cfg.data.source)
     cfg.data.class_names = list(dataset.class_names)
     cfg.data.positive_class = dataset.positive_class
     in_model = augment_where(cfg.data.augment_on) == "model"

@@ -142,6 +142,29 @@ def load_run_config(run_dir) -> Config:
     return cfg
 
 
+def changed_on_resume(run_dir, overrides) -> list[tuple[str, object, object]]:
+    """(key, the run's value, the value asked) for each `--set` of a `--resume` (besides train.epochs) that would
+    change the run's own config: asking for what the run already has (the command that started it, run again) is
+    no change. Nothing where the run has no config.yaml (`fit` says there is nothing to resume)."""
+    import copy
+    from functools import reduce
+
+    from medkeras.config import parse_override, resolve_paths, set_key, validate
+
+    if not (Path(run_dir) / "config.yaml").is_file():
+        return []
+    run = load_run_config(run_dir)
+    asked = copy.deepcopy(run)
+    pairs = [parse_override(o) if isinstance(o, str) else o for o in overrides]
+    pairs = [(k, v) for k, v in pairs if k != "train.epochs"]
+    for key, value in pairs:
+        set_key(asked, key, value)
+    validate(asked)  # the run's config takes the values in the forms it saved them (windows, volume sizes)
+    resolve_paths(asked)
+    value = lambda cfg, key: reduce(getattr, key.split("."), cfg)  # noqa: E731
+    return [(key, value(run, key), value(asked, key)) for key, _ in pairs if value(run, key) != value(asked, key)]
+
+
 def write_rows(path, header, rows) -> None:
     """A CSV written atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:

@@ -22,6 +22,11 @@ def test_patient_keys_are_keyed_by_this_users_secret(tmp_path, monkeypatch):
     monkeypatch.setenv(keys.KEY_FILE_ENV, str(tmp_path / "absent.key"))
     with pytest.raises(keys.ConfigError, match="patient key file not found"):
         keys.patient_key("x")
+    from medkeras.data.readers import dicom_items
+
+    with pytest.raises(keys.ConfigError, match="absent.key: patient key file not found") as caught:
+        dicom_items(LUNG / "1-01.dcm")  # reading a DICOM: the key file is named as the cause, not the DICOM
+    assert "unreadable DICOM" not in str(caught.value)
     monkeypatch.delenv(keys.KEY_FILE_ENV)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     first = keys.patient_key("Lung_Dx-A0001")  # this user's own secret, created once, readable by its owner only

@@ -75,3 +75,22 @@ def test_slices_within_the_tolerance_are_one_position_wherever_they_fall():
     found = near_duplicates_across_splits(ds)
     assert found["pairs"] == [("train", "t1.dcm", "test", "s1.dcm")]
     assert found["counts"] == {"train/val": 0, "train/test": 1, "val/test": 0}
+
+
+def test_a_few_patients_a_class_still_give_validation_and_test_both_classes():
+    """Eight patients with one study each, four a class (too few per class for stratified folds of ~1/0.15): each
+    of validation and test gets a whole patient of each class, for any seed; a patient never spans splits. A class
+    with one patient stays in train."""
+    from medkeras.data.splits import split_indices
+
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    groups = [f"P{i}" for i in range(8)]
+    for seed in range(20):
+        split = split_indices(labels, groups, (0.7, 0.15, 0.15), seed)
+        assert sorted(np.concatenate(list(split.values())).tolist()) == list(range(8))
+        for name in ("val", "test"):
+            assert sorted(labels[split[name]].tolist()) == [0, 1], (seed, name)
+    again = split_indices(labels, groups, (0.7, 0.15, 0.15), 3)
+    assert all(np.array_equal(again[k], split_indices(labels, groups, (0.7, 0.15, 0.15), 3)[k]) for k in again)
+    two = split_indices(np.array([1, 1, 0, 0, 0, 0]), [f"P{i}" for i in range(6)], (0.7, 0.15, 0.15), 0)
+    assert sorted(np.array([1, 1, 0, 0, 0, 0])[two["train"]].tolist()).count(1) >= 1  # both sides keep a class

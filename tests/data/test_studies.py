@@ -179,6 +179,7 @@ def test_a_split_of_studies_reads_as_volumes_and_skips_a_bad_study_counted(tmp_p
     volumes, labels, names, bad = split_arrays(train, cfg, "skip")
     assert volumes.shape == (3, 2, 16, 16, 1) and len(labels) == len(names) == 3
     assert [n for n, _ in bad] == [train.names()[1]] and names == [n for n in train.names() if n != bad[0][0]]
+    assert bad[0][1].startswith(f"{broken.name}: ")  # the slice at fault, named inside its study (no patient folder)
     np.testing.assert_array_equal(labels, np.delete(train.labels, 1))
 
 

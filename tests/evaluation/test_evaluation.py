@@ -236,3 +236,34 @@ def test_members_logits_come_from_the_ensembles_one_pass(breast):
             np.testing.assert_allclose(by_member[member.name], apart, atol=1e-5)
     single, none = predict_with_members(members[0], images, data_cfg, batch_size=4)
     assert none == {} and single.shape == (10, 2)
+
+
+def test_a_threshold_rule_on_a_one_class_validation_split_is_refused_before_training(tmp_path, breast):
+    """`fit` with `eval.threshold: youden` on a manifest whose validation rows are all one class stops in one line
+    before the first epoch (it trained, then failed at its end, and `--resume` failed there again); a number is
+    not refused."""
+    from PIL import Image
+    from conftest import run_cli
+
+    from medkeras.evaluation.thresholds import check_choosable
+    from medkeras.errors import DataError
+
+    rows = []
+    split = breast.splits["train"]
+    for i in range(24):
+        label = int(split.labels[i])
+        path = tmp_path / f"img{i:02d}.png"
+        Image.fromarray(split.images[i]).save(path)
+        rows.append(f"{path.name},{breast.class_names[label]},{'val' if i >= 20 else 'train' if i < 16 else 'test'}")
+    val = [r for r in rows if r.endswith(",val")]
+    rows = [r for r in rows if not r.endswith(",val")] + [r.rsplit(",", 2)[0] + f",{breast.class_names[1]},val"
+                                                          for r in val]
+    (tmp_path / "m.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    result = run_cli("fit", "--out", tmp_path / "run", "--set", f"data.source={tmp_path / 'm.csv'}",
+                     "--set", "eval.threshold=youden", "--set", "train.epochs=1")
+    assert result.returncode == 1 and "validation split holds only" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run" / "train_log.csv").exists()
+    with pytest.raises(DataError, match="eval.threshold 'f1'"):
+        check_choosable("f1", [0, 0, 0], 1, ["a", "b"], "m.csv")
+    check_choosable("0.5", [0, 0, 0], 1, ["a", "b"], "m.csv")
+    check_choosable("youden", [0, 1], 1, ["a", "b"], "m.csv")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medkeras.errors import DicomError, ResourceError, raise_if_resource
+from medkeras.errors import DicomError, MedkerasError, ResourceError, raise_if_resource
 
 FRAME_MARK = "#"
 
@@ -49,7 +49,7 @@ def named_errors(read):
     def wrapper(path, *args, **kwargs):
         try:
             return read(path, *args, **kwargs)
-        except (DicomError, ResourceError):
+        except MedkerasError:  # already one line with its own cause (a patient key file that is missing: no bad DICOM)
             raise
         except BaseException as exc:  # noqa: BLE001
             if not decoder_failure(exc):
