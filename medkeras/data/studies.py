@@ -205,15 +205,14 @@ def study_volume(path, windows, spacing=None, size=None):
     return hu_to_pixels(study_hu(path, spacing, size), windows)  # numpy: the graph's float32 values, in place
 
 
-def study_hu(path, spacing=None, size=None, numpy: bool = True):
-    """One study -> its HU volume (D, H, W) resampled to `spacing` and/or `size` (what a store of studies holds;
-    `numpy=False`: the TensorFlow tensor, for windowing in TF)."""
+def study_hu(path, spacing=None, size=None) -> np.ndarray:
+    """One study -> its HU volume (D, H, W) resampled to `spacing` and/or `size` (what a store of studies holds)."""
     from medkeras.data.volumes import resample_volume
 
     spacing, size = geometry(spacing, "spacing"), geometry(size, "size", whole=True)
     volume = read_volume(path)
     hu, _ = resample_volume(volume.hu, volume.spacing, spacing, size)
-    return hu.numpy() if numpy else hu
+    return hu.numpy()
 
 
 def study_cause(study, exc: DataError) -> str:

@@ -61,7 +61,7 @@ def named_errors(read):
     return wrapper
 
 
-_GC_HOLDERS = [0]
+_GC_HOLD = {"holders": 0, "was_enabled": True}  # threads parsing now, and whether the collector ran before them
 _GC_LOCK = threading.Lock()
 
 
@@ -74,17 +74,16 @@ def headers_parsed():
     loaded: ~400,000) Python scans them all: a 64-slice series read in 0.1 s here took 0.3-0.4 s now and then
     (`bench.volumes`, 2.5-5.0 series/s from run to run). Held off, the headers die young; nothing else changes."""
     with _GC_LOCK:
-        first = _GC_HOLDERS[0] == 0
-        if first:
-            _GC_HOLDERS.append(gc.isenabled())
+        if _GC_HOLD["holders"] == 0:
+            _GC_HOLD["was_enabled"] = gc.isenabled()
             gc.disable()
-        _GC_HOLDERS[0] += 1
+        _GC_HOLD["holders"] += 1
     try:
         yield
     finally:
         with _GC_LOCK:
-            _GC_HOLDERS[0] -= 1
-            if _GC_HOLDERS[0] == 0 and _GC_HOLDERS.pop():
+            _GC_HOLD["holders"] -= 1
+            if _GC_HOLD["holders"] == 0 and _GC_HOLD["was_enabled"]:
                 gc.enable()
 
 
