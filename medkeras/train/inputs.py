@@ -92,6 +92,8 @@ def read_data(cfg, run_dir, size_var=None) -> RunData:
     pos = positive_index(dataset.class_names, dataset.positive_class)
     loss, one_hot = make_loss(tc, k)  # the class-dependent keys checked before any file is decoded
     class_weights(tc, dataset.splits["train"].labels, dataset.class_names, pos)
+    # before decoding (a split of studies takes minutes to read), and again after it (skipped files may leave one class)
+    check_choosable(cfg.eval.threshold, dataset.splits["val"].labels, pos, dataset.class_names, cfg.data.source)
     arrays = _decode_splits(cfg, dataset, run_dir)
     check_choosable(cfg.eval.threshold, arrays["val"][1], pos, dataset.class_names, cfg.data.source)
     cfg.data.class_names = list(dataset.class_names)
