@@ -40,18 +40,31 @@ def pipeline_kernel() -> str:
     return "opencv" if opencv() is not None else "tf"
 
 
+def _workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 @lru_cache(maxsize=1)
 def _pool():
-    return ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="medkeras-cv")
+    return ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="medkeras-cv")
 
 
 def _each(fn, n: int):
-    """fn(i) for every image of a batch, spread over the pool (OpenCV's kernels run without the GIL)."""
-    if n < 4:
+    """fn(i) for every image of a batch, in one contiguous run of images per core (OpenCV's kernels run without the
+    GIL). One task per image spent as long handing 224 px images to the pool as warping them: a batch of 32 took
+    6.2 ms that way, 3.6 ms in two runs, 7.6 ms on one thread (`bench.augment`)."""
+    parts = min(_workers(), n // 4)
+    if parts < 2:
         for i in range(n):
             fn(i)
         return
-    list(_pool().map(fn, range(n)))
+    bounds = [n * k // parts for k in range(parts + 1)]
+
+    def run(k):
+        for i in range(bounds[k], bounds[k + 1]):
+            fn(i)
+
+    list(_pool().map(run, range(parts)))
 
 
 def _planes(channels: int) -> list:
@@ -83,6 +96,11 @@ def warp_affine(images: np.ndarray, transforms: np.ndarray, interpolation: str =
     planes = _planes(images.shape[-1])
 
     def one(i):
+        if len(planes) == 1 and images.shape[-1] in (1, 3, 4):  # written in place: no copy of the warped image
+            whole = (lambda a: a[..., 0]) if images.shape[-1] == 1 else (lambda a: a)
+            cv2.warpAffine(whole(images[i]), matrices[i], (width, height), dst=whole(out[i]), flags=flags,
+                           borderMode=border, borderValue=fill_value)
+            return
         for where in planes:
             plane = images[i, ..., where]
             warped = cv2.warpAffine(plane[..., 0] if plane.shape[-1] == 1 else plane, matrices[i], (width, height),
@@ -90,4 +108,18 @@ def warp_affine(images: np.ndarray, transforms: np.ndarray, interpolation: str =
             out[i, ..., where] = warped.reshape(height, width, -1)
 
     _each(one, len(images))
+    return out
+
+
+def repeat_grey(images: np.ndarray, channels: int = 3) -> np.ndarray:
+    """float32 (..., H, W, 1) grey -> (..., H, W, `channels`), every channel the grey plane: `cv2.merge` per plane,
+    bit for bit `np.repeat`. Measured on batches of 32 x 224 px (`bench.augment`): 0.8 ms of core time against
+    8.7 for TF's `tf.repeat`, which cost as much as the augmentation before it."""
+    cv2 = opencv()
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    planes = images.reshape(-1, *images.shape[-3:-1])
+    out = np.empty((*images.shape[:-1], channels), np.float32)
+    flat = out.reshape(-1, *out.shape[-3:])
+    for i, plane in enumerate(planes):
+        cv2.merge([plane] * channels, dst=flat[i])
     return out

@@ -14,7 +14,7 @@ import numpy as np
 
 from medkeras.data.allocator import keep_batch_buffers
 from medkeras.data.augment import augment_pixels, build_augmenter
-from medkeras.data.cpu_kernels import pipeline_kernel
+from medkeras.data.cpu_kernels import pipeline_kernel, repeat_grey
 from medkeras.data.readers import read_image
 from medkeras.data.resize import (
     resize_images,
@@ -23,7 +23,7 @@ from medkeras.data.resize import (
     resized_array,
     to_model_channels,
 )
-from medkeras.data.store import store_arrays, store_examples, study_examples
+from medkeras.data.store import pixel_side, store_arrays, store_batches, store_examples, study_examples
 from medkeras.data.types import Split
 from medkeras.errors import DataError
 from medkeras.progress import Progress
@@ -161,7 +161,18 @@ def _study_batches_out(ds, data_cfg, training: bool, seed: int, deterministic: b
     if size_var is not None:
         ds = ds.map(lambda x, y: (resize_to(x, size_var), y))
     # two batches ahead, not AUTOTUNE: its buffer grows with the epoch, and a batch of studies is tens of MiB
-    return ds.map(lambda x, y: (to_model_channels(x), y)).prefetch(2)
+    return ds.map(lambda x, y: (_model_channels(x), y)).prefetch(2)
+
+
+def _model_channels(x):
+    """A batch's grey repeated to the model's 3 channels as it leaves the pipeline: by OpenCV where it runs
+    (`cpu_kernels.repeat_grey`, a tenth of `tf.repeat`'s core time), else as the model's front does it."""
+    import tensorflow as tf
+
+    if x.shape[-1] != 1 or pipeline_kernel() != "opencv":
+        return to_model_channels(x)
+    out = tf.numpy_function(repeat_grey, [tf.cast(x, tf.float32)], tf.float32, stateful=False)
+    return tf.ensure_shape(out, [*x.shape[:-1], 3])
 
 
 def gather_batches(images: np.ndarray, labels, batch_size: int, shuffle: bool = False, seed: int = 42,
@@ -224,7 +235,7 @@ def augment_batches(ds, data_cfg, augment: bool = False, seed: int = 42, size_va
                     num_parallel_calls=None if deterministic else AUTOTUNE)
     if size_var is not None:
         ds = ds.map(lambda x, y: (resize_to(x, size_var), y))
-    return ds.map(lambda x, y: (to_model_channels(x), y)).prefetch(AUTOTUNE)
+    return ds.map(lambda x, y: (_model_channels(x), y)).prefetch(AUTOTUNE)
 
 
 def stream_tf_dataset(split: Split, data_cfg, batch_size: int, training=False, seed=42, augment=True, size_var=None,
@@ -234,21 +245,26 @@ def stream_tf_dataset(split: Split, data_cfg, batch_size: int, training=False, s
 
     # not `keep_batch_buffers()`: streamed from a store, glibc's heap kept more than it reused (10x data: peak 1,373
     # and 1,446 MiB against 1,243 and 1,183, no faster); memory flat matters more here
+    if split.studies:
+        per_item, least = int(np.prod(data_cfg.volume_size)) * len(data_cfg.window or [1]) * 4, 8
+    else:
+        per_item, least = data_cfg.image_size**2 * max(split.channels or [3]) * 4, 256
+    # Files are shuffled each epoch; the record buffer is capped at ~64 MiB so memory stays flat as data grows
+    # (at least 256 images, or 8 studies: a study of 64 x 256 x 256 is 16 MiB).
+    buffer = min(len(split), max(least, 64 * 2**20 // per_item)) if training else 0
+    if not split.studies and not (training and balanced) and pixel_side(split):  # pixels at one size: in batches
+        ds = store_batches(split, data_cfg, batch_size, shuffle=training, seed=seed, buffer=buffer)
+        return augment_batches(ds, data_cfg, training and augment, seed, size_var, deterministic, front and training)
     if split.studies:  # one HU volume a record, windowed as it is read
         ds = study_examples(split, data_cfg, shuffle=training, seed=seed, deterministic=deterministic)
-        per_item = int(np.prod(data_cfg.volume_size)) * len(data_cfg.window or [1]) * 4
     else:
         ds = store_examples(split, data_cfg, data_cfg.image_size, shuffle=training, seed=seed,
                             deterministic=deterministic)
-        per_item = data_cfg.image_size**2 * max(split.channels or [3]) * 4
     if training and balanced:  # one filtered stream per class, drawn uniformly
         classes = np.unique(split.labels)
         ds = balanced_draws([ds.filter(lambda x, y, k=int(k): tf.equal(y, k)) for k in classes], seed).take(len(split))
     if training:
-        # Files are shuffled each epoch; the example buffer is capped at ~64 MiB so memory stays flat as data grows
-        # (at least 256 images, or 8 studies: a study of 64 x 256 x 256 is 16 MiB).
-        least = 8 if split.studies else 256
-        ds = ds.shuffle(min(len(split), max(least, 64 * 2**20 // per_item)), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if split.studies:
         return _study_batches_out(ds.batch(batch_size), data_cfg, training and augment, seed, deterministic,
                                   front and training, size_var)

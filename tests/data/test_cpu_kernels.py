@@ -83,3 +83,12 @@ def test_a_study_is_augmented_alike_on_either_kernel():
         tf_out, cv_out = (ops.convert_to_numpy(build_volume_augmenter(aug, 5, kernel=k)(x)) for k in ("tf", "opencv"))
         assert np.abs(tf_out - x).mean() > 1.0
         assert np.abs(tf_out - cv_out).max() < INTERPOLATION, x.shape
+
+
+def test_grey_leaves_the_pipeline_repeated_bit_for_bit():
+    """`repeat_grey` (OpenCV's merge) gives exactly `np.repeat` for a batch of real CT slices and of studies."""
+    slices = np.stack([ct_pixels(name)[..., :1] for name in ("1-01.dcm", "1-13.dcm")]).astype("float32")
+    for grey in (slices, np.stack([slices, slices[:, ::-1]])):  # (B, H, W, 1) and (B, D, H, W, 1)
+        out = cpu_kernels.repeat_grey(grey)
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out, np.repeat(grey, 3, axis=-1))

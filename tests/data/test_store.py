@@ -90,6 +90,37 @@ def test_native_hu_records_are_exact_int16_where_whole_and_float32_where_not(tmp
         np.testing.assert_allclose(image, expected[..., :1], atol=1e-3)
 
 
+@pytest.mark.parametrize("windows", ["lung", ["lung", "mediastinum", "bone"]])
+def test_a_sized_store_is_read_in_batches_as_the_record_path_reads_it(tmp_path, ct_manifest, windows):
+    """Pixels of one size are parsed a batch at a time (`store_batches`): the same pixels, labels and names, in the
+    store's order, as TFDS' record-by-record path, at the store's size and resized to another; a training epoch
+    streams every record once, in the order its seed gives."""
+    from medkeras.data.store import pixel_side, store_batches, store_examples
+
+    cfg = data_cfg(source=str(ct_manifest), window=windows, image_size=32)
+    prepare(cfg, tmp_path / "sized", size=32, verbose=False)
+    prepare(cfg, tmp_path / "hu", verbose=False)
+    for size in (32, 24):
+        read = data_cfg(source=str(tmp_path / "sized"), window=windows, image_size=size)
+        split = load_dataset(read).splits["train"]
+        assert pixel_side(split) == 32
+        batched = [item for batch in store_batches(split, read, 2, with_keys=True).as_numpy_iterator()
+                   for item in zip(*batch)]
+        single = list(store_examples(split, read, size, with_keys=True).as_numpy_iterator())
+        assert [k for *_, k in batched] == [k for *_, k in single] and len(single) == 3
+        for (a, label_a, _), (b, label_b, _) in zip(batched, single):
+            assert a.shape == (size, size, 1 if windows == "lung" else 3) and label_a == label_b
+            np.testing.assert_allclose(a, b, atol=1e-4)
+    assert pixel_side(load_dataset(data_cfg(source=str(tmp_path / "hu"), window=windows)).splits["train"]) is None
+
+    def epoch(seed):
+        ds = stream_tf_dataset(split, read, 2, training=True, seed=seed, augment=False)
+        return [float(x[..., 0].sum()) for batch, _ in ds.as_numpy_iterator() for x in batch]
+
+    first = epoch(7)
+    assert first == epoch(7) and sorted(first) == sorted(float(x[..., 0].sum()) for x, *_ in single)
+
+
 def test_hu_store_takes_any_window_and_sized_store_refuses_others(tmp_path, ct_manifest):
     cfg = data_cfg(source=str(ct_manifest), window="lung", image_size=32)
     prepare(cfg, tmp_path / "hu", verbose=False)
