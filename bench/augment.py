@@ -6,7 +6,8 @@ the TF kernel of the same round:
 
 - affine: `RandomAffine` (flip + rotation + zoom + translation, one resampling) on TF's ImageProjectiveTransformV3
   vs the same drawn transforms on `cv2.warpAffine` (float32; and uint8, converted both ways in the timing);
-- the pipeline's whole augmentation as `build_augmenter` builds it, on either kernel (`kernel=`).
+- the pipeline's whole augmentation as `build_augmenter` builds it, on either kernel (`kernel=`);
+- CLAHE: Keras' layer vs `cpu_kernels.clahe` (the same values); grey to 3 channels: `tf.repeat` vs OpenCV's merge.
 
     python -m bench.augment --series ../shared/data/lung_pet_ct_dx_A0001/Lung_Dx-A0001/04-04-2007-NA-Chest-07990/2.000000-5mm-40805 --rounds 3
 """
@@ -32,13 +33,14 @@ def slices(series: Path, size: int, count: int) -> np.ndarray:
     return np.stack([images[i % len(images)] for i in range(count)]).astype(np.float32)
 
 
-def rate(ds, images: int) -> float:
+def rate(ds, images: int) -> tuple[float, float]:
+    """(images/s, ms of core time an image: every thread of this process, which is what training competes with)."""
     for _ in ds.take(2):  # warm-up: traces, thread pools
         pass
-    start = time.perf_counter()
+    start, core = time.perf_counter(), time.process_time()
     for _ in ds:
         pass
-    return images / (time.perf_counter() - start)
+    return images / (time.perf_counter() - start), (time.process_time() - core) / images * 1000
 
 
 def main(argv=None):
@@ -82,33 +84,46 @@ def main(argv=None):
 
     recipe = AugmentConfig(flip="horizontal", rotation=0.05, zoom=0.1, translation=0.05, brightness=0.1, contrast=0.1)
     whole = {k: build_augmenter(recipe, 1, kernel=k) for k in ("tf", "opencv")}
-    modes = {
-        "affine, TF (ImageProjectiveTransformV3)": tf_affine,
-        "affine, OpenCV warpAffine float32": cv_affine,
-        "affine, OpenCV warpAffine uint8": lambda b: cv_affine(b, "uint8"),
-        "lung recipe's augmentation, TF": lambda b: augment_pixels(whole["tf"], recipe, b),
-        "lung recipe's augmentation, OpenCV": lambda b: augment_pixels(whole["opencv"], recipe, b),
+    clahe = AugmentConfig(flip="none", rotation=0, brightness=0, contrast=0, clahe=1.0)
+    equalize = {k: build_augmenter(clahe, 1, kernel=k) for k in ("tf", "opencv")}
+
+    def merged(b):
+        return tf.ensure_shape(tf.numpy_function(cpu_kernels.repeat_grey, [b], tf.float32), (*b.shape[:-1], 3))
+
+    affine_tf, recipe_tf, clahe_tf = ("affine, TF (ImageProjectiveTransformV3)", "lung recipe's augmentation, TF",
+                                      "CLAHE, Keras' layer")
+    repeat_tf = "grey to 3 channels, tf.repeat"
+    modes = {  # name: (the batch's work, the row it is compared with)
+        affine_tf: (tf_affine, affine_tf),
+        "affine, OpenCV warpAffine float32": (cv_affine, affine_tf),
+        "affine, OpenCV warpAffine uint8": (lambda b: cv_affine(b, "uint8"), affine_tf),
+        recipe_tf: (lambda b: augment_pixels(whole["tf"], recipe, b), recipe_tf),
+        "lung recipe's augmentation, OpenCV": (lambda b: augment_pixels(whole["opencv"], recipe, b), recipe_tf),
+        clahe_tf: (lambda b: equalize["tf"](b, training=True), clahe_tf),
+        "CLAHE, numpy (cpu_kernels.clahe)": (lambda b: equalize["opencv"](b, training=True), clahe_tf),
+        repeat_tf: (lambda b: tf.repeat(b, 3, axis=-1), repeat_tf),
+        "grey to 3 channels, OpenCV merge": (merged, repeat_tf),
     }
     table = {k: [] for k in modes}
     load = [os.getloadavg()[0]]
     for r in range(args.rounds):
-        for name, fn in modes.items():
+        for name, (fn, _) in modes.items():
             for parallel in (None, -1):
                 ds = base.map(fn, num_parallel_calls=parallel)
                 table[name].append((parallel, rate(ds, n)))
-        print(f"round {r + 1}: " + "; ".join(f"{k}: {v[-2][1]:.0f} / {v[-1][1]:.0f}" for k, v in table.items()),
+        print(f"round {r + 1}: " + "; ".join(f"{k}: {v[-2][1][0]:.0f} / {v[-1][1][0]:.0f}" for k, v in table.items()),
               flush=True)
     load.append(os.getloadavg()[0])
     rows = {}
     for name, runs in table.items():
         for parallel, label in ((None, "one batch at a time"), (-1, "AUTOTUNE")):
-            rates = [v for p, v in runs if p == parallel]
-            ref = [v for p, v in table["affine, TF (ImageProjectiveTransformV3)" if "affine" in name
-                                       else "lung recipe's augmentation, TF"] if p == parallel]
+            rates = [v[0] for p, v in runs if p == parallel]
+            ref = [v[0] for p, v in table[modes[name][1]] if p == parallel]
             rows[f"{name} [{label}]"] = {"images_per_s": float(np.median(rates)),
-                                         "vs_tf": float(np.median(np.array(rates) / np.array(ref)))}
+                                         "vs_tf": float(np.median(np.array(rates) / np.array(ref))),
+                                         "core_ms_per_image": float(np.median([v[1] for p, v in runs if p == parallel]))}
     for k, v in rows.items():
-        print(f"{k}: {v['images_per_s']:.0f} images/s, {v['vs_tf']:.2f}x TF")
+        print(f"{k}: {v['images_per_s']:.0f} images/s, {v['vs_tf']:.2f}x TF, {v['core_ms_per_image']:.3f} core ms")
     print(f"load average {load[0]:.2f} before, {load[1]:.2f} after")
     save(args.name, {"size": args.size, "batch": args.batch, "rounds": args.rounds, "load": load, "rows": rows})
     ops.convert_to_numpy  # noqa: B018 (keras imported for the layers)

@@ -123,3 +123,45 @@ def repeat_grey(images: np.ndarray, channels: int = 3) -> np.ndarray:
     for i, plane in enumerate(planes):
         cv2.merge([plane] * channels, dst=flat[i])
     return out
+
+
+def clahe(images: np.ndarray, clip_limit: float = 4.0, grid: tuple = (8, 8)) -> np.ndarray:
+    """Keras' `ContrastLimitedAdaptiveHistogramEqualization` (value range 0-255, channels last) in numpy: the same
+    tiles (padded symmetrically), histograms of the truncated values, clip and even redistribution, CDF stretched
+    from its minimum, and the four tiles' maps blended bilinearly; equal to the layer's float32 output (tested).
+    The layer counts its histograms with a one-hot of 256 per pixel: 217 ms a batch of 32 x 224 px here, against
+    40-55 ms for `np.bincount` and four gathers (OpenCV's CLAHE is faster still, but another algorithm: up to 22
+    grey levels off the layer, which the model's front would run)."""
+    x = np.asarray(images, np.float32)
+    b, h, w, c = x.shape
+    gh, gw = grid
+    th, tw = -(-h // gh), -(-w // gw)
+    if th * gh != h or tw * gw != w:
+        x = np.pad(x, ((0, 0), (0, th * gh - h), (0, tw * gw - w), (0, 0)), mode="symmetric")
+    height, width = th * gh, tw * gw
+    pixels = np.clip(x.astype(np.int32), 0, 255)
+    tile = (((np.arange(b)[:, None, None, None] * gh + (np.arange(height) // th)[None, :, None, None]) * gw
+             + (np.arange(width) // tw)[None, None, :, None]) * c + np.arange(c)[None, None, None, :])
+    hists = np.bincount((tile * 256 + pixels).ravel(), minlength=b * gh * gw * c * 256)
+    hists = hists.reshape(b, gh, gw, c, 256).astype(np.float32)
+    if clip_limit > 0:
+        clipped = np.clip(hists, 0, np.float32(clip_limit * (th * tw) / 256.0))
+        hists = clipped + np.sum(hists - clipped, axis=-1, keepdims=True) / np.float32(256.0)
+    cdf = np.cumsum(hists, axis=-1, dtype=np.float32)
+    low = cdf.min(axis=-1, keepdims=True)
+    spread = np.float32(th * tw) - low
+    lut = np.clip((cdf - low) * np.float32(255.0) / np.where(spread == 0, np.float32(1.0), spread), 0, 255)
+    flat = np.pad(lut, ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0)), mode="edge").ravel()  # border tiles repeated
+    ys = (np.arange(height, dtype=np.float32) - np.float32(th / 2.0)) / np.float32(th) + np.float32(1.0)
+    xs = (np.arange(width, dtype=np.float32) - np.float32(tw / 2.0)) / np.float32(tw) + np.float32(1.0)
+    y0, x0 = np.floor(ys), np.floor(xs)
+    wy, wx = (ys - y0)[None, :, None, None], (xs - x0)[None, None, :, None]
+    step_x = 256 * c
+    step_y = step_x * (gw + 2)
+    base = (np.arange(b, dtype=np.int32)[:, None, None, None] * step_y * (gh + 2)
+            + np.arange(c, dtype=np.int32)[None, None, None, :] * 256 + pixels)
+    rows = [(np.clip(v, 0, gh + 1).astype(np.int32) * step_y)[None, :, None, None] for v in (y0, y0 + 1)]
+    cols = [(np.clip(v, 0, gw + 1).astype(np.int32) * step_x)[None, None, :, None] for v in (x0, x0 + 1)]
+    top = flat[base + rows[0] + cols[0]] * (1 - wx) + flat[base + rows[0] + cols[1]] * wx
+    bottom = flat[base + rows[1] + cols[0]] * (1 - wx) + flat[base + rows[1] + cols[1]] * wx
+    return np.ascontiguousarray((top * (1 - wy) + bottom * wy)[:, :h, :w, :], dtype=np.float32)

@@ -92,3 +92,22 @@ def test_grey_leaves_the_pipeline_repeated_bit_for_bit():
         out = cpu_kernels.repeat_grey(grey)
         assert out.dtype == np.float32
         np.testing.assert_array_equal(out, np.repeat(grey, 3, axis=-1))
+
+
+def test_clahe_on_the_cpu_is_keras_layer(breast):
+    """`cpu_kernels.clahe` gives what Keras' CLAHE layer gives (the model's front runs the layer) on real CT in
+    three windows at 128 px and real ultrasound at 28 px (tiles padded), and the pipeline uses it."""
+    import keras
+
+    from medkeras.data.augment import build_augmenter
+
+    for images in _real_images(breast).values():
+        for limit in (2.0, 0.0):
+            layer = keras.layers.ContrastLimitedAdaptiveHistogramEqualization(value_range=(0, 255), clip_limit=limit)
+            np.testing.assert_allclose(cpu_kernels.clahe(images, limit), keras.ops.convert_to_numpy(layer(images)),
+                                       atol=1e-3)
+    aug = AugmentConfig(flip="none", rotation=0, brightness=0, contrast=0, clahe=1.0)
+    images = _real_images(breast)["ultrasound"]
+    on = [keras.ops.convert_to_numpy(build_augmenter(aug, 1, kernel=k)(images, training=True)) for k in ("tf", "opencv")]
+    assert np.abs(on[0] - images).mean() > 1.0
+    np.testing.assert_allclose(on[1], on[0], atol=1e-3)
