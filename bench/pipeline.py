@@ -13,7 +13,7 @@ over the same items); rounds are interleaved.
 Also measured: input stall (a ResNet-18 training step fed by the store pipeline against the same steps fed one
 cached batch) and peak memory (RSS) of one streamed epoch at 1x and 10x the data, each in a fresh process.
 
-    python -m bench.pipeline --source ../shared/data/lung_pet_ct_dx_A0001 --rounds 3 --repeat 4
+    python -m bench.pipeline --source ../shared/data/lung_pet_ct_dx_A0001 --rounds 3 --repeat 4 [--torch-python VENV/bin/python]
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def stall(store, size, batch, steps):
     return {"step_s_cached": step_fixed, "step_s_pipeline": step_real, "stall": max(0.0, 1 - step_fixed / step_real)}
 
 
-def child_run(mode, path, size, batch):
+def child_run(mode, path, size, batch, python=None):
     """Run two epochs of `mode` in a fresh process; returns images/s of the second and the peak RSS (VmHWM).
 
     Every mode gets its own process, as a user's training script would: run in one process after TensorFlow's
@@ -222,9 +222,16 @@ def child_run(mode, path, size, batch):
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1];"
         "print(r, n, int(hwm) / 1024)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ,
-                         "TF_CPP_MIN_LOG_LEVEL": "3"}, check=True).stdout.split()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([str(python or sys.executable), "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout.split()
     return {"images_per_s": float(out[-3]), "images": int(out[-2]), "peak_rss_mib": float(out[-1])}
+
+
+def _has_torch(python=None) -> bool:
+    """Whether torch imports in `python` (another interpreter, e.g. a venv holding torch beside this one's TF)."""
+    code = "import torch, pydicom, PIL"
+    return subprocess.run([str(python or sys.executable), "-c", code], capture_output=True).returncode == 0
 
 
 def first_pass(m1, args):
@@ -232,16 +239,13 @@ def first_pass(m1, args):
     from bench.common import save
 
     modes = {"python loop": "python_loop", "medkeras from DICOM, one pass": "dicom_single_pass"}
-    try:
-        import torch  # noqa: F401
-
+    if _has_torch(args.torch_python):
         modes["torch DataLoader, 2 workers"] = "torch_loader"
-    except ImportError:
-        pass
     rates = {name: [] for name in modes}
     for _ in range(args.rounds):
         for name, mode in modes.items():
-            rates[name].append(child_run(mode, m1, args.size, args.batch)["images_per_s"])
+            python = args.torch_python if mode == "torch_loader" else None
+            rates[name].append(child_run(mode, m1, args.size, args.batch, python)["images_per_s"])
     loop = float(np.median(rates["python loop"]))
     table = {name: {"images_per_s": float(np.median(r)), "vs_loop": float(np.median(r)) / loop, "runs": r}
              for name, r in rates.items()}
@@ -261,6 +265,8 @@ def main(argv=None):
     parser.add_argument("--stall-only", action="store_true", help="only the input-stall measurement")
     parser.add_argument("--first-pass-only", action="store_true",
                         help="only the loop, torch and medkeras' first pass from DICOM (no stores, stall or memory)")
+    parser.add_argument("--torch-python", type=Path, default=None,
+                        help="interpreter for the torch DataLoader row (a venv with torch, pydicom and Pillow)")
     parser.add_argument("--fit-epochs", type=int, default=20, help="epochs of the derived whole-fit row (lung-ct: 20)")
     args = parser.parse_args(argv)
 
@@ -299,16 +305,13 @@ def main(argv=None):
         "medkeras from store (--size 224: pixels)": ("store_epoch", work / "sized"),
         "medkeras from store (native 512 HU, windowed + resized in graph)": ("store_epoch", work / "native"),
     }
-    try:
-        import torch  # noqa: F401
-
+    if _has_torch(args.torch_python):
         modes["torch DataLoader, 2 workers"] = ("torch_loader", m1)
-    except ImportError:
-        pass
     rates = {name: [] for name in modes}
     for _ in range(args.rounds):  # rounds interleaved; each mode in a fresh process, its second epoch timed
         for name, (mode, path) in modes.items():
-            rates[name].append(child_run(mode, path, args.size, args.batch)["images_per_s"])
+            python = args.torch_python if mode == "torch_loader" else None
+            rates[name].append(child_run(mode, path, args.size, args.batch, python)["images_per_s"])
     loop = float(np.median(rates["python loop (PyTorch-style __getitem__)"]))
     table = {name: {"images_per_s": float(np.median(r)), "vs_loop": float(np.median(r)) / loop, "runs": r}
              for name, r in rates.items()}
