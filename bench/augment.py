@@ -7,7 +7,8 @@ the TF kernel of the same round:
 - affine: `RandomAffine` (flip + rotation + zoom + translation, one resampling) on TF's ImageProjectiveTransformV3
   vs the same drawn transforms on `cv2.warpAffine` (float32; and uint8, converted both ways in the timing);
 - the pipeline's whole augmentation as `build_augmenter` builds it, on either kernel (`kernel=`);
-- CLAHE: Keras' layer vs `cpu_kernels.clahe` (the same values); grey to 3 channels: `tf.repeat` vs OpenCV's merge.
+- CLAHE: Keras' layer vs `cpu_kernels.clahe`; the blur: Keras' layer vs the same draws on `cv2.sepFilter2D` (both the
+  same values); grey to 3 channels: `tf.repeat` vs OpenCV's merge.
 
     python -m bench.augment --series ../shared/data/lung_pet_ct_dx_A0001/Lung_Dx-A0001/04-04-2007-NA-Chest-07990/2.000000-5mm-40805 --rounds 3
 """
@@ -86,13 +87,15 @@ def main(argv=None):
     whole = {k: build_augmenter(recipe, 1, kernel=k) for k in ("tf", "opencv")}
     clahe = AugmentConfig(flip="none", rotation=0, brightness=0, contrast=0, clahe=1.0)
     equalize = {k: build_augmenter(clahe, 1, kernel=k) for k in ("tf", "opencv")}
+    blur = AugmentConfig(flip="none", rotation=0, brightness=0, contrast=0, blur=1.0)
+    blurred = {k: build_augmenter(blur, 1, kernel=k) for k in ("tf", "opencv")}
 
     def merged(b):
         return tf.ensure_shape(tf.numpy_function(cpu_kernels.repeat_grey, [b], tf.float32), (*b.shape[:-1], 3))
 
     affine_tf, recipe_tf, clahe_tf = ("affine, TF (ImageProjectiveTransformV3)", "lung recipe's augmentation, TF",
                                       "CLAHE, Keras' layer")
-    repeat_tf = "grey to 3 channels, tf.repeat"
+    repeat_tf, blur_tf = "grey to 3 channels, tf.repeat", "blur, Keras' layer"
     modes = {  # name: (the batch's work, the row it is compared with)
         affine_tf: (tf_affine, affine_tf),
         "affine, OpenCV warpAffine float32": (cv_affine, affine_tf),
@@ -101,6 +104,8 @@ def main(argv=None):
         "lung recipe's augmentation, OpenCV": (lambda b: augment_pixels(whole["opencv"], recipe, b), recipe_tf),
         clahe_tf: (lambda b: equalize["tf"](b, training=True), clahe_tf),
         "CLAHE, numpy (cpu_kernels.clahe)": (lambda b: equalize["opencv"](b, training=True), clahe_tf),
+        blur_tf: (lambda b: blurred["tf"](b, training=True), blur_tf),
+        "blur, OpenCV sepFilter2D": (lambda b: blurred["opencv"](b, training=True), blur_tf),
         repeat_tf: (lambda b: tf.repeat(b, 3, axis=-1), repeat_tf),
         "grey to 3 channels, OpenCV merge": (merged, repeat_tf),
     }

@@ -46,13 +46,33 @@ def _cpu_clahe(clip_limit: float):
     return CpuClahe(dtype="float32", name="clahe")
 
 
+def _cpu_blur():
+    """Keras' RandomGaussianBlur, its draws its own, the blur applied by `cpu_kernels.gaussian_blur` (OpenCV)."""
+    import keras
+    import tensorflow as tf
+
+    from medkeras.data.cpu_kernels import gaussian_blur
+
+    class CpuGaussianBlur(keras.layers.RandomGaussianBlur):
+        def transform_images(self, images, transformation=None, training=True):
+            images = tf.cast(images, self.compute_dtype)
+            if not training or transformation is None:
+                return images
+            out = tf.numpy_function(lambda x, s, pick: gaussian_blur(x, s, pick, self.kernel_size),
+                                    [images, transformation["blur_factor"], transformation["should_apply_blur"]],
+                                    tf.float32, stateful=False)
+            return tf.clip_by_value(tf.ensure_shape(out, images.shape), *self.value_range)
+
+    return CpuGaussianBlur
+
+
 def build_augmenter(aug_cfg, seed: int, kernel: str = "tf"):
     """A Keras Sequential of the configured augmentation layers (None when every factor is off).
 
     Keras core layers (keras-cv is frozen upstream), except flip/rotation/zoom/translation, fused into one
     `RandomAffine` (same factors, one resampling pass); CLAHE is applied to a random share of images. `kernel`
     ("tf" or "opencv", `cpu_kernels.py`) is what resamples the drawn transforms (the draws are the same either way)
-    and computes CLAHE (numpy on the CPU, the same values).
+    and computes CLAHE (numpy on the CPU) and the blur (OpenCV): the same values.
     """
     import keras
 
@@ -81,7 +101,8 @@ def build_augmenter(aug_cfg, seed: int, kernel: str = "tf"):
         layers.append(keras.layers.RandAugment((0, 255), aug_cfg.randaugment, aug_cfg.randaugment_factor, seed=seed + 7,
                                                **f32))
     if aug_cfg.blur > 0:
-        layers.append(keras.layers.RandomGaussianBlur(aug_cfg.blur, 3, aug_cfg.blur_sigma, (0, 255), seed=seed + 8, **f32))
+        blur = keras.layers.RandomGaussianBlur if kernel == "tf" else _cpu_blur()  # the same draws either way
+        layers.append(blur(aug_cfg.blur, 3, aug_cfg.blur_sigma, (0, 255), seed=seed + 8, **f32))
     if aug_cfg.erasing > 0:
         layers.append(keras.layers.RandomErasing(aug_cfg.erasing, value_range=(0, 255), seed=seed + 9, **f32))
     if aug_cfg.noise > 0:

@@ -111,3 +111,19 @@ def test_clahe_on_the_cpu_is_keras_layer(breast):
     on = [keras.ops.convert_to_numpy(build_augmenter(aug, 1, kernel=k)(images, training=True)) for k in ("tf", "opencv")]
     assert np.abs(on[0] - images).mean() > 1.0
     np.testing.assert_allclose(on[1], on[0], atol=1e-3)
+
+
+def test_blur_on_the_cpu_draws_and_blurs_as_keras_layer(breast):
+    """The blur layer of the CPU pipeline makes the draws of Keras' RandomGaussianBlur (same seed, same images picked,
+    same sigmas) and blurs as its depthwise convolution does, zeros past the border, on real CT and ultrasound."""
+    import keras
+
+    from medkeras.data.augment import build_augmenter
+
+    aug = AugmentConfig(flip="none", rotation=0, brightness=0, contrast=0, blur=0.5, blur_sigma=1.0)
+    for images in _real_images(breast).values():
+        tf_out, cv_out = (keras.ops.convert_to_numpy(build_augmenter(aug, 3, kernel=k)(images, training=True))
+                          for k in ("tf", "opencv"))
+        changed = np.abs(tf_out - images).reshape(len(images), -1).max(axis=1) > 1.0
+        assert 0 < changed.sum() < len(images)  # some images picked, not all
+        np.testing.assert_allclose(cv_out, tf_out, atol=1e-3)
