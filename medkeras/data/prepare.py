@@ -275,7 +275,9 @@ def prepare(
             "counts": counts,
             "skipped": len(builder.bad),
         }
-        (tmp / INDEX).write_text(json.dumps({**summary, "splits": builder.index}))
+        # every shard's size, so that a store truncated or changed since is refused by name (`store.check_shards`)
+        shards = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*.tfrecord-*"))}
+        (tmp / INDEX).write_text(json.dumps({**summary, "splits": builder.index, "shard_bytes": shards}))
         if builder.bad:
             import csv
 

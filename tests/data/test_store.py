@@ -121,6 +121,30 @@ def test_a_sized_store_is_read_in_batches_as_the_record_path_reads_it(tmp_path, 
     assert first == epoch(7) and sorted(first) == sorted(float(x[..., 0].sum()) for x, *_ in single)
 
 
+def test_a_shard_cut_short_or_gone_is_refused_by_name(tmp_path, ct_manifest):
+    """TFRecordDataset reads a truncated shard as fewer records, silently: `prepare` records each shard's size and a
+    store whose shard changed is refused naming it; a store without those sizes (older) fails in the stream."""
+    import tensorflow as tf
+
+    cfg = data_cfg(source=str(ct_manifest), window="lung", image_size=32)
+    prepare(cfg, tmp_path / "sized", size=32, verbose=False)
+    read = data_cfg(source=str(tmp_path / "sized"), window="lung", image_size=32)
+    shard = next((tmp_path / "sized").rglob("*-train.tfrecord-*"))
+    whole = shard.read_bytes()
+    shard.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError, match=rf"{shard.name}.*truncated or changed since; prepare the store again"):
+        load_dataset(read)
+    index = json.loads((tmp_path / "sized" / "index.json").read_text())
+    (tmp_path / "sized" / "index.json").write_text(json.dumps({k: v for k, v in index.items() if k != "shard_bytes"}))
+    with pytest.raises((tf.errors.FailedPreconditionError, tf.errors.DataLossError),
+                       match="expected to contain 3 elements|truncated record"):
+        list(stream_tf_dataset(load_dataset(read).splits["train"], read, 2, training=True))
+    (tmp_path / "sized" / "index.json").write_text(json.dumps(index))
+    shard.unlink()
+    with pytest.raises(DataError, match=rf"{shard.name}.*missing from the store"):
+        load_dataset(read)
+
+
 def test_hu_store_takes_any_window_and_sized_store_refuses_others(tmp_path, ct_manifest):
     cfg = data_cfg(source=str(ct_manifest), window="lung", image_size=32)
     prepare(cfg, tmp_path / "hu", verbose=False)
