@@ -238,17 +238,18 @@ def store_arrays(split: Split, data_cfg, batch_size: int = 256):
     """
     size = data_cfg.image_size
     images, labels, names = [], [], []
-    if split.studies:
+    if not len(split):  # a split the store has no records for (a test-only store's train): no shards to read
+        examples = []
+    elif split.studies:
         examples = study_examples(split, data_cfg, with_keys=True).batch(8)
     elif pixel_side(split):
         examples = store_batches(split, data_cfg, batch_size, with_keys=True)
     else:
         examples = store_examples(split, data_cfg, size, with_keys=True).batch(batch_size)
-    if len(split):
-        for x, y, k in examples:
-            images.append(x.numpy())
-            labels.append(y.numpy())
-            names += [v.decode() for v in k.numpy()]
+    for x, y, k in examples:
+        images.append(x.numpy())
+        labels.append(y.numpy())
+        names += [v.decode() for v in k.numpy()]
     if not images:
         shape = (*data_cfg.volume_size, 1) if split.studies else (size, size, 1)
         return np.zeros((0, *shape), np.float32), np.zeros(0, np.int64), []
