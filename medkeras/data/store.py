@@ -187,7 +187,11 @@ def store_batches(split: Split, data_cfg, batch_size: int, shuffle: bool = False
         records = tf.data.TFRecordDataset(f, buffer_size=2**20).skip(skip).take(take)
         return records.apply(tf.data.experimental.assert_cardinality(take))
 
+    # the split's size stated: an interleave's is unknown, and Keras fitting `steps_per_epoch` steps from a dataset of
+    # unknown size keeps one iterator, so every second epoch found it used up and trained on nothing
+    total = sum(take for _, _, take in shards)
     ds = files.interleave(shard, cycle_length=2 if shuffle else 1, block_length=1)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(total))
     if shuffle and buffer > 1:
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
 
