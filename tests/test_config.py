@@ -83,6 +83,10 @@ def test_wrong_type_and_bad_values_are_config_errors():
         load_config("demo", ["data.window=lungs"])
     with pytest.raises(ConfigError, match="train.steps_per_execution"):
         load_config("demo", ["train.steps_per_execution=0"])
+    with pytest.raises(ConfigError, match=r"data.augment.blur_sigma' must be in \[0, 1\], got 3.0"):
+        load_config("demo", ["data.augment.blur=0.5", "data.augment.blur_sigma=3"])  # Keras' bound, named before any read
+    with pytest.raises(ConfigError, match=r"data.augment.clahe' must be in \[0, 1\]"):
+        load_config("demo", ["data.augment.clahe=2"])
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_override("train.epochs")
     assert issubclass(ConfigError, Exception) and ConfigError.exit_code == 2

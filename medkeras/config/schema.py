@@ -28,7 +28,7 @@ class AugmentConfig:
     contrast: float = 0.1  # RandomContrast factor (0: off)
     noise: float = 0.0  # Gaussian noise standard deviation, in pixel units (0-255)
     blur: float = 0.0  # probability-like factor of RandomGaussianBlur (0: off)
-    blur_sigma: float = 1.0  # RandomGaussianBlur's largest sigma, in pixels
+    blur_sigma: float = 1.0  # RandomGaussianBlur's largest sigma, in pixels (0-1: its kernel is 3 x 3)
     clahe: float = 0.0  # probability of applying CLAHE (Keras' ContrastLimitedAdaptiveHistogramEqualization)
     clahe_clip_limit: float = 2.0  # CLAHE's contrast clip limit
     randaugment: int = 0  # RandAugment operations per image (0: off)

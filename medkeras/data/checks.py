@@ -17,6 +17,10 @@ def check_data(cfg) -> None:
     one_of("data.augment_on", data.augment_on, ("auto", "data", "model"))
     one_of("data.augment.fill_mode", data.augment.fill_mode, ("reflect", "constant", "nearest", "wrap"))
     one_of("data.augment.flip", data.augment.flip, ("horizontal", "vertical", "horizontal_and_vertical", "none"))
+    for key, low, high in (("clahe", 0, 1), ("blur", 0, 1), ("blur_sigma", 0, 1), ("erasing", 0, 1), ("noise", 0, 255)):
+        value = getattr(data.augment, key)
+        if not low <= value <= high:  # Keras' layers take these in [0, 1]: refused here, before any file is read
+            raise ConfigError(f"config key 'data.augment.{key}' must be in [{low}, {high}], got {value}")
     if data.image_size < 8:
         raise ConfigError(f"config key 'data.image_size' must be >= 8, got {data.image_size}")
     if len(data.split) != 3 or abs(sum(data.split) - 1.0) > 1e-6 or min(data.split) < 0:
