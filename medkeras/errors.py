@@ -5,6 +5,7 @@ one line (`medkeras: error: <what>: <why>`) instead of a traceback.
 """
 
 import errno
+import re
 
 
 class MedkerasError(Exception):
@@ -57,4 +58,11 @@ def one_line(exc: BaseException) -> str:
         last = [line.strip() for line in text.splitlines() if line.strip()][-1]
         prefix = f"{type(exc).__name__}: "
         text = last[len(prefix):] if last.startswith(prefix) else last
+    elif text.startswith("Graph execution error") or text.startswith("{{function_node"):
+        # TF's op errors: "Graph execution error:", the frames, then the op's own message above "[[{{node ...}}]]"
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        at = next((i for i, line in enumerate(lines) if line.startswith("[[{{node")), len(lines))
+        own = lines[at - 1] if at > 0 else lines[-1]
+        own = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", own)  # eager: "{{function_node ...}} message"
+        text = re.sub(r"\s*\[(\[\{\{node |Op:).*$", "", own) or text
     return text.splitlines()[0] if text else ""
