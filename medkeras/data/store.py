@@ -70,6 +70,8 @@ def load_store(path, data_cfg) -> Dataset:
                                       f"{_shown(want)}: prepare the studies again at {_shown(want)} (or train at "
                                       f"{_shown(have)})")
     channels = set(index.get("pixel_channels", [3]))
+    # records all pixels of one size and one channel count (a --size store of one kind of image): read in batches
+    pixels = not (index["hu"] or studies) and index.get("size") and index.get("pixel_channels") in ([1], [3])
     if index["hu"]:
         channels.add(len(windows))
     splits = {}
@@ -88,6 +90,7 @@ def load_store(path, data_cfg) -> Dataset:
             hashes=list(entry["hashes"]),
             channels=sorted(channels),
             studies=studies,
+            store_side=int(index["size"]) if pixels else None,
         )
     return Dataset(name=path.name, class_names=list(class_names), splits=splits, positive_class=index["positive_class"])
 
@@ -149,33 +152,20 @@ def store_examples(split: Split, data_cfg, size: int, shuffle: bool = False, see
     return ds.map(to_pixels, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not shuffle)
 
 
-def pixel_side(split: Split) -> int | None:
-    """The side of a store split's records where all are pixels of one size and one channel count (1 or 3): a store
-    prepared with `--size` from images of one kind. Such a split is read in batches (`store_batches`)."""
-    try:
-        index = json.loads((Path(split.store[0]).parents[1] / INDEX).read_text())
-    except (OSError, ValueError):
-        return None
-    if index.get("hu") or index.get("studies") or not index.get("size") or index.get("pixel_channels") not in ([1], [3]):
-        return None
-    return int(index["size"])
-
-
 def store_batches(split: Split, data_cfg, batch_size: int, shuffle: bool = False, seed: int = 42, buffer: int = 0,
                   with_keys: bool = False):
-    """Batches (float32 (B, S, S, C) pixels in [0, 255], labels[, keys]) of a split `pixel_side` accepts.
+    """Batches (float32 (B, S, S, C) pixels in [0, 255], labels[, keys]) of a split with a `store_side`.
 
     The shards are read as the TFRecords they are and each batch parsed at once (`tf.io.parse_example` with the
-    store's own feature spec, the pixels' raw bytes viewed as float32): TFDS' decode, one record at a time, ran at
-    ~1,600 records/s here and this at ~3,000 (`bench.pipeline`). `shuffle`: shard order and a `buffer` of serialized
+    store's own feature spec, the pixels' raw bytes viewed as float32): TFDS' decode, one record at a time, bounded
+    the stream (a streamed epoch 1.50x, `bench.ab --epochs 5`). `shuffle`: shard order and a `buffer` of serialized
     records shuffled each epoch, seeded; otherwise the store's own order, as TFDS reads it. Records at another side
     than `data.image_size` are resized as everywhere else.
     """
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    side, size = pixel_side(split), data_cfg.image_size
-    channels = 1 if split.channels == [1] else 3
+    side, size, channels = split.store_side, data_cfg.image_size, split.channels[0]
     builder = tfds.builder_from_directory(split.store[0])
     spec = builder.info.features.tf_example_spec
     spec = {k: spec[k] for k in ("image/value", "label", "key")}
@@ -246,7 +236,7 @@ def store_arrays(split: Split, data_cfg, batch_size: int = 256):
         examples = []
     elif split.studies:
         examples = study_examples(split, data_cfg, with_keys=True).batch(8)
-    elif pixel_side(split):
+    elif split.store_side:
         examples = store_batches(split, data_cfg, batch_size, with_keys=True)
     else:
         examples = store_examples(split, data_cfg, size, with_keys=True).batch(batch_size)

@@ -25,6 +25,7 @@ class Split:
     positions: list | None = None  # (keyed frame of reference, mm along the slice normal) per DICOM item, or None
     store: tuple | None = None  # (TFDS dataset directory, split name) of a `medkeras prepare` store
     keys: list | None = None  # item names inside a store
+    store_side: int | None = None  # a --size store of pixels, one side and one channel count: read in batches
     hashes: list | None = None  # content hashes recorded by `prepare`
     channels: list | None = None  # channel counts a store's records end with (after windows)
     root: str | None = None  # the data source's folder: outputs name files relative to it, never absolutely

@@ -95,7 +95,7 @@ def test_a_sized_store_is_read_in_batches_as_the_record_path_reads_it(tmp_path, 
     """Pixels of one size are parsed a batch at a time (`store_batches`): the same pixels, labels and names, in the
     store's order, as TFDS' record-by-record path, at the store's size and resized to another; a training epoch
     streams every record once, in the order its seed gives."""
-    from medkeras.data.store import pixel_side, store_batches, store_examples
+    from medkeras.data.store import store_batches, store_examples
 
     cfg = data_cfg(source=str(ct_manifest), window=windows, image_size=32)
     prepare(cfg, tmp_path / "sized", size=32, verbose=False)
@@ -103,7 +103,7 @@ def test_a_sized_store_is_read_in_batches_as_the_record_path_reads_it(tmp_path, 
     for size in (32, 24):
         read = data_cfg(source=str(tmp_path / "sized"), window=windows, image_size=size)
         split = load_dataset(read).splits["train"]
-        assert pixel_side(split) == 32
+        assert split.store_side == 32
         batched = [item for batch in store_batches(split, read, 2, with_keys=True).as_numpy_iterator()
                    for item in zip(*batch)]
         single = list(store_examples(split, read, size, with_keys=True).as_numpy_iterator())
@@ -111,7 +111,7 @@ def test_a_sized_store_is_read_in_batches_as_the_record_path_reads_it(tmp_path, 
         for (a, label_a, _), (b, label_b, _) in zip(batched, single):
             assert a.shape == (size, size, 1 if windows == "lung" else 3) and label_a == label_b
             np.testing.assert_allclose(a, b, atol=1e-4)
-    assert pixel_side(load_dataset(data_cfg(source=str(tmp_path / "hu"), window=windows)).splits["train"]) is None
+    assert load_dataset(data_cfg(source=str(tmp_path / "hu"), window=windows)).splits["train"].store_side is None
 
     # its size known (3 records, batches of 2): Keras fitting steps_per_epoch from an unknown size trained on nothing
     # every second epoch (found by a new-user trial)
